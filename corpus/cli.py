@@ -1,0 +1,65 @@
+"""The `corpus` command. Each subcommand lives in its own module, imported only when it runs,
+so `corpus --help` stays fast and one broken optional dependency breaks only its command.
+
+A command module defines `add_arguments(parser)` and `main(args, extra_argv) -> int`;
+`extra_argv` holds the flags the command did not declare (Beam's runner flags, for pipelines).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order `corpus --help` lists them.
+COMMANDS = {
+    "pairs": ("pipelines.pairs", "clean web image-text pairs into captioning shards (A.1)"),
+    "vqa": ("pipelines.vqa", "VQA sets into VQA shards, VQAv2 answer choice (A.2)"),
+    "grounding": ("pipelines.grounding", "GRIT pruning and RefCOCO/VG duality tasks (A.3)"),
+    "pdf": ("pipelines.pdf", "render PDF pages into OCR shards with text boxes (A.4)"),
+    "html": ("pipelines.html", "render HTML pages in Chromium into OCR shards (A.4)"),
+    "synthdog": ("pipelines.synthdog", "synthesize SynthDoG OCR images with quads (A.4)"),
+    "text": ("pipelines.text", "clean plain text into pure-text shards"),
+    "sft": ("pipelines.sft", "dialogues into ChatML SFT shards (B.2)"),
+    "manifest": ("manifests.cli", "build, validate and show stage manifests"),
+    "train": ("trainer.cli", "train the Qwen-VL model on a stage manifest (Table 8)"),
+    "inspect": ("corpus.inspect", "print shard records and draw their boxes and quads"),
+    "demo": ("corpus.demo", "run the whole flow on the bundled samples"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corpus", description="Corpus builder for Qwen-VL-style vision-language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"corpus: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        print(f"corpus {name}: not built yet ({help_text})", file=sys.stderr)
+        return 2
+    command_parser = argparse.ArgumentParser(prog=f"corpus {name}", description=help_text)
+    module.add_arguments(command_parser)
+    args, extra = command_parser.parse_known_args(rest)
+    return module.main(args, extra) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Shard files: WebDataset tars and Parquet, written reproducibly and read back safely.
+
+A tar holds, per sample, `KEY.json` (the record without image bytes), `KEY.txt` (its text) and
+`KEY.jpg|png|webp` (`KEY.1.jpg`… for further images), consecutive, as the `webdataset` library
+expects. Members carry a fixed mtime, owner and mode, so the same samples in the same order give
+the same bytes. Parquet holds the same record with image bytes in a binary column.
+
+Writers take an open binary file; where it lives and the temp-then-rename step belong to the
+caller (`pipelines.sinks` for Beam, `atomic_write` here for local files).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from corpus.schema import SAMPLE_SCHEMA, Sample, from_json_record, from_row, image_member_name, \
+    to_json_record, to_row
+
+SHARD_FORMATS = {"webdataset": "tar", "parquet": "parquet"}  # format -> file extension
+FIXED_MTIME = 946684800  # 2000-01-01: any constant makes tars reproducible
+
+
+@dataclass
+class ShardInfo:
+    path: str
+    samples: int
+    bytes: int
+
+
+def tar_members(sample: Sample) -> list[tuple[str, bytes]]:
+    """The (member name, bytes) a sample becomes in a WebDataset tar, in writing order."""
+    record = json.dumps(to_json_record(sample), sort_keys=True, ensure_ascii=False)
+    members = [(f"{sample.id}.json", record.encode("utf-8")),
+               (f"{sample.id}.txt", sample.text.encode("utf-8"))]
+    for index, image in enumerate(sample.images):
+        members.append((f"{sample.id}.{image_member_name(index, image)}", image.data))
+    return members
+
+
+def write_tar(samples: Iterable[Sample], fileobj: BinaryIO) -> int:
+    """Write samples to a tar stream; returns the sample count."""
+    count = 0
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            for name, data in tar_members(sample):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+            count += 1
+    return count
+
+
+def write_parquet(samples: Iterable[Sample], fileobj: BinaryIO, rows_per_group: int = 256) -> int:
+    """Write samples to Parquet in row groups (bounded memory); returns the sample count."""
+    count = 0
+    with pq.ParquetWriter(fileobj, SAMPLE_SCHEMA, compression="zstd") as writer:
+        batch = []
+        for sample in samples:
+            batch.append(to_row(sample))
+            if len(batch) == rows_per_group:
+                writer.write_table(pa.Table.from_pylist(batch, schema=SAMPLE_SCHEMA))
+                count += len(batch)
+                batch = []
+        if batch or count == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=SAMPLE_SCHEMA))
+            count += len(batch)
+    return count
+
+
+WRITERS = {"webdataset": write_tar, "parquet": write_parquet}
+
+
+@contextmanager
+def atomic_write(path: str):
+    """Open `path` for writing under a temporary name; rename into place only on success."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+@dataclass
+class TarGroup:
+    """The members of one key in a tar, or the reason the tar could not be read further."""
+
+    key: str
+    members: dict[str, bytes]  # extension -> bytes ("jpg", "json", "1.jpg", …)
+    error: str | None = None
+
+
+def is_unsafe_member(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is everything up to the first dot of the base name."""
+    directory, _, base = name.rpartition("/")
+    stem, _, extension = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), extension
+
+
+def iter_tar_groups(fileobj: BinaryIO) -> Iterator[TarGroup]:
+    """Group consecutive members by key. Unsafe names and truncation become error groups."""
+    current: TarGroup | None = None
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                if is_unsafe_member(member.name):
+                    yield TarGroup(member.name, {}, "unsafe_member_name")
+                    continue
+                if not member.isfile():
+                    continue
+                key, extension = split_member_name(member.name)
+                if current is not None and key != current.key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = TarGroup(key, {})
+                current.members[extension] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as error:
+        if current is not None:
+            current.error = f"truncated_tar: {error}"
+            yield current
+            current = None
+        else:
+            yield TarGroup("", {}, f"truncated_tar: {error}")
+    if current is not None:
+        yield current
+
+
+def read_tar(path: str) -> Iterator[Sample]:
+    """Samples of a tar written by this project. Unreadable content raises ValueError."""
+    with fsspec.open(path, "rb") as f:
+        for group in iter_tar_groups(f):
+            if group.error:
+                raise ValueError(f"{path}: {group.key}: {group.error}")
+            record = json.loads(group.members["json"])
+            yield from_json_record(record, group.members)
+
+
+def read_parquet(path: str) -> Iterator[Sample]:
+    with fsspec.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        for batch in parquet.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                yield from_row(row)
+
+
+def read_shard(path: str) -> Iterator[Sample]:
+    if path.endswith(".parquet"):
+        return read_parquet(path)
+    if path.endswith(".tar"):
+        return read_tar(path)
+    raise ValueError(f"not a shard (.tar or .parquet): {path}")

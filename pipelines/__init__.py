@@ -1,0 +1,1 @@
+"""Beam pipelines: the only place, besides shard sinks, that imports Apache Beam."""
