@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from corpus.schema import Region, Sample
+from corpus.schema import Region, Sample, Turn
 
 IMG_START, IMG_END = "<img>", "</img>"
 REF_START, REF_END = "<ref>", "</ref>"
@@ -153,24 +153,22 @@ def _chatml_spans(sample: Sample, system: str | None) -> list[Span]:
     """ChatML as Qwen-VL fine-tunes it: only answers and the special tokens carry loss (B.2)."""
     turns = list(sample.turns)
     if system is not None and (not turns or turns[0].role != "system"):
-        spans = _turn_spans("system", system, image_counter=[0])
-    else:
-        spans = []
-    image_counter = [0]
+        turns.insert(0, Turn("system", system))
+    spans, images_seen = [], [0]
     for turn in turns:
-        spans += _turn_spans(turn.role, turn.content, image_counter, sample)
+        spans += _turn_spans(turn, sample, images_seen)
     return spans
 
 
-def _turn_spans(role: str, content: str, image_counter: list[int],
-                sample: Sample | None = None) -> list[Span]:
-    supervised = role == "assistant"
-    spans = [Span(IM_START, True), Span(f"{role}\n", False)]
-    parts = content.split(IMAGE_PLACEHOLDER)
-    for i, part in enumerate(parts):
+def _turn_spans(turn: Turn, sample: Sample, images_seen: list[int]) -> list[Span]:
+    """One turn; `<image>` placeholders become `Picture N: <img>…</img>`, N counted over the
+    whole dialogue in order of appearance."""
+    supervised = turn.role == "assistant"
+    spans = [Span(IM_START, True), Span(f"{turn.role}\n", False)]
+    for i, part in enumerate(turn.content.split(IMAGE_PLACEHOLDER)):
         if i > 0:
-            index = image_counter[0]
-            image_counter[0] += 1
+            index = images_seen[0]
+            images_seen[0] += 1
             spans.append(Span(f"Picture {index + 1}: ", False))
             spans.append(Span(image_name(sample, index), False, image=index))
         if part:

@@ -117,11 +117,33 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), extension
 
 
+class _TailRecorder:
+    """Reads through to a file and remembers the last bytes, so that the end of a tar stream can
+    be checked for its end-of-archive block (tarfile ends silently at a truncated header)."""
+
+    KEEP = 64 * 1024
+
+    def __init__(self, fileobj: BinaryIO):
+        self.fileobj, self.position, self.tail = fileobj, 0, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fileobj.read(size)
+        self.position += len(data)
+        self.tail = (self.tail + data)[-self.KEEP:]
+        return data
+
+    def has_end_block(self, offset: int) -> bool:
+        tail_start = self.position - len(self.tail)
+        block = self.tail[offset - tail_start:offset - tail_start + tarfile.BLOCKSIZE]
+        return offset >= tail_start and len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
+
+
 def iter_tar_groups(fileobj: BinaryIO) -> Iterator[TarGroup]:
     """Group consecutive members by key. Unsafe names and truncation become error groups."""
     current: TarGroup | None = None
+    recorder = _TailRecorder(fileobj)
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=recorder, mode="r|") as tar:
             for member in tar:
                 if is_unsafe_member(member.name):
                     yield TarGroup(member.name, {}, "unsafe_member_name")
@@ -134,7 +156,12 @@ def iter_tar_groups(fileobj: BinaryIO) -> Iterator[TarGroup]:
                     current = None
                 if current is None:
                     current = TarGroup(key, {})
-                current.members[extension] = tar.extractfile(member).read()
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:  # stream mode returns short reads at EOF
+                    raise EOFError(f"{member.name}: {len(data)} of {member.size} bytes")
+                current.members[extension] = data
+            if not recorder.has_end_block(tar.offset):
+                raise EOFError(f"no end-of-archive block at byte {tar.offset}")
     except (tarfile.TarError, EOFError, OSError) as error:
         if current is not None:
             current.error = f"truncated_tar: {error}"

@@ -1,0 +1,140 @@
+"""The small core pieces: ids, config loading, report accounting, tokenizer, packing, CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from dataclasses import dataclass, field
+
+from conftest import make_image, make_sample
+from corpus.config import ConfigError, load_config
+from corpus.formats import format_sample
+from corpus.ids import bucket_of, sample_id
+from corpus.packing import oversized, plan_packs
+from corpus.report import AccountingError, build_report, retention_rows
+from corpus.shards import ShardInfo
+from corpus.tokens import IMAGE_TOKENS, TextTokenizer, count_span_tokens
+
+
+def test_ids_are_stable_and_buckets_derive_from_them():
+    assert sample_id("laion", "00001.tar#000010001") == sample_id("laion", "00001.tar#000010001")
+    assert sample_id("laion", "a") != sample_id("coyo", "a")
+    assert len(sample_id("x", "y")) == 20
+    ids = [sample_id("d", str(i)) for i in range(2000)]
+    counts = [sum(bucket_of(i, 4) == b for i in ids) for b in range(4)]
+    assert all(400 < c < 600 for c in counts)
+
+
+@dataclass
+class Inner:
+    threshold: float = 0.3
+
+
+@dataclass
+class Settings:
+    name: str = "x"
+    limit: int = 10
+    inner: Inner = field(default_factory=Inner)
+
+    def validate(self):
+        if self.limit < 0:
+            raise ValueError("limit must be >= 0")
+
+
+def test_config_defaults_overrides_and_errors(tmp_path):
+    assert load_config(Settings, None) == Settings()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"limit": 3, "inner": {"threshold": 0.2},
+                                    "datasets": {"coyo": {"inner": {"threshold": 0.28}}}}))
+    assert load_config(Settings, str(path)).inner.threshold == 0.2
+    coyo = load_config(Settings, str(path), dataset="coyo")
+    assert (coyo.limit, coyo.inner.threshold) == (3, 0.28)
+    path.write_text(yaml.safe_dump({"limt": 3}))
+    with pytest.raises(ConfigError, match="limt"):
+        load_config(Settings, str(path))
+    path.write_text(yaml.safe_dump({"limit": -1}))
+    with pytest.raises(ValueError, match="limit"):
+        load_config(Settings, str(path))
+
+
+def test_report_accounts_for_every_input():
+    shards = [ShardInfo("shards/b.tar", 3, 100), ShardInfo("shards/a.tar", 2, 50)]
+    report = build_report(pipeline="p", dataset="d", task="captioning", input_count=10,
+                          outcome_counts={("dropped", "too_small"): 2, ("dropped", "aspect"): 1,
+                                          ("errored", "corrupt_image"): 2},
+                          shards=shards, reason_order=["aspect", "too_small"])
+    assert report["kept"] == 5 and list(report["dropped"]) == ["aspect", "too_small"]
+    assert [s["path"] for s in report["shards"]] == ["shards/a.tar", "shards/b.tar"]
+    assert retention_rows(report) == [("aspect", 1, 9), ("too_small", 2, 7),
+                                      ("error: corrupt_image", 2, 5)]
+    with pytest.raises(AccountingError, match="!= input 11"):
+        build_report(pipeline="p", dataset="d", task="captioning", input_count=11,
+                     outcome_counts={}, shards=shards, reason_order=[])
+
+
+def test_tokenizer_keeps_special_tokens_whole_and_counts_images():
+    tokenizer = TextTokenizer.default()
+    ids = tokenizer.encode("<ref>cat</ref><box>(1,2),(3,4)</box><|im_start|>")
+    assert tokenizer.token_id("<ref>") in ids and tokenizer.token_id("<|im_start|>") in ids
+    assert tokenizer.decode(tokenizer.encode("一只猫 on a mat")) == "一只猫 on a mat"
+    spans = format_sample(make_sample(text="a cat"))
+    text_only = sum(tokenizer.count(s.text) for s in spans if s.image is None)
+    assert count_span_tokens(spans, tokenizer) == text_only + IMAGE_TOKENS + 2
+
+
+def test_tokenizer_saves_and_loads(tmp_path):
+    tokenizer = TextTokenizer.train(["hello world", "你好 世界"] * 20, vocab_size=300)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    loaded = TextTokenizer.load(str(tmp_path))
+    assert loaded.encode("hello <img>") == tokenizer.encode("hello <img>")
+
+
+def test_packing_plan_respects_the_budget_and_uses_every_sample():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 600) for _ in range(500)] + [3000]
+    packs = plan_packs(lengths, 2048)
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in p) <= 2048 for p in packs if len(p) > 1)
+    assert oversized(lengths, 2048) == [500]
+    lower_bound = sum(lengths) / 2048
+    assert len(packs) <= 11 / 9 * lower_bound + 2
+    assert plan_packs(lengths, 2048) == packs  # deterministic
+
+
+def _corpus(*args):
+    return subprocess.run([sys.executable, "-m", "corpus.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_cli_lists_the_planned_commands():
+    result = _corpus("--help")
+    assert result.returncode == 0
+    for name in ("pairs", "pdf", "html", "synthdog", "grounding", "vqa", "sft", "manifest",
+                 "train", "inspect", "demo", "text"):
+        assert name in result.stdout
+    assert _corpus("nonsense").returncode == 2
+
+
+def test_inspect_prints_and_draws(tmp_path):
+    from corpus.schema import Region
+    from corpus.shards import write_tar
+
+    sample = make_sample("i", "OCR", task="ocr", images=[make_image(200, 100, (255, 255, 255))],
+                         regions=[Region("line", "OCR", (10, 10, 90, 40)),
+                                  Region("word", "OCR", quad=(100, 50, 150, 50, 150, 80, 100, 80))])
+    shard = tmp_path / "s.tar"
+    with open(shard, "wb") as f:
+        write_tar([sample, make_sample("t", "only text", task="text", images=[])], f)
+    result = _corpus("inspect", str(shard), "--out", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    assert "OCR with grounding: <ref>OCR</ref> <quad>(50,100), (450,100)" in result.stdout
+    assert "only text" in result.stdout
+    from PIL import Image
+
+    preview = Image.open(tmp_path / "png" / f"{sample.id}.png")
+    assert preview.getpixel((10, 20)) == (255, 40, 40)  # the line box is drawn in red
+    assert preview.getpixel((125, 50)) == (0, 160, 255)  # the word quad in blue

@@ -1,0 +1,106 @@
+"""Shard IO: records round-trip, tars are reproducible, and other tools open our shards."""
+import io
+import json
+import tarfile
+
+import duckdb
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from conftest import make_image, make_sample
+from corpus.schema import Region, Turn
+from corpus.shards import (atomic_write, is_unsafe_member, iter_tar_groups, read_shard,
+                           write_parquet, write_tar)
+
+
+def _samples():
+    return [
+        make_sample("a", "a red square", language="en", clip_score=0.31,
+                    regions=[Region("ref", "red", (1.5, 2, 30, 40), None, 2, 5, 0.9)]),
+        make_sample("b", "两只猫", task="ocr", images=[make_image(fmt="png")],
+                    regions=[Region("line", "两只猫", quad=(0, 0, 10, 0, 10, 5, 0, 5))]),
+        make_sample("c", "", task="sft", images=[make_image(), make_image(fmt="webp")],
+                    turns=[Turn("user", "<image>hi <image>"), Turn("assistant", "hello")]),
+        make_sample("d", "pure text", task="text", images=[], extra={"chunk": 1}),
+    ]
+
+
+def test_tar_and_parquet_round_trip(tmp_path):
+    samples = _samples()
+    with open(tmp_path / "s.tar", "wb") as f:
+        assert write_tar(samples, f) == 4
+    with open(tmp_path / "s.parquet", "wb") as f:
+        assert write_parquet(samples, f) == 4
+    assert list(read_shard(str(tmp_path / "s.tar"))) == samples
+    assert list(read_shard(str(tmp_path / "s.parquet"))) == samples
+
+
+def test_tars_are_byte_identical_across_writes(tmp_path):
+    first, second = io.BytesIO(), io.BytesIO()
+    write_tar(_samples(), first)
+    write_tar(_samples(), second)
+    assert first.getvalue() == second.getvalue()
+
+
+def test_webdataset_library_reads_our_tars(tmp_path):
+    path = tmp_path / "s.tar"
+    with open(path, "wb") as f:
+        write_tar(_samples(), f)
+    records = list(wds.WebDataset(str(path), shardshuffle=False))
+    assert [r["__key__"] for r in records] == [s.id for s in _samples()]
+    first = records[0]
+    assert first["txt"].decode() == "a red square"
+    assert json.loads(first["json"])["clip_score"] == 0.31
+    assert first["jpg"][:2] == b"\xff\xd8"
+    assert set(records[2]) >= {"jpg", "1.webp", "json", "txt"}
+    assert "jpg" not in records[3]  # text-only samples carry no image member
+
+
+def test_pyarrow_and_duckdb_read_our_parquet(tmp_path):
+    path = tmp_path / "s.parquet"
+    with open(path, "wb") as f:
+        write_parquet(_samples(), f)
+    table = pq.read_table(path)
+    assert table.num_rows == 4 and table.column("task").to_pylist()[1] == "ocr"
+    rows = duckdb.sql(f"SELECT id, task, images[1].width AS w, len(regions) AS n "
+                      f"FROM '{path}' ORDER BY id").fetchall()
+    assert len(rows) == 4
+    assert {r[1] for r in rows} == {"captioning", "ocr", "sft", "text"}
+    assert all(r[2] in (64, None) for r in rows)
+
+
+def test_unsafe_member_names_are_refused(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in ("../evil.txt", "/etc/passwd.txt", "ok.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    buffer.seek(0)
+    groups = list(iter_tar_groups(buffer))
+    assert [(g.key, g.error) for g in groups] == [
+        ("../evil.txt", "unsafe_member_name"), ("/etc/passwd.txt", "unsafe_member_name"),
+        ("ok", None)]
+    assert is_unsafe_member("a/../../b") and not is_unsafe_member("a/b..c.jpg")
+
+
+def test_truncated_tar_yields_an_error_group(tmp_path):
+    buffer = io.BytesIO()
+    write_tar(_samples(), buffer)
+    truncated = io.BytesIO(buffer.getvalue()[:3000])
+    groups = list(iter_tar_groups(truncated))
+    assert groups[-1].error.startswith("truncated_tar")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    path = tmp_path / "x.tar"
+    try:
+        with atomic_write(str(path)) as f:
+            f.write(b"half")
+            raise RuntimeError("crash")
+    except RuntimeError:
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(str(path)) as f:
+        f.write(b"whole")
+    assert path.read_bytes() == b"whole"
