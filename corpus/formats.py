@@ -49,7 +49,8 @@ class Span:
 
 
 def to_thousandths(value: float, size: float) -> int:
-    return min(max(int(value / size * 1000), 0), 999)
+    # The epsilon keeps 0.947 * 555 / 555 * 1000 (946.99999…) at 947, as the number was meant.
+    return min(max(int(value / size * 1000 + 1e-9), 0), 999)
 
 
 def from_thousandths(value: int, size: float) -> float:

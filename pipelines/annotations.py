@@ -1,0 +1,370 @@
+"""Reading annotation records and their images, for `corpus grounding`, `corpus vqa` and
+`corpus sft`.
+
+Annotation sets come as JSON (a list, or a dict holding one), JSON Lines, Parquet, or WebDataset
+tars whose `KEY.json` carries the record next to `KEY.jpg` (what img2dataset writes with
+`--save_additional_columns`). Images come inside the record (bytes, or a `{"bytes": …}` dict as
+Hugging Face datasets write them), inside the tar, or as a path resolved against `--images`
+(a folder or a tar of images).
+
+A record that cannot be parsed becomes an `AnnotationRecord` with `error` set, so the caller can
+count it as one errored unit; a file that cannot be opened becomes one such record too.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image as PILImage
+
+from corpus.ids import sample_id
+from corpus.schema import Image
+from corpus.shards import iter_tar_groups
+from filters.base import Reject
+
+RECORD_EXTENSIONS = (".json", ".jsonl", ".parquet", ".tar")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Top-level keys under which JSON files commonly keep their record list.
+LIST_KEYS = ("annotations", "questions", "data", "records", "samples")
+# Record fields that name an image file, in the order they are tried.
+IMAGE_PATH_FIELDS = ("image", "image_path", "img_path", "file_name", "filename", "image_file")
+PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+
+
+@dataclass
+class AnnotationRecord:
+    uri: str  # the file it came from, as given
+    key: str  # unique within the dataset: `relative/path#index` or `relative/path.tar#KEY`
+    fields: dict[str, Any]
+    members: dict[str, bytes] = field(default_factory=dict)  # tar members of the key
+    error: str | None = None  # reason the record could not be read (then fields is empty)
+    detail: str = ""
+
+    def reject(self, dataset: str, reason: str | None = None, status: str = "errored",
+               detail: str | None = None) -> Reject:
+        return Reject(sample_id(dataset, self.key), dataset, self.uri, self.key,
+                      reason or self.error or "unreadable_record", status,
+                      self.detail if detail is None else detail)
+
+
+def expand_inputs(patterns: list[str]) -> list[tuple[str, str]]:
+    """(path, relative name) of every record file the globs, folders or files name, sorted.
+
+    The relative name (to the inputs' common folder) is part of each sample's source key, so
+    ids do not depend on where the data lives.
+    """
+    paths: set[str] = set()
+    for pattern in patterns:
+        if "://" not in pattern and os.path.isdir(pattern):
+            for root, _, names in os.walk(pattern):
+                paths.update(os.path.join(root, n) for n in names if n.endswith(RECORD_EXTENSIONS))
+            continue
+        for result in FileSystems.match([pattern]):
+            paths.update(m.path for m in result.metadata_list)
+    paths = sorted(paths)
+    if not paths:
+        raise FileNotFoundError(f"no input files match {patterns}")
+    root = _common_folder(paths)
+    return [(p, posixpath.relpath(p, root) if root else p) for p in paths]
+
+
+def _common_folder(paths: list[str]) -> str:
+    if any("://" in p for p in paths):
+        prefix = os.path.commonprefix(paths)
+        return prefix[: prefix.rfind("/") + 1].rstrip("/")
+    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+
+
+def iter_records(path: str, name: str) -> Iterator[AnnotationRecord]:
+    """Records of one file; unreadable parts become records with `error` set."""
+    try:
+        if path.endswith(".tar"):
+            yield from _tar_records(path, name)
+        elif path.endswith(".parquet"):
+            yield from _parquet_records(path, name)
+        elif path.endswith(".jsonl"):
+            yield from _jsonl_records(path, name)
+        else:
+            yield from _json_records(path, name)
+    except (OSError, ValueError) as error:  # unreadable file: one errored unit
+        yield AnnotationRecord(path, f"{name}#file", {}, error="unreadable_file",
+                               detail=str(error)[:500])
+
+
+def _json_records(path: str, name: str) -> Iterator[AnnotationRecord]:
+    with fsspec.open(path, "rb") as f:
+        try:
+            document = json.loads(f.read())
+        except json.JSONDecodeError as error:
+            yield AnnotationRecord(path, f"{name}#file", {}, error="malformed_json",
+                                   detail=str(error)[:500])
+            return
+    for index, record in enumerate(json_record_list(document)):
+        key = f"{name}#{index}"
+        if isinstance(record, dict):
+            yield AnnotationRecord(path, key, record)
+        else:
+            yield AnnotationRecord(path, key, {}, error="malformed_record",
+                                   detail=f"expected an object, got {type(record).__name__}")
+
+
+def json_record_list(document: Any) -> list:
+    """The records of a JSON document: a list, a dict holding one under a usual key, a dict of
+    records keyed by id (each gets the id as `_key`), or a single record."""
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        for key in LIST_KEYS:
+            if isinstance(document.get(key), list):
+                # file-level facts (VQAv2's `data_subtype`, say) go with every record
+                shared = {k: v for k, v in document.items()
+                          if isinstance(v, (str, int, float, bool)) or v is None}
+                return [{**shared, **r} if isinstance(r, dict) else r for r in document[key]]
+        if document and all(isinstance(v, dict) for v in document.values()):
+            return [{"_key": k, **v} for k, v in document.items()]
+        return [document]
+    return [document]
+
+
+def _jsonl_records(path: str, name: str) -> Iterator[AnnotationRecord]:
+    with fsspec.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue
+            key = f"{name}#{index}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield AnnotationRecord(path, key, {}, error="malformed_json",
+                                       detail=str(error)[:500])
+                continue
+            if isinstance(record, dict):
+                yield AnnotationRecord(path, key, record)
+            else:
+                yield AnnotationRecord(path, key, {}, error="malformed_record",
+                                       detail=f"expected an object, got {type(record).__name__}")
+
+
+def _parquet_records(path: str, name: str) -> Iterator[AnnotationRecord]:
+    with fsspec.open(path, "rb") as f:
+        index = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                yield AnnotationRecord(path, f"{name}#{index}", row)
+                index += 1
+
+
+def _tar_records(path: str, name: str) -> Iterator[AnnotationRecord]:
+    with fsspec.open(path, "rb") as f:
+        for group in iter_tar_groups(f):
+            key = f"{name}#{group.key}"
+            if group.error:
+                reason = group.error.split(":")[0]
+                yield AnnotationRecord(path, key, {}, error=reason, detail=group.error[:500])
+                continue
+            if "json" not in group.members:
+                if any(ext in group.members for ext in IMAGE_EXTENSIONS):
+                    yield AnnotationRecord(path, key, {}, error="missing_record",
+                                           detail="tar key has no .json member")
+                continue  # e.g. img2dataset's per-key .txt without json: nothing to read
+            try:
+                record = json.loads(group.members["json"])
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                yield AnnotationRecord(path, key, {}, error="malformed_json",
+                                       detail=str(error)[:500])
+                continue
+            if not isinstance(record, dict):
+                yield AnnotationRecord(path, key, {}, error="malformed_record")
+                continue
+            yield AnnotationRecord(path, key, record, members=group.members)
+
+
+# ---- images -------------------------------------------------------------------------------
+
+class ImageNotFound(LookupError):
+    pass
+
+
+class ImageStore:
+    """Finds image bytes by relative path in a folder or a tar of images (`--images`).
+
+    A tar is indexed once per worker on first use; a path not found as given is tried by its
+    base name, since annotation files often name images with a prefix the archive lacks.
+    """
+
+    def __init__(self, root: str | None):
+        self.root = root
+        self._tar: tarfile.TarFile | None = None
+        self._index: dict[str, tarfile.TarInfo] | None = None
+        self._by_base: dict[str, Any] | None = None  # base name -> TarInfo or file path
+
+    def __getstate__(self):  # open handles stay on the worker that opened them
+        return {"root": self.root, "_tar": None, "_index": None, "_by_base": None}
+
+    def first(self, paths: list[str], annotation_uri: str = "") -> bytes | None:
+        """Bytes of the first of `paths` found, or None."""
+        for path in paths:
+            try:
+                return self.read(path, annotation_uri)
+            except (ImageNotFound, OSError):
+                continue
+        return None
+
+    def read(self, relative: str, annotation_uri: str = "") -> bytes:
+        relative = relative.strip()
+        if not relative:
+            raise ImageNotFound("empty image path")
+        if self.root and self.root.endswith(".tar"):
+            return self._read_tar(relative)
+        candidates = []
+        if os.path.isabs(relative) or "://" in relative:
+            candidates.append(relative)
+        if self.root:
+            candidates += [FileSystems.join(self.root, relative),
+                           FileSystems.join(self.root, posixpath.basename(relative))]
+        if annotation_uri:  # next to the annotation file, as many small sets ship
+            folder = annotation_uri.rsplit("/", 1)[0] if "/" in annotation_uri else "."
+            candidates.append(FileSystems.join(folder, relative))
+        for candidate in candidates:
+            if FileSystems.exists(candidate):
+                with FileSystems.open(candidate) as f:
+                    return f.read()
+        found = self._folder_index().get(posixpath.basename(relative))
+        if found is not None:
+            with open(found, "rb") as f:
+                return f.read()
+        raise ImageNotFound(relative)
+
+    def _folder_index(self) -> dict[str, str]:
+        """Base name -> path under a local root folder, for sets whose images sit in
+        sub-folders the records do not name (Visual Genome's VG_100K and VG_100K_2)."""
+        if self._by_base is None:
+            self._by_base = {}
+            if self.root and "://" not in self.root and os.path.isdir(self.root):
+                for folder, _, names in os.walk(self.root):
+                    for name in names:
+                        self._by_base.setdefault(name, os.path.join(folder, name))
+        return self._by_base
+
+    def _read_tar(self, relative: str) -> bytes:
+        if self._tar is None:
+            self._tar = tarfile.open(self.root, "r:*")
+            members = [m for m in self._tar.getmembers() if m.isfile()]
+            self._index = {_normalise(m.name): m for m in members}
+            self._by_base = {posixpath.basename(m.name): m for m in members}
+        member = (self._index.get(_normalise(relative))
+                  or self._by_base.get(posixpath.basename(relative)))
+        if member is None:
+            raise ImageNotFound(relative)
+        return self._tar.extractfile(member).read()
+
+
+def _normalise(name: str) -> str:
+    return posixpath.normpath(name.replace("\\", "/")).lstrip("./")
+
+
+def decode_image(data: bytes) -> Image:
+    """An `Image` with its real size. JPEG/PNG/WebP keep their bytes; other formats become PNG.
+    Raises ValueError when the bytes are not a readable image."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:
+            image.load()
+            fmt = PIL_FORMATS.get(image.format)
+            if fmt is None:
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, format="PNG")
+                data, fmt = buffer.getvalue(), "png"
+            return Image(data, fmt, image.width, image.height)
+    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as error:
+        raise ValueError(f"corrupt_image: {error}") from error
+
+
+def embedded_image_bytes(value: Any) -> bytes | None:
+    """Image bytes held in a record value: raw bytes or a `{"bytes": …}` dict."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        return bytes(value["bytes"])
+    return None
+
+
+def image_paths_of(fields: dict[str, Any], template: str | None = None) -> list[str]:
+    """Image paths a record may mean, most likely first: the first usual field holding a
+    string; that name without refer's `_<ann_id>` suffix (`COCO_train2014_000000581857_16.jpg`
+    names `COCO_train2014_000000581857.jpg`); a template such as
+    `COCO_train2014_{image_id:012d}.jpg` filled from the record; VQAv2's COCO name;
+    `{image_id}.jpg` (Visual Genome), `{imageId}.jpg` (GQA), `{key}.jpg` (img2dataset's file
+    names, for GRIT records beside an image folder), `{id}.jpg`, and the id of a
+    dict-of-records file (OCR-VQA)."""
+    paths = []
+    for name in IMAGE_PATH_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, dict):
+            value = value.get("path")
+        if isinstance(value, str) and value.strip():
+            paths.append(value.strip())
+            stripped = _REFER_SUFFIX.sub(r"\1\2", value.strip())
+            if stripped != paths[-1]:
+                paths.append(stripped)
+            break
+    if template:
+        try:
+            paths.append(template.format(**fields))
+        except (KeyError, IndexError, ValueError):
+            pass
+    if isinstance(fields.get("image_id"), int) and isinstance(fields.get("data_subtype"), str):
+        # VQAv2 / COCO: `{"data_subtype": "train2014", "image_id": 9}` is COCO_train2014_…9.jpg
+        paths.append(f"COCO_{fields['data_subtype']}_{fields['image_id']:012d}.jpg")
+    for name in ("image_id", "imageId", "key", "id", "_key"):
+        value = fields.get(name)
+        if isinstance(value, (int, str)) and str(value).strip():
+            paths += [f"{value}.jpg", f"{value}.png"]
+            break
+    return paths
+
+
+_REFER_SUFFIX = re.compile(r"^(.*_\d{12})_\d+(\.\w+)$")
+
+
+@dataclass
+class LoadedImage:
+    image: Image | None
+    problem: str | None = None  # "missing_image" | "corrupt_image"
+    detail: str = ""
+
+
+def load_record_image(record: AnnotationRecord, store: ImageStore,
+                      template: str | None = None, path: str | None = None) -> LoadedImage:
+    """The record's image from, in order: its tar members, bytes inside the record, the paths
+    it names. `path` overrides all of these (for records that name several images)."""
+    data = None
+    paths = [path] if path else []
+    if path is None:
+        for ext in IMAGE_EXTENSIONS:
+            if ext in record.members:
+                data = record.members[ext]
+                break
+        for name in ("image", "img", "jpg", "png", "webp"):
+            if data is None:
+                data = embedded_image_bytes(record.fields.get(name))
+        if data is None:
+            paths = image_paths_of(record.fields, template)
+    if data is None:
+        if not paths:
+            return LoadedImage(None, "missing_image", "record names no image")
+        data = store.first(paths, record.uri)
+        if data is None:
+            return LoadedImage(None, "missing_image", f"not found: {paths[0]}"[:500])
+    try:
+        return LoadedImage(decode_image(data))
+    except ValueError as error:
+        return LoadedImage(None, "corrupt_image", str(error)[:500])

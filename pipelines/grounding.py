@@ -1,0 +1,457 @@
+"""`corpus grounding`: grounding annotation sets into the grounding tasks of Appendix A.3 / B.1.
+
+- GRIT (Kosmos-2) records become "caption with grounding" samples (task `grounding`) after
+  recursive-box pruning (`filters.grit`); with `grit_duality: true` every valid GRIT span and box
+  also yields the two duality samples below.
+- Region sets (RefCOCO, RefCOCO+, RefCOCOg, Visual Genome region descriptions: image + phrase +
+  box) become both duality tasks: `ref_grounding` (`<ref>phrase</ref>` -> `<box>`) and
+  `grounded_captioning` (`<ref>This</ref><box>` -> phrase).
+
+Each task is written as its own run, `OUTPUT/TASK/` (shards, rejects, report.json), so a
+manifest can weigh the tasks apart. The unit counted is the sample after fan-out: a RefCOCO
+record with three expressions is six samples, three per task. A record that cannot be read at
+all is one errored unit in the report of every task of the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import apache_beam as beam
+import fsspec
+from apache_beam.io.filesystems import FileSystems
+
+from corpus.config import load_config, to_mapping
+from corpus.ids import sample_id
+from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_report
+from corpus.schema import Image, Region, Sample, Source
+from filters.base import Reject
+from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes
+from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_problem, \
+    region_box_valid
+from pipelines.annotations import AnnotationRecord, ImageStore, LoadedImage, expand_inputs, \
+    iter_records, load_record_image
+from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
+    print_summary, run_pipeline
+from pipelines.sinks import write_run
+
+GRIT_TASKS = ["grounding"]
+DUALITY_TASKS = ["ref_grounding", "grounded_captioning"]
+# Record fields read, in the order tried (see docs/grounding.md).
+PHRASE_LIST_FIELDS = ("sentences", "expressions", "phrases", "refs", "captions")
+PHRASE_FIELDS = ("sent", "expression", "phrase", "ref_exp", "caption", "text")
+SENTENCE_TEXT_FIELDS = ("sent", "raw", "text", "phrase")
+BOX_FIELDS = ("bbox", "box", "boxes")
+
+
+@dataclass
+class GroundingConfig:
+    # GRIT: which span lists become `<ref>` candidates. `ref_exps` are the referring
+    # expressions, which nest (the recursive boxes of A.3); `noun_chunks` their head phrases.
+    span_fields: list[str] = field(default_factory=lambda: ["ref_exps"])
+    # GRIT entries scored below this are removed before pruning. The paper gives no value;
+    # GRIT was already filtered when it was built, so none is applied by default.
+    min_score: float | None = None
+    grit_duality: bool = False  # also emit ref_grounding / grounded_captioning from GRIT
+    # Region sets: how `bbox`/`box` is written. RefCOCO* (refer, COCO) use [x, y, w, h].
+    box_format: str = "xywh"
+    # Image path when a record names none, e.g. "COCO_train2014_{image_id:012d}.jpg".
+    image_template: str | None = None
+
+    def validate(self) -> None:
+        if self.box_format not in ("xywh", "xyxy"):
+            raise ValueError(f"box_format must be xywh or xyxy, not {self.box_format!r}")
+        unknown = set(self.span_fields) - {"ref_exps", "noun_chunks"}
+        if not self.span_fields or unknown:
+            raise ValueError(f"span_fields: choose from ref_exps, noun_chunks (got "
+                             f"{self.span_fields})")
+
+
+GRIT_REASONS = ["unreadable_file", "malformed_json", "other_record_kind", "malformed_record",
+                "missing_image", "corrupt_image", "empty_caption", "malformed_span",
+                "span_outside_caption", "box_outside_unit_range", "box_inverted",
+                "no_grounding_spans"]
+DUALITY_REASONS = ["unreadable_file", "malformed_json", "other_record_kind", "malformed_record",
+                   "no_phrases", "missing_image", "corrupt_image", "empty_phrase", "missing_box",
+                   "box_inverted", "box_outside_image", "empty_box"]
+
+
+def grit_rules(config: GroundingConfig) -> list:
+    rules = [image_problem, empty_caption, GritSpansValid()]
+    if config.min_score is not None:
+        rules.append(GritScoreThreshold(config.min_score))
+    return rules + [PruneRecursiveBoxes()]
+
+
+def duality_rules() -> list:
+    return [image_problem, empty_phrase, region_box_valid]
+
+
+def rules_for(task: str, config: GroundingConfig) -> list:
+    return grit_rules(config) if task == "grounding" else duality_rules()
+
+
+def record_kind(fields: dict[str, Any]) -> str:
+    """`grit` for a GRIT record, `regions` for a region-set record."""
+    return "grit" if any(k in fields for k in ("ref_exps", "noun_chunks")) else "regions"
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+class ReadGrounding:
+    """Step: one annotation file -> samples of every task of the run, plus record rejects."""
+
+    def __init__(self, dataset: str, config: GroundingConfig, images: str | None, kind: str,
+                 coco_instances: str | None = None):
+        self.dataset, self.config, self.kind = dataset, config, kind
+        self.store = ImageStore(images)
+        self.instances = CocoInstances(coco_instances) if coco_instances else None
+
+    def __call__(self, element: tuple[str, str]) -> Iterator[Sample | Reject]:
+        path, name = element
+        for record in iter_records(path, name):
+            if record.error:
+                yield record.reject(self.dataset)
+                continue
+            kind = record_kind(record.fields)
+            if kind != self.kind:  # its tasks are not written by this run: say so, count it
+                yield record.reject(self.dataset, "other_record_kind", "dropped",
+                                    f"a {kind} record in a {self.kind} run")
+            elif kind == "grit":
+                yield from self.grit_samples(record)
+            elif "regions" in record.fields and isinstance(record.fields["regions"], list):
+                yield from self.visual_genome_samples(record)
+            else:
+                yield from self.region_samples(record, record.fields, record.key)
+
+    def _load(self, record: AnnotationRecord) -> LoadedImage:
+        return load_record_image(record, self.store, self.config.image_template)
+
+    def grit_samples(self, record: AnnotationRecord) -> Iterator[Sample | Reject]:
+        fields = record.fields
+        caption = fields.get("caption")
+        if caption is None and "txt" in record.members:
+            caption = record.members["txt"].decode("utf-8", "replace")
+        entries = []
+        for name in self.config.span_fields:
+            value = fields.get(name)
+            if isinstance(value, str):  # some exports keep the lists as JSON text
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    yield record.reject(self.dataset, "malformed_record", "dropped",
+                                        f"{name} is not JSON")
+                    return
+            if value is not None and not isinstance(value, list):
+                yield record.reject(self.dataset, "malformed_record", "dropped",
+                                    f"{name} is not a list")
+                return
+            entries += [list(e) if isinstance(e, (list, tuple)) else e for e in value or []]
+        if not isinstance(caption, str):
+            yield record.reject(self.dataset, "malformed_record", "dropped", "no caption")
+            return
+        loaded = self._load(record)
+        sample = self._sample(record, record.key, "grounding", caption, loaded)
+        sample.extra[GRIT_SPANS] = entries
+        yield sample
+        if self.config.grit_duality:
+            for index, entry in enumerate(entries):
+                yield from self._grit_duality(record, index, entry, caption, loaded)
+
+    def _grit_duality(self, record, index, entry, caption, loaded) -> Iterator[Sample]:
+        """Each GRIT span and box, written as a region-set record; invalid entries drop as
+        `missing_box` / `empty_phrase` / box rules."""
+        phrase, box = "", None
+        if isinstance(entry, list) and len(entry) >= 6:
+            try:
+                start, end = int(entry[0]), int(entry[1])
+                phrase = caption[start:end] if 0 <= start < end <= len(caption) else ""
+                if loaded.image is not None:
+                    w, h = loaded.image.width, loaded.image.height
+                    box = (entry[2] * w, entry[3] * h, entry[4] * w, entry[5] * h)
+            except (TypeError, ValueError):
+                phrase, box = "", None
+        for task in DUALITY_TASKS:
+            yield self._sample(record, f"{record.key}#{index}", task, phrase, loaded, box)
+
+    def visual_genome_samples(self, record: AnnotationRecord) -> Iterator[Sample | Reject]:
+        """A Visual Genome image entry: `{"id"|"image_id", "regions": [{phrase, x, y, width,
+        height}…]}`; every region is one record of the region set, sharing the image."""
+        regions = record.fields["regions"]
+        if not regions:
+            yield record.reject(self.dataset, "no_phrases", "dropped")
+            return
+        image_fields = {k: v for k, v in record.fields.items() if k != "regions"}
+        if "image_id" not in image_fields and "id" in image_fields:
+            image_fields["image_id"] = image_fields["id"]
+        loaded = None
+        for index, region in enumerate(regions):
+            if not isinstance(region, dict):
+                yield record.reject(self.dataset, "malformed_record", "dropped",
+                                    f"region {index} is not an object")
+                continue
+            fields = {**image_fields, **region}
+            if loaded is None:
+                loaded = load_record_image(
+                    AnnotationRecord(record.uri, record.key, fields, record.members),
+                    self.store, self.config.image_template)
+            key = f"{record.key}#{region.get('region_id', index)}"
+            yield from self.region_samples(record, fields, key, loaded)
+
+    def region_samples(self, record: AnnotationRecord, fields: dict[str, Any], key: str,
+                       loaded: LoadedImage | None = None) -> Iterator[Sample | Reject]:
+        phrases = phrases_of(fields)
+        if not phrases:
+            yield record.reject(self.dataset, "no_phrases", "dropped")
+            return
+        if self.instances is not None and box_of(fields, self.config.box_format) is None:
+            fields = self.instances.complete(fields)
+        if loaded is None:
+            loaded = load_record_image(
+                AnnotationRecord(record.uri, record.key, fields, record.members),
+                self.store, self.config.image_template)
+        box = box_of(fields, self.config.box_format)
+        for index, phrase in enumerate(phrases):
+            phrase_key = f"{key}#{index}" if len(phrases) > 1 else key
+            for task in DUALITY_TASKS:
+                yield self._sample(record, phrase_key, task, phrase, loaded, box)
+
+    def _sample(self, record: AnnotationRecord, key: str, task: str, text: str,
+                loaded: LoadedImage, box=None) -> Sample:
+        task_key = key if task == "grounding" else f"{key}/{task}"
+        text = text.strip() if task != "grounding" else text
+        regions = []
+        if box is not None and task != "grounding":
+            regions = [Region(kind="ref", text=text, box=box, char_start=0, char_end=len(text))]
+        extra = {IMAGE_PROBLEM: loaded.problem, "image_detail": loaded.detail} \
+            if loaded.problem else {}
+        images: list[Image] = [loaded.image] if loaded.image is not None else []
+        return Sample(id=sample_id(self.dataset, task_key), dataset=self.dataset, task=task,
+                      source=Source(uri=record.uri, key=task_key), images=images, text=text,
+                      regions=regions, extra=extra)
+
+
+class CocoInstances:
+    """refer's `refs` name their box by `ann_id` only; the box (`[x, y, w, h]`) and the image's
+    `file_name` come from the COCO `instances.json` it was drawn from. Loaded once per worker,
+    keeping only those two facts per annotation."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._boxes: dict[int, list[float]] | None = None
+        self._files: dict[int, str] | None = None
+
+    def __getstate__(self):
+        return {"path": self.path, "_boxes": None, "_files": None}
+
+    def _load(self) -> None:
+        with fsspec.open(self.path, "rb") as f:
+            document = json.loads(f.read())
+        self._boxes = {a["id"]: a["bbox"] for a in document.get("annotations", [])
+                       if "id" in a and "bbox" in a}
+        self._files = {i["id"]: i["file_name"] for i in document.get("images", [])
+                       if "id" in i and "file_name" in i}
+
+    def complete(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The record with its box (as `x, y, width, height`) and image `file_name` filled in
+        from `ann_id` and `image_id`."""
+        if self._boxes is None:
+            self._load()
+        completed = dict(fields)
+        box = self._boxes.get(fields.get("ann_id"))
+        if box is not None:  # COCO's [x, y, w, h], whatever `box_format` says of the refs
+            completed.update(zip(("x", "y", "width", "height"), box))
+        image_file = self._files.get(fields.get("image_id"))
+        if image_file is not None:
+            completed["file_name"] = image_file  # the real name, not refer's `…_<ann_id>.jpg`
+        return completed
+
+
+def phrases_of(fields: dict[str, Any]) -> list[str]:
+    """The phrases of a region-set record: a list (`sentences` of refer, as strings or
+    `{sent|raw: …}`), or one string field."""
+    for name in PHRASE_LIST_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, list) and value:
+            phrases = []
+            for item in value:
+                if isinstance(item, dict):
+                    item = next((item[k] for k in SENTENCE_TEXT_FIELDS
+                                 if isinstance(item.get(k), str)), None)
+                if isinstance(item, str):
+                    phrases.append(item)
+            return phrases
+    for name in PHRASE_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, str):
+            return [value]
+    return []
+
+
+def box_of(fields: dict[str, Any], box_format: str) -> tuple[float, float, float, float] | None:
+    """The pixel box (x1, y1, x2, y2) of a region-set record, or None if it has none readable.
+    Visual Genome writes `x, y, width, height` as separate fields."""
+    if all(_number(fields.get(k)) for k in ("x", "y", "width", "height")) \
+            and not any(k in fields for k in BOX_FIELDS):
+        x, y, w, h = (float(fields[k]) for k in ("x", "y", "width", "height"))
+        return (x, y, x + w, y + h)
+    for name in BOX_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            value = value[0]  # a single box inside a list of boxes
+        if isinstance(value, (list, tuple)) and len(value) == 4 and all(map(_number, value)):
+            a, b, c, d = (float(v) for v in value)
+            return (a, b, a + c, b + d) if box_format == "xywh" else (a, b, c, d)
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ---- pipeline -----------------------------------------------------------------------------
+
+def detect_kind(files: list[tuple[str, str]]) -> str:
+    """`grit` or `regions`, from the first readable record of the inputs."""
+    for path, name in files:
+        for record in iter_records(path, name):
+            if not record.error:
+                return record_kind(record.fields)
+    return "regions"
+
+
+class _TaskRun(beam.PTransform):
+    """One task's sink (`write_run`) under its own label, so several tasks share a pipeline."""
+
+    def __init__(self, samples, rejects, input_count, stats, **write_args):
+        super().__init__()
+        self.samples, self.rejects, self.input_count = samples, rejects, input_count
+        self.stats, self.write_args = stats, write_args
+
+    def expand(self, pbegin):
+        write_run(pbegin.pipeline, self.samples, self.rejects, self.input_count,
+                  stats=self.stats, **self.write_args)
+        return beam.pvalue.PDone(pbegin.pipeline)
+
+
+def _sum_grit_stats(dicts) -> dict[str, int]:
+    total = {"spans_in": 0, "boxes_in": 0, "spans_kept": 0, "boxes_kept": 0}
+    for stats in dicts:
+        for key in total:
+            total[key] += stats.get(key, 0)
+    return total
+
+
+def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfig,
+        beam_argv: list[str], images: str | None = None, kind: str = "auto",
+        coco_instances: str | None = None,
+        shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
+    """Run the pipeline; returns the combined report (`tasks` holds each task's report)."""
+    files = expand_inputs(inputs)
+    kind = detect_kind(files) if kind == "auto" else kind
+    tasks = (GRIT_TASKS + (DUALITY_TASKS if config.grit_duality else [])) if kind == "grit" \
+        else list(DUALITY_TASKS)
+    formats = shard_formats or ["webdataset"]
+
+    def build(pipeline):
+        read = ReadGrounding(dataset, config, images, kind, coco_instances)
+        samples, reader_rejects = apply_step(
+            pipeline | "Inputs" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle(),
+            "Read", read, dataset)
+        samples = samples | "SpreadSamples" >> beam.Reshuffle()
+        for task in tasks:
+            task_samples = samples | f"{task}/Select" >> beam.Filter(
+                lambda s, t: s.task == t, task)
+            input_count = count_elements(f"{task}/Input", task_samples, reader_rejects)
+            kept, rule_rejects = apply_step(task_samples, f"{task}/Rules",
+                                            RulesStep(rules_for(task, config)), dataset)
+            stats = None
+            if task == "grounding":
+                # a sum per constant key, not CombineGlobally (see pipelines/common.py)
+                stats = (kept | "grounding/GritStats" >> beam.Map(
+                    lambda s: (0, s.extra.get("grit", {})))
+                    | "grounding/SumGritStats" >> beam.CombinePerKey(_sum_grit_stats)
+                    | "grounding/StatsValue" >> beam.Values())
+            _ = pipeline | f"{task}/Write" >> _TaskRun(
+                kept, [reader_rejects, rule_rejects], input_count, stats,
+                output_dir=FileSystems.join(output_dir, task), pipeline_name="grounding",
+                dataset=dataset, task=task,
+                reason_order=GRIT_REASONS if task == "grounding" else DUALITY_REASONS,
+                formats=formats, samples_per_shard=samples_per_shard,
+                config={**to_mapping(config), "kind": kind})
+
+    first = run_pipeline(build, beam_argv, FileSystems.join(output_dir, tasks[0]))
+    reports = {tasks[0]: first}
+    for task in tasks[1:]:
+        reports[task] = _finish_report(FileSystems.join(output_dir, task), first["wall_seconds"])
+    return combine_reports(reports, dataset)
+
+
+def _finish_report(task_dir: str, wall_seconds: float) -> dict[str, Any]:
+    """What `run_pipeline` does for the first task's report, for the others of the run."""
+    path = FileSystems.join(task_dir, REPORT_NAME)
+    with FileSystems.open(path) as f:
+        report = json.loads(f.read().decode("utf-8"))
+    check_accounting(report)
+    report["wall_seconds"] = wall_seconds
+    with FileSystems.create(path) as f:
+        f.write(dumps(report).encode("utf-8"))
+    if "://" not in task_dir:
+        plot_report(report, os.path.join(task_dir, PLOT_NAME))
+    return report
+
+
+def combine_reports(reports: dict[str, dict[str, Any]], dataset: str) -> dict[str, Any]:
+    """The totals over a run's tasks, with each task's report under `tasks`."""
+    combined = {"pipeline": "grounding", "dataset": dataset, "task": "+".join(reports),
+                "input": 0, "kept": 0, "dropped_total": 0, "errored_total": 0,
+                "dropped": {}, "errored": {}, "shards": [], "tasks": reports,
+                "wall_seconds": max(r.get("wall_seconds", 0) for r in reports.values())}
+    for task, report in reports.items():
+        for key in ("input", "kept", "dropped_total", "errored_total"):
+            combined[key] += report[key]
+        for outcome in ("dropped", "errored"):
+            for reason, count in report[outcome].items():
+                combined[outcome][reason] = combined[outcome].get(reason, 0) + count
+        combined["shards"] += [{**s, "path": f"{task}/{s['path']}"} for s in report["shards"]]
+    return combined
+
+
+def add_arguments(parser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--images", metavar="PATH",
+                        help="folder or tar of images named by the records (when the records "
+                             "do not carry their images)")
+    parser.add_argument("--coco-instances", metavar="JSON",
+                        help="COCO instances.json giving the box of refer records that name "
+                             "only their ann_id (RefCOCO/RefCOCO+/RefCOCOg refs)")
+    parser.add_argument("--kind", choices=["auto", "grit", "regions"], default="auto",
+                        help="GRIT records or region-set records (default: detect from the "
+                             "first record)")
+
+
+def main(args, beam_argv) -> int:
+    config = load_config(GroundingConfig, args.config, args.dataset)
+    report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
+                 coco_instances=args.coco_instances,
+                 kind=args.kind, shard_formats=args.shard_formats,
+                 samples_per_shard=args.samples_per_shard)
+    for task, task_report in report["tasks"].items():
+        print_summary({**task_report, "pipeline": f"grounding/{task}"})
+    return 0
+
+
+def run_demo(output_dir: str, beam_argv: list[str]) -> dict[str, Any]:
+    """GRIT records (nested spans and every kind of bad entry) into `output_dir/grounding`,
+    RefCOCO and Visual Genome records into `output_dir/{ref_grounding,grounded_captioning}`."""
+    from corpus.samples.grounding import write_grit_sample, write_region_sample
+
+    inputs = os.path.join(output_dir, "inputs")
+    grit_inputs = write_grit_sample(os.path.join(inputs, "grit"))
+    region_inputs, images = write_region_sample(os.path.join(inputs, "regions"))
+    config = GroundingConfig()
+    grit = run(grit_inputs, output_dir, "demo-grit", config, beam_argv)
+    regions = run(region_inputs, output_dir, "demo-refs", config, beam_argv, images=images)
+    return combine_reports({**grit["tasks"], **regions["tasks"]}, "demo")

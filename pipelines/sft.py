@@ -1,0 +1,180 @@
+"""`corpus sft`: dialogues into ChatML SFT samples (Appendix B.2).
+
+Reads the conversation JSON of Qwen-VL (`conversations: [{from: user|assistant, value}]`, images
+inline as `Picture N: <img>path</img>`) and LLaVA (`from: human|gpt`, `<image>` placeholders,
+paths in `image`), and `messages: [{role, content}]`. Every image becomes an `<image>`
+placeholder in its turn and an entry of `sample.images`, in order of appearance; the formatter
+writes `Picture N: <img>…</img>` back, numbered in that order, and marks which spans carry loss:
+the assistant answers and the special tokens, never role names or prompts
+(`corpus.formats.format_sample`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import apache_beam as beam
+
+from corpus.config import load_config, to_mapping
+from corpus.formats import IMAGE_PLACEHOLDER
+from corpus.ids import sample_id
+from corpus.schema import Image, Sample, Source, Turn
+from filters.base import Reject
+from filters.dialogue import REASON_ORDER as RULE_REASONS
+from filters.dialogue import dialogue_rules
+from filters.grounding import IMAGE_PROBLEM
+from pipelines.annotations import AnnotationRecord, ImageStore, decode_image, \
+    embedded_image_bytes, expand_inputs, iter_records
+from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
+    print_summary, run_pipeline
+from pipelines.sinks import write_run
+
+ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+              "bot": "assistant", "model": "assistant", "system": "system"}
+# Qwen-VL's inline image: `Picture 3: <img>path</img>` (the number is rewritten on output).
+INLINE_IMAGE = re.compile(r"(?:Picture\s*\d+\s*[:：]\s*)?<img>(.*?)</img>", re.S)
+REASON_ORDER = ["unreadable_file", "malformed_json", "malformed_record"] + RULE_REASONS
+
+
+@dataclass
+class SftConfig:
+    # Put LLaVA's images (named in `image`, with no `<image>` in the text) at the start of the
+    # first user turn, as LLaVA's own training code does.
+    images_first_when_unplaced: bool = True
+
+
+def convert_turns(messages: list[Any]) -> tuple[list[Turn], list[str]] | None:
+    """ChatML turns with `<image>` placeholders, and the inline image paths in order of
+    appearance (Qwen-VL form). None when a message is not an object with text."""
+    turns, inline_paths = [], []
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        role = message.get("from", message.get("role"))
+        content = message.get("value", message.get("content"))
+        if not isinstance(role, str) or not isinstance(content, str):
+            return None
+
+        def placeholder(match: re.Match) -> str:
+            inline_paths.append(match.group(1).strip())
+            return IMAGE_PLACEHOLDER
+
+        content = INLINE_IMAGE.sub(placeholder, content)
+        turns.append(Turn(role=ROLE_NAMES.get(role.strip().lower(), role.strip().lower()),
+                          content=content))
+    return turns, inline_paths
+
+
+def listed_images(fields: dict[str, Any]) -> list[Any]:
+    """LLaVA's `image` (one path) or `images` (paths, or `{bytes|path}` dicts)."""
+    value = fields.get("images", fields.get("image"))
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def place_images(turns: list[Turn], count: int) -> list[Turn]:
+    """`count` placeholders at the start of the first user turn (LLaVA's convention)."""
+    for i, turn in enumerate(turns):
+        if turn.role == "user":
+            content = (IMAGE_PLACEHOLDER + "\n") * count + turn.content
+            return turns[:i] + [Turn(turn.role, content)] + turns[i + 1:]
+    return turns
+
+
+class ReadDialogues:
+    """Step: one annotation file -> one SFT sample per dialogue, plus record rejects."""
+
+    def __init__(self, dataset: str, config: SftConfig, images: str | None):
+        self.dataset, self.config = dataset, config
+        self.store = ImageStore(images)
+
+    def __call__(self, element: tuple[str, str]) -> Iterator[Sample | Reject]:
+        path, name = element
+        for record in iter_records(path, name):
+            if record.error:
+                yield record.reject(self.dataset)
+                continue
+            yield self.sample_of(record)
+
+    def sample_of(self, record: AnnotationRecord) -> Sample | Reject:
+        messages = record.fields.get("conversations", record.fields.get("messages"))
+        converted = convert_turns(messages) if isinstance(messages, list) else None
+        if converted is None:
+            return record.reject(self.dataset, "malformed_record", "dropped",
+                                 "no conversations/messages list of {from, value}")
+        turns, inline = converted
+        listed = listed_images(record.fields)
+        placed = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns) - len(inline)
+        if listed and placed == 0 and not inline and self.config.images_first_when_unplaced:
+            turns = place_images(turns, len(listed))
+        images, problem, detail = self._images(record, inline + listed)
+        extra = {IMAGE_PROBLEM: problem, "image_detail": detail} if problem else {}
+        if isinstance(record.fields.get("id"), (str, int)):
+            extra["source_id"] = record.fields["id"]
+        text = "\n".join(f"{t.role}: {t.content}" for t in turns)
+        return Sample(id=sample_id(self.dataset, record.key), dataset=self.dataset, task="sft",
+                      source=Source(uri=record.uri, key=record.key), images=images, text=text,
+                      turns=turns, extra=extra)
+
+    def _images(self, record: AnnotationRecord, references: list[Any]
+                ) -> tuple[list[Image], str | None, str]:
+        images = []
+        for reference in references:
+            data = embedded_image_bytes(reference)
+            if data is None:
+                path = reference.get("path") if isinstance(reference, dict) else reference
+                if not isinstance(path, str) or not path.strip():
+                    return [], "missing_image", "an image entry names no file"
+                data = self.store.first([path], record.uri)
+                if data is None:
+                    return [], "missing_image", f"not found: {path}"[:500]
+            try:
+                images.append(decode_image(data))
+            except ValueError as error:
+                return [], "corrupt_image", str(error)[:500]
+        return images, None, ""
+
+
+def run(inputs: list[str], output_dir: str, dataset: str, config: SftConfig,
+        beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
+        samples_per_shard: int = 1000) -> dict[str, Any]:
+    files = expand_inputs(inputs)
+
+    def build(pipeline):
+        samples, reader_rejects = apply_step(
+            pipeline | "Inputs" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle(),
+            "Read", ReadDialogues(dataset, config, images), dataset)
+        samples = samples | "SpreadSamples" >> beam.Reshuffle()
+        input_count = count_elements("Input", samples, reader_rejects)
+        kept, rule_rejects = apply_step(samples, "Rules", RulesStep(dialogue_rules()), dataset)
+        write_run(pipeline, kept, [reader_rejects, rule_rejects], input_count,
+                  output_dir=output_dir, pipeline_name="sft", dataset=dataset, task="sft",
+                  reason_order=REASON_ORDER, formats=shard_formats or ["webdataset"],
+                  samples_per_shard=samples_per_shard, config=to_mapping(config))
+
+    return run_pipeline(build, beam_argv, output_dir)
+
+
+def add_arguments(parser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--images", metavar="PATH",
+                        help="folder or tar of the images the dialogues name")
+
+
+def main(args, beam_argv) -> int:
+    config = load_config(SftConfig, args.config, args.dataset)
+    report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
+                 shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard)
+    print_summary(report)
+    return 0
+
+
+def run_demo(output_dir: str, beam_argv: list[str]) -> dict[str, Any]:
+    """Qwen-VL (multi-image) and LLaVA dialogues, a text-only one, and broken ones."""
+    from corpus.samples.sft import write_sft_sample
+
+    inputs, images = write_sft_sample(os.path.join(output_dir, "inputs"))
+    return run(inputs, output_dir, "demo-sft", SftConfig(), beam_argv, images=images)

@@ -1,0 +1,89 @@
+"""Reading annotation records and their images (pipelines/annotations.py)."""
+import io
+import json
+import tarfile
+
+import pytest
+from PIL import Image as PILImage
+
+from conftest import make_image
+from pipelines.annotations import ImageNotFound, ImageStore, decode_image, expand_inputs, \
+    image_paths_of, iter_records, json_record_list
+
+
+def test_json_documents_give_their_records():
+    assert json_record_list([{"a": 1}]) == [{"a": 1}]
+    assert json_record_list({"data_subtype": "val2014", "questions": [{"q": 1}]}) == \
+        [{"data_subtype": "val2014", "q": 1}]
+    assert json_record_list({"k1": {"q": 1}, "k2": {"q": 2}}) == \
+        [{"_key": "k1", "q": 1}, {"_key": "k2", "q": 2}]
+    assert json_record_list({"caption": "x"}) == [{"caption": "x"}]
+
+
+def test_unreadable_lines_and_files_become_error_records(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"x": 1}\n\n{"x": \n[1, 2]\n')
+    records = list(iter_records(str(jsonl), "a.jsonl"))
+    assert [(r.key, r.error) for r in records] == [
+        ("a.jsonl#0", None), ("a.jsonl#2", "malformed_json"), ("a.jsonl#3", "malformed_record")]
+    broken = tmp_path / "b.json"
+    broken.write_text("{")
+    assert [r.error for r in iter_records(str(broken), "b.json")] == ["malformed_json"]
+    truncated = tmp_path / "c.tar"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = json.dumps({"caption": "x"}).encode() * 200
+        info = tarfile.TarInfo("k.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    truncated.write_bytes(buffer.getvalue()[:1200])
+    assert [r.error for r in iter_records(str(truncated), "c.tar")] == ["truncated_tar"]
+
+
+def test_input_names_are_relative_to_the_inputs_common_folder(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.json").write_text("[]")
+    (tmp_path / "b.jsonl").write_text("")
+    (tmp_path / "x" / "skip.jpg").write_bytes(b"")
+    assert [name for _, name in expand_inputs([str(tmp_path)])] == ["b.jsonl", "x/a.json"]
+    with pytest.raises(FileNotFoundError):
+        expand_inputs([str(tmp_path / "none*.json")])
+
+
+def test_image_paths_tried_in_order():
+    assert image_paths_of({"file_name": "COCO_train2014_000000581857_16.jpg", "image_id": 7}) == [
+        "COCO_train2014_000000581857_16.jpg", "COCO_train2014_000000581857.jpg", "7.jpg", "7.png"]
+    assert image_paths_of({"image_id": 9, "data_subtype": "val2014"})[0] == \
+        "COCO_val2014_000000000009.jpg"
+    assert image_paths_of({"imageId": "n1"}, "{imageId}.png") == ["n1.png", "n1.jpg", "n1.png"]
+    assert image_paths_of({}) == []
+
+
+def test_image_store_reads_folders_by_sub_path_or_base_name_and_tars(tmp_path):
+    (tmp_path / "VG_100K").mkdir()
+    (tmp_path / "VG_100K" / "7.jpg").write_bytes(b"seven")
+    store = ImageStore(str(tmp_path))
+    assert store.read("VG_100K/7.jpg") == b"seven"
+    assert store.read("7.jpg") == b"seven"
+    assert store.first(["nope.jpg", "7.jpg"]) == b"seven"
+    with pytest.raises(ImageNotFound):
+        store.read("8.jpg")
+    tar_path = tmp_path / "images.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        info = tarfile.TarInfo("./coco/train2014/a.jpg")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"a"))
+    tar_store = ImageStore(str(tar_path))
+    assert tar_store.read("coco/train2014/a.jpg") == b"a"
+    assert tar_store.read("other/prefix/a.jpg") == b"a"
+    assert tar_store.first(["b.jpg"]) is None
+
+
+def test_decode_image_reads_the_real_size_and_rejects_garbage():
+    image = decode_image(make_image(30, 20).data)
+    assert (image.format, image.width, image.height) == ("jpeg", 30, 20)
+    gif = io.BytesIO()
+    PILImage.new("RGB", (5, 4)).save(gif, format="GIF")
+    assert decode_image(gif.getvalue()).format == "png"
+    with pytest.raises(ValueError, match="corrupt_image"):
+        decode_image(b"\xff\xd8\xff not an image")

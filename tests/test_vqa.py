@@ -1,0 +1,98 @@
+"""VQA: the VQAv2 answer choice (ordering and ties), the rules' reasons, and `corpus vqa`."""
+import glob
+import os
+
+import pytest
+
+from conftest import make_sample
+from corpus.formats import format_sample, render
+from corpus.samples.vqa import write_vqa_sample
+from corpus.shards import read_shard
+from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, choose_answer, \
+    empty_question
+from pipelines.vqa import VqaConfig, run
+
+
+def _answers(*pairs):
+    return [{"answer": a, "answer_confidence": c} for a, c in pairs]
+
+
+def test_any_yes_beats_more_votes_at_lower_confidence():
+    answers = _answers(("red", "yes"), ("pink", "maybe"), ("pink", "maybe"), ("pink", "maybe"))
+    assert choose_answer(answers) == ("red", "yes")
+
+
+def test_more_yes_votes_win_then_maybe_then_all_votes():
+    assert choose_answer(_answers(("a", "yes"), ("b", "yes"), ("b", "yes")))[0] == "b"
+    assert choose_answer(_answers(("a", "yes"), ("b", "yes"), ("b", "maybe")))[0] == "b"
+    assert choose_answer(_answers(("a", "yes"), ("a", "no"), ("b", "yes")))[0] == "a"
+
+
+def test_full_ties_go_to_the_consensus_answer_then_the_first_given():
+    tied = _answers(("no", "maybe"), ("yes", "maybe"))
+    assert choose_answer(tied, preferred="yes") == ("yes", "maybe")
+    assert choose_answer(tied) == ("no", "maybe")
+    assert choose_answer(list(reversed(tied))) == ("yes", "maybe")
+
+
+def test_answers_group_after_space_normalisation_and_unknown_confidence_counts_as_yes():
+    answers = _answers(("two  dogs ", "maybe"), ("two dogs", "maybe"), ("cats", "maybe"))
+    assert choose_answer(answers) == ("two dogs", "maybe")
+    assert choose_answer([{"answer": "x", "answer_confidence": "perhaps"}]) == ("x", "yes")
+
+
+def test_plain_answer_lists_take_the_most_frequent():
+    assert choose_answer(["May 1", "1 May", "1 May"]) == ("1 May", "yes")
+    assert choose_answer([]) is None
+    assert choose_answer([{"answer": "   "}, 3]) is None
+
+
+def test_choose_answer_rule_sets_the_answer_and_passes_single_answers_through():
+    sample = make_sample(task="vqa", question="What?", extra={
+        ANSWERS: _answers(("a", "maybe"), ("b", "yes")), "multiple_choice_answer": "a"})
+    chosen = ChooseAnswer()(sample)
+    assert (chosen.answer, chosen.extra["answer_confidence"]) == ("b", "yes")
+    assert ANSWERS not in chosen.extra
+    assert ChooseAnswer()(make_sample(task="vqa", question="Q?", answer="yes")) is None
+    assert ChooseAnswer()(make_sample(task="vqa", question="Q?", answer=" ")) == "no_answer"
+    assert ChooseAnswer()(make_sample(task="vqa", question="Q?", extra={ANSWERS: []})) == \
+        "no_answer"
+
+
+def test_min_confidence_and_empty_question_reasons():
+    sample = make_sample(task="vqa", question="Q?", extra={"answer_confidence": "maybe"})
+    assert MinAnswerConfidence("yes")(sample) == "answer_confidence_too_low"
+    assert MinAnswerConfidence("maybe")(sample) is None
+    with pytest.raises(ValueError):
+        MinAnswerConfidence("sure")
+    assert empty_question(make_sample(task="vqa", question="  ")) == "empty_question"
+
+
+def test_vqa_run_joins_vqav2_files_and_passes_other_sets_through(tmp_path, beam_argv):
+    inputs, images = write_vqa_sample(str(tmp_path / "in"))
+    report = run(inputs, str(tmp_path / "out"), "vqa", VqaConfig(), beam_argv, images=images)
+    # VQAv2: 6 questions + 1 annotation without its question; GQA 2; OCR-VQA 2; DocVQA 2
+    assert (report["input"], report["kept"]) == (13, 7)
+    assert report["dropped"] == {"unmatched_annotation": 1, "missing_image": 1,
+                                 "empty_question": 1, "no_answer": 3}
+    assert report["stats"] == {"answer_confidence": {"maybe": 1, "single_answer": 3, "yes": 3}}
+    samples = [s for p in glob.glob(os.path.join(tmp_path, "out", "shards", "*.tar"))
+               for s in read_shard(p)]
+    texts = {render(format_sample(s)).split("</img>", 1)[1] for s in samples}
+    assert texts == {
+        "What colour is the square? Answer: red<|endoftext|>",
+        "Is it raining? Answer: yes<|endoftext|>",
+        "How many squares are there? Answer: 1<|endoftext|>",
+        "Is the square green? Answer: yes<|endoftext|>",
+        "What is the title of this book? Answer: A Book<|endoftext|>",
+        "Is this a comic book? Answer: No<|endoftext|>",
+        "What is the date? Answer: 1 May 2001<|endoftext|>",
+    }
+    assert all(s.images and s.task == "vqa" for s in samples)
+
+
+def test_example_config_loads():
+    from corpus.config import load_config
+
+    assert load_config(VqaConfig, "pipelines/configs/vqa.yaml", "gqa").image_template == \
+        "{imageId}.jpg"
