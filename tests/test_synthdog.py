@@ -1,0 +1,222 @@
+"""SynthDoG: template, label fidelity, bad inputs and the pipeline (small images, few samples)."""
+import io
+import os
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from corpus.config import from_mapping
+from corpus.formats import format_sample, parse_quads, render as render_text
+from corpus.shards import read_shard
+from pipelines import synthdog as pipeline
+from renderers.synthdog.config import DEJAVU, NOTO_CJK, SynthDogConfig
+from renderers.synthdog.fonts import FontError, FontFace, discover_fonts
+from renderers.synthdog.quads import quad_iou
+from renderers.synthdog.template import SynthDoG, render
+from renderers.synthdog.text_source import CorpusError, TextStream
+from renderers.synthdog.textures import TextureError
+
+DEJAVU_SANS = os.path.join(DEJAVU, "DejaVuSans.ttf")
+SMALL = {"short_size": [320, 384], "document": {"short_size": [240, 384]}}
+
+
+def small_config(**overrides) -> SynthDogConfig:
+    return from_mapping(SynthDogConfig, {**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def en_template():
+    return SynthDoG(small_config(languages={"en": {"fonts": [DEJAVU_SANS]}}), keep_ink=True)
+
+
+def test_compat_shims_make_synthtiger_work():
+    from PIL import ImageFont
+
+    import synthtiger  # noqa: F401  (imports imgaug, which needs np.sctypes)
+    font = ImageFont.truetype(DEJAVU_SANS, 20)
+    width, height = font.getsize("Hello")
+    assert width >= font.getlength("Hello") and 10 < height < 30
+
+
+def test_same_seed_and_index_give_the_same_sample(en_template):
+    first, again = render(en_template, 7, 3), render(en_template, 7, 3)
+    other = render(en_template, 7, 4)
+    assert np.array_equal(first["image"], again["image"])
+    assert first["lines"] == again["lines"]
+    fresh = SynthDoG(small_config(languages={"en": {"fonts": [DEJAVU_SANS]}}))
+    assert np.array_equal(render(fresh, 7, 3)["image"], first["image"])
+    assert first["lines"] != other["lines"]
+
+
+def _ious(template, indices):
+    ious = []
+    for index in indices:
+        data = render(template, 1, index)
+        for line, ink in zip(data["lines"], data["ink"]):
+            if ink is not None:
+                ious.append(quad_iou(line["quad"], ink))
+    return ious
+
+
+def test_quads_cover_the_ink_with_effects_off():
+    template = SynthDoG(small_config(effects=False, languages={"en": {"fonts": [DEJAVU_SANS]}}),
+                        keep_ink=True)
+    ious = _ious(template, range(3))
+    assert len(ious) > 20
+    assert statistics.median(ious) >= 0.8, statistics.median(ious)
+
+
+def test_quads_follow_the_document_effects(en_template):
+    ious = _ious(en_template, range(3))
+    # perspective and elastic distortion move the ink; the quads move with it
+    assert statistics.median(ious) >= 0.75, statistics.median(ious)
+
+
+def test_lines_are_clipped_inside_the_image(en_template):
+    data = render(en_template, 2, 0)
+    height, width = data["image"].shape[:2]
+    for line in data["lines"]:
+        xs, ys = line["quad"][0::2], line["quad"][1::2]
+        assert all(0 <= x <= width for x in xs) and all(0 <= y <= height for y in ys)
+        assert line["text"] == line["text"].strip() and line["text"]
+
+
+def test_chinese_renders_with_a_collection_face():
+    template = SynthDoG(small_config(lang="zh", languages={
+        "zh": {"fonts": [f"{NOTO_CJK}/NotoSansCJK-Regular.ttc#2"]}}))
+    data = render(template, 0, 0)
+    assert data["language"] == "zh" and data["lines"]
+    assert all(line["font"].endswith("NotoSansCJK-Regular.ttc#2") for line in data["lines"])
+    assert any("\u4e00" <= c <= "\u9fff" for line in data["lines"] for c in line["text"])
+
+
+def test_collection_without_index_gives_every_face():
+    inventory = discover_fonts([f"{NOTO_CJK}/NotoSansCJK-Regular.ttc"], {"中": 1, "文": 1}, 1.0,
+                               "zh")
+    assert len(inventory.faces) >= 5
+    assert FontFace(f"{NOTO_CJK}/NotoSansCJK-Regular.ttc", 2) in inventory.faces
+
+
+def test_font_lacking_characters_skips_them_counted(tmp_path):
+    # synthtiger's charset file beside the font says what it may draw: here no "e"
+    font = tmp_path / "NoE.ttf"
+    shutil.copy(DEJAVU_SANS, font)
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("the seven green trees " * 40, encoding="utf-8")
+    (tmp_path / "NoE.txt").write_text("thsvngr", encoding="utf-8")
+    template = SynthDoG(small_config(min_font_coverage=0.5, languages={
+        "en": {"fonts": [str(font)], "corpus": [str(corpus)]}}))
+    data = render(template, 0, 0)
+    assert data["lines"] and data["chars_skipped"] > 0
+    assert not any("e" in line["text"] for line in data["lines"])
+
+
+def test_font_without_the_corpus_characters_is_left_out():
+    with pytest.raises(FontError, match="covering under"):
+        SynthDoG(small_config(lang="zh", languages={"zh": {"fonts": [DEJAVU_SANS]}}))
+    # coverage counts occurrences: one rare symbol does not rule a face out
+    text = {"a": 500, "b": 300, "中": 1}
+    assert len(discover_fonts([DEJAVU_SANS], text, 0.98, "en").faces) == 1
+    with pytest.raises(FontError, match="covering under"):
+        discover_fonts([DEJAVU_SANS], {"a": 1, "中": 1}, 0.98, "en")
+
+
+def test_unreadable_font_is_counted_and_alone_is_an_error(tmp_path):
+    broken = tmp_path / "broken.ttf"
+    broken.write_bytes(b"not a font at all")
+    inventory = discover_fonts([str(tmp_path), DEJAVU_SANS], {"a": 1}, 1.0, "en")
+    assert inventory.unreadable and len(inventory.faces) == 1
+    with pytest.raises(FontError, match="unreadable"):
+        discover_fonts([str(broken)], {"a": 1}, 1.0, "en")
+
+
+def test_bad_corpus_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n\n\t", encoding="utf-8")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café".encode("latin-1"))
+    with pytest.raises(CorpusError, match="no text"):
+        TextStream([str(empty)])
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        TextStream([str(latin1)])
+    with pytest.raises(CorpusError, match="not found"):
+        TextStream([str(tmp_path / "missing.txt")])
+
+
+def _jpeg(path, size=(96, 64)):
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, (90, 120, 200)).save(buffer, format="JPEG")
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_backgrounds_unreadable_files_counted_or_error(tmp_path):
+    _jpeg(tmp_path / "good.jpg")
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    template = SynthDoG(small_config(backgrounds=[str(tmp_path)]))
+    assert template.inventory["backgrounds"] == {
+        "count": 1, "generated": False, "unreadable": 1,
+        "unreadable_names": [str(tmp_path / "bad.png")]}
+    os.remove(tmp_path / "good.jpg")
+    with pytest.raises(TextureError, match="no readable background"):
+        SynthDoG(small_config(backgrounds=[str(tmp_path)]))
+
+
+def test_pipeline_writes_ocr_samples_with_quads(tmp_path, beam_argv):
+    config = small_config(lang="both")
+    report = pipeline.run(str(tmp_path), "unit", config, beam_argv, count=3, seed=5)
+    assert (report["input"], report["kept"]) == (3, 3)
+    assert report["stats"]["en"] + report["stats"]["zh"] == 3
+    samples = list(read_shard(str(tmp_path / report["shards"][0]["path"])))
+    assert sorted(s.extra["index"] for s in samples) == [0, 1, 2]
+    for sample in samples:
+        assert sample.task == "ocr" and sample.regions
+        assert all(r.kind == "line" and len(r.quad) == 8 for r in sample.regions)
+        text = render_text(format_sample(sample))
+        assert "OCR with grounding:" in text
+        assert [t for t, _ in parse_quads(text)] == [r.text for r in sample.regions]
+        image = PILImage.open(io.BytesIO(sample.images[0].data))
+        assert image.size == (sample.images[0].width, sample.images[0].height)
+
+
+def test_pipeline_counts_pages_without_text_and_broken_backgrounds(tmp_path, beam_argv):
+    # text rows as tall as the page: no grid fits, nothing is written on it
+    config = small_config(document={"short_size": [240, 384], "content": {
+        "layout": {"text_scale": [1.5, 2.0]}}})
+    report = pipeline.run(str(tmp_path / "empty"), "unit", config, beam_argv, count=2)
+    assert report["dropped"] == {"no_text_placed": 2} and report["kept"] == 0
+
+    # a JPEG cut short passes the header check, then fails to decode: an errored unit
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    data = _jpeg(backgrounds / "whole.jpg", (640, 480))
+    (backgrounds / "whole.jpg").write_bytes(data[: len(data) // 3])
+    config = small_config(backgrounds=[str(backgrounds)])
+    report = pipeline.run(str(tmp_path / "broken"), "unit", config, beam_argv, count=2)
+    assert report["errored"] == {"unreadable_background": 2}
+
+
+def test_cli_reports_an_empty_corpus(tmp_path, capsys):
+    from corpus.cli import main
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    code = main(["synthdog", "--count", "1", "--output", str(tmp_path / "out"), "--corpus",
+                 str(empty), "--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    assert code == 2
+    assert "corpus has no text" in capsys.readouterr().err
+
+
+def test_example_config_is_the_defaults_and_partial_effects_keep_their_args():
+    from corpus.config import load_config, to_mapping
+
+    path = os.path.join(os.path.dirname(pipeline.__file__), "configs", "synthdog.yaml")
+    default = SynthDogConfig()
+    default.validate()
+    assert to_mapping(load_config(SynthDogConfig, path)) == to_mapping(default)
+    config = from_mapping(SynthDogConfig, {"effect": {"shadow": {"prob": 0.5}}})
+    assert config.effect.shadow.prob == 0.5
+    assert config.effect.shadow.args["intensity"] == [0, 160]
