@@ -1,0 +1,311 @@
+"""Trainer throughput at stage-2 settings: tokens/s, MFU and data-loader stall, side by side with a
+plain Hugging Face Qwen2 decoder of the same LLM config (the LLM alone, unpacked, no images).
+
+    python benchmarks/bench_trainer.py           # one H100: ViT-L/14 at 448 px + Qwen2 (1.47 B)
+    python benchmarks/bench_trainer.py --tiny    # the same code, tiny, on the CPU (seconds)
+
+The data are synthetic shards written on the spot (640x480 JPEG photos-like images with captions,
+plus pure-text documents), mixed 70/30 from a stage-2 manifest: 448 px, rows of 2048 tokens,
+same-task packing, 256 queries per image. Throughput counts non-padding LLM tokens. MFU counts
+matmul FLOPs (trainer.train.step_flops) against the dense bf16 peak. The stall fraction is the
+time the loop waited for the loader over the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image as PILImage
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from corpus.ids import sample_id  # noqa: E402
+from corpus.schema import Image, Sample, Source  # noqa: E402
+from corpus.shards import atomic_write, write_tar  # noqa: E402
+from trainer.train import peak_flops, train  # noqa: E402
+
+MODELS = {
+    # ViT-L/14 (0.30 B) + adapter + Qwen2 of 12 layers x 2048 (0.54 B body, 0.62 B embeddings)
+    "1b": {"visual": {"width": 1024, "layers": 24, "head_width": 64},
+           "adapter": {"queries": 256},
+           "llm": {"hidden_size": 2048, "layers": 12, "heads": 16, "kv_heads": 4,
+                   "intermediate_size": 5632, "vocab_size": 151936}},
+    "tiny": {"visual": {"width": 64, "layers": 2, "head_width": 32},
+             "adapter": {"queries": 16},
+             "llm": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
+                     "intermediate_size": 128}},
+}
+WORDS = ("a the red blue small large dog cat street house tree car person sitting standing near "
+         "under over old new bright dark city river mountain table window light shadow").split()
+
+
+def photo(rng: np.random.Generator, width: int, height: int) -> bytes:
+    """A smooth, photo-like JPEG (low-frequency colour field plus grain), quality 90."""
+    field = rng.integers(0, 256, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
+    image = PILImage.fromarray(field).resize((width, height), PILImage.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3))
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def words(rng: random.Random, count: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+def make_shards(root: str, captions: int, texts: int, size: tuple[int, int]) -> dict[str, str]:
+    rng, pick = np.random.default_rng(0), random.Random(0)
+    caption_samples = [
+        Sample(id=sample_id("bench", f"c{i}"), dataset="bench", task="captioning",
+               source=Source(uri=f"bench://c{i}"), text=words(pick, pick.randint(8, 24)),
+               images=[Image(photo(rng, *size), "jpeg", *size)])
+        for i in range(captions)]
+    text_samples = [
+        Sample(id=sample_id("bench", f"t{i}"), dataset="bench", task="text",
+               source=Source(uri=f"bench://t{i}"), text=words(pick, pick.randint(100, 600)))
+        for i in range(texts)]
+    shards = {}
+    for task, samples in (("captioning", caption_samples), ("text", text_samples)):
+        shards[task] = os.path.join(root, f"{task}-00000-of-00001.tar")
+        with atomic_write(shards[task]) as f:
+            write_tar(samples, f)
+    return shards
+
+
+def write_stage2_manifest(path: str, shards: dict[str, str], counts: dict[str, int],
+                          image_size: int, seq_len: int) -> str:
+    weights = {"captioning": 0.7, "text": 0.3}
+    sources = []
+    for task, shard in sorted(shards.items()):
+        data = open(shard, "rb").read()
+        entry = {"path": shard, "samples": counts[task], "bytes": len(data),
+                 "sha256": hashlib.sha256(data).hexdigest()}
+        sources.append({"task": task, "weight": weights[task], "samples": counts[task],
+                        "bytes": len(data), "shards": [entry],
+                        "provenance": [{"report": None, "pipeline": "bench", "dataset": "bench",
+                                        "config": {}}]})
+    document = {"manifest_version": 1, "stage": 2, "image_size": image_size, "seq_len": seq_len,
+                "packing": True, "seed": 0, "tokenizer": None,
+                "expected_samples_per_epoch": sum(counts.values()), "sources": sources}
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(document, f, sort_keys=False)
+    return path
+
+
+def plain_llm(model: dict, rows: int, seq_len: int, steps: int, warmup: int,
+              device: torch.device) -> dict[str, float]:
+    """The reference: Hugging Face Qwen2ForCausalLM alone, random tokens, labels = inputs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    llm = model["llm"]
+    config = Qwen2Config(vocab_size=llm.get("vocab_size", 4096), hidden_size=llm["hidden_size"],
+                         intermediate_size=llm["intermediate_size"],
+                         num_hidden_layers=llm["layers"], num_attention_heads=llm["heads"],
+                         num_key_value_heads=llm["kv_heads"], tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        net = Qwen2ForCausalLM(config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
+                                  weight_decay=0.05, fused=device.type == "cuda")
+    ids = torch.randint(0, config.vocab_size, (rows, seq_len), device=device)
+    bf16 = device.type == "cuda"
+    body = sum(p.numel() for p in net.parameters()) - 2 * config.vocab_size * config.hidden_size
+    # as trainer.train.step_flops counts: causal attention over the whole row
+    per_token = 6 * (body + config.num_hidden_layers * seq_len * config.hidden_size
+                     + config.hidden_size * config.vocab_size)
+    started = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    tokens = rows * seq_len * steps
+    result = {"tokens_per_s": tokens / elapsed, "data_wait": 0.0}
+    peak = peak_flops(device)
+    if peak:
+        result["mfu"] = per_token * tokens / elapsed / peak
+    del net, optimizer, loss
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def trainer_run(manifest: str, output: str, model: dict, variant: str, args,
+                device: torch.device) -> dict[str, float]:
+    attention, _, compiled = variant.partition("+")
+    model = {**model, "llm": {**model["llm"], "attn_implementation": attention}}
+    overrides = {"model": model, "compile": compiled == "compile",
+                 "steps": args.warmup + args.steps, "warmup_steps": 10,
+                 "micro_batch_size": args.micro_batch, "grad_accum": args.grad_accum,
+                 "num_workers": args.workers, "prefetch": 4, "log_every": args.warmup}
+    result = train(manifest, 2, output, overrides=overrides, device=str(device), progress=False,
+                   checkpoints=False)
+    measured = result.log[1:] or result.log  # the first interval holds the warm-up
+    summary = {key: sum(entry[key] for entry in measured) / len(measured)
+               for key in ("tokens_per_s", "data_wait", "mfu") if key in measured[0]}
+    summary["first_loss"] = result.losses[0]
+    if device.type == "cuda":
+        summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    return summary
+
+
+def component_mfu(model: dict, device: torch.device, image_size: int, images: int, rows: int,
+                  seq_len: int, iters: int) -> dict[str, float]:
+    """MFU of the ViT (+ adapter) and of the LLM body alone, forward + backward, bf16, to show
+    where a step's time goes. LLM rows are packed with 7 samples each, like the caption rows."""
+    from corpus.tokens import IMAGE_PAD, TextTokenizer
+    from trainer.attention import sequence_bounds
+    from trainer.model import QwenVL
+    from trainer.stages import model_config
+
+    tokenizer = TextTokenizer.default()
+    with torch.device(device):
+        net = QwenVL(model_config(model), image_size, tokenizer.vocab_size,
+                     tokenizer.token_id(IMAGE_PAD))
+    pixels = torch.randint(0, 256, (images, image_size, image_size, 3), dtype=torch.uint8,
+                           device=device)
+    ids = torch.randint(64, tokenizer.vocab_size, (rows, seq_len), device=device)  # no specials
+    positions = (torch.arange(seq_len, device=device) % (seq_len // 7 + 1)).expand(rows, -1)
+    patches = net.visual.grid_size[0] * net.visual.grid_size[1] + 1
+    vit = sum(p.numel() for p in net.visual.parameters())
+    vit_width = net.visual.transformer.width
+    vit_attention = 2 * len(net.visual.transformer.resblocks) * patches * vit_width  # per token
+    llm = net.llm.config
+    body = (sum(p.numel() for p in net.llm.parameters()) - 2 * llm.vocab_size * llm.hidden_size)
+    bounds, _ = sequence_bounds(positions)
+    squares = float(((bounds[1:] - bounds[:-1]).double() ** 2).sum())
+    llm_attention = llm.num_hidden_layers * llm.hidden_size * squares / (rows * seq_len)
+    cases = {"ViT + adapter": (lambda: net.encode_images(pixels),
+                               6 * (vit + vit_attention) * patches * images)}
+    for attention in ("sdpa", "varlen") if device.type == "cuda" else ("sdpa",):
+        cases[f"LLM body, {attention}"] = (
+            lambda a=attention: _with_attention(net, a, lambda: net.hidden_states(ids, positions)),
+            6 * (body + llm_attention) * rows * seq_len)
+    peak = peak_flops(device)
+    results = {}
+    for name, (run, flops) in cases.items():
+        for i in range(iters + 1):
+            if i == 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = run()
+            out.float().square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - started) / iters
+        results[name] = flops / seconds / peak if peak else seconds
+    del net
+    gc.collect()
+    return results
+
+
+def _with_attention(net, attention: str, run):
+    net.llm.config._attn_implementation = attention
+    return run()
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny model, CPU, a few steps")
+    parser.add_argument("--steps", type=int, help="measured steps (after the warm-up interval)")
+    parser.add_argument("--warmup", type=int, help="steps in the first, unmeasured interval")
+    parser.add_argument("--micro-batch", type=int, help="packed rows per forward pass")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    parser.add_argument("--workers", type=int, help="image-decoding processes")
+    parser.add_argument("--variants", nargs="+",
+                        help="trainer settings to measure: sdpa, varlen, sdpa+compile, "
+                             "varlen+compile (default: sdpa and, on CUDA, varlen)")
+    parser.add_argument("--no-components", action="store_true",
+                        help="skip the per-component MFU breakdown")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    tiny = args.tiny
+    device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
+    args.steps = args.steps or (2 if tiny else 20)
+    args.warmup = args.warmup or (1 if tiny else 5)
+    args.micro_batch = args.micro_batch or 2
+    args.grad_accum = args.grad_accum or (1 if tiny else 4)
+    args.workers = args.workers if args.workers is not None else (1 if tiny else 12)
+    model = MODELS["tiny" if tiny else "1b"]
+    image_size, seq_len = (56, 256) if tiny else (448, 2048)
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(device)}")
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as root:
+        counts = {"captioning": 16, "text": 8} if tiny else {"captioning": 600, "text": 200}
+        started = time.perf_counter()
+        shards = make_shards(root, counts["captioning"], counts["text"],
+                             (64, 48) if tiny else (640, 480))
+        manifest = write_stage2_manifest(os.path.join(root, "stage2.yaml"), shards, counts,
+                                         image_size, seq_len)
+        print(f"shards: {counts} in {time.perf_counter() - started:.1f} s")
+        rows = args.micro_batch * args.grad_accum
+        results["plain HF Qwen2, LLM only"] = plain_llm(
+            model, rows, seq_len, args.steps, args.warmup, device)
+        variants = args.variants or (["sdpa", "varlen"] if device.type == "cuda" else ["sdpa"])
+        for variant in variants:
+            while True:
+                try:
+                    results[f"trainer, {variant}"] = trainer_run(
+                        manifest, os.path.join(root, f"run-{variant}"), model, variant, args,
+                        device)
+                    break
+                except torch.OutOfMemoryError:
+                    if args.micro_batch == 1:
+                        raise
+                args.micro_batch //= 2  # same rows per step, in smaller forward passes
+                args.grad_accum *= 2
+                gc.collect()
+                torch.cuda.empty_cache()
+                print(f"out of memory: now micro-batch {args.micro_batch} x {args.grad_accum}")
+    print(f"\n{'setting':<28}{'tokens/s':>12}{'MFU':>8}{'stall':>8}{'loss@1':>9}")
+    for name, r in results.items():
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        loss = f"{r['first_loss']:.3f}" if "first_loss" in r else "-"
+        print(f"{name:<28}{r['tokens_per_s']:>12,.0f}{mfu:>8}{r['data_wait']:>8.1%}{loss:>9}")
+    plain = results["plain HF Qwen2, LLM only"]
+    for name, r in results.items():
+        if name.startswith("trainer") and "mfu" in r and "mfu" in plain:
+            print(f"MFU ratio {name} / plain LLM: {r['mfu'] / plain['mfu']:.2f}")
+    if "trainer, varlen" in results and "trainer, sdpa" in results:
+        varlen, sdpa = results["trainer, varlen"], results["trainer, sdpa"]
+        ratio = varlen["tokens_per_s"] / sdpa["tokens_per_s"]
+        print(f"tokens/s ratio varlen / sdpa attention: {ratio:.2f}")
+    if device.type == "cuda" and not args.no_components:
+        parts = component_mfu(model, device, image_size, 14, args.micro_batch, seq_len, 5)
+        for name, mfu in parts.items():
+            print(f"component MFU, {name}: {mfu:.1%}")
+        results["components_mfu"] = parts
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

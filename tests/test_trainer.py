@@ -1,0 +1,232 @@
+"""The trainer on tiny shards and a tiny model, on the CPU: stages, freeze plans, resume."""
+import hashlib
+import os
+
+import pytest
+import torch
+import yaml
+
+from conftest import make_image, make_sample
+from corpus.schema import Turn
+from corpus.shards import atomic_write, write_tar
+from trainer.stages import stage_config
+from trainer.train import lr_factor, param_groups, resolve_checkpoint, train
+
+STAGE_DATA = {1: (224, 512, False), 2: (448, 2048, True), 3: (448, 2048, False)}
+# Small enough for two shared cores: 16 queries per image, two rows of 256 tokens.
+TINY = {"warmup_steps": 1, "micro_batch_size": 2, "grad_accum": 1, "num_workers": 0,
+        "pack_window": 8, "log_every": 1, "seq_len": 256, "image_size": 56,
+        "model": {"adapter": {"queries": 16}}}
+
+
+def caption_samples(count=6):
+    return [make_sample(f"c{i}", text=f"a red square number {i}",
+                        images=[make_image(color=(40 * i % 255, 30, 30))]) for i in range(count)]
+
+
+def sft_samples(count=4):
+    return [make_sample(f"s{i}", task="sft", text="", turns=[
+        Turn("user", "<image>What is it?"), Turn("assistant", f"A square {i}.")])
+        for i in range(count)]
+
+
+def text_samples(count=4):
+    return [make_sample(f"t{i}", task="text", text=f"plain text document {i} " * (i + 1),
+                        images=[]) for i in range(count)]
+
+
+def write_shard(path, samples):
+    with atomic_write(path) as f:
+        write_tar(samples, f)
+    return path
+
+
+def write_manifest(path, stage, shards_by_task, weights=None, seed=0, packing=None):
+    """A stage manifest in the shared format (see manifests/manifest.py)."""
+    image_size, seq_len, default_packing = STAGE_DATA[stage]
+    sources = []
+    for task, shards in sorted(shards_by_task.items()):
+        entries = []
+        for shard, count in shards:
+            data = open(shard, "rb").read()
+            entries.append({"path": shard, "samples": count, "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+        sources.append({"task": task, "weight": (weights or {}).get(task, 1 / len(shards_by_task)),
+                        "samples": sum(e["samples"] for e in entries),
+                        "bytes": sum(e["bytes"] for e in entries), "shards": entries,
+                        "provenance": [{"report": None, "pipeline": "test", "dataset": "unit",
+                                        "config": {}}]})
+    document = {"manifest_version": 1, "stage": stage, "image_size": image_size,
+                "seq_len": seq_len, "packing": default_packing if packing is None else packing,
+                "seed": seed, "tokenizer": None,
+                "expected_samples_per_epoch": sum(s["samples"] for s in sources),
+                "sources": sources}
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(document, f, sort_keys=False)
+    return str(path)
+
+
+@pytest.fixture
+def shards(tmp_path):
+    return {
+        "captioning": [(write_shard(str(tmp_path / "cap-0.tar"), caption_samples(4)), 4),
+                       (write_shard(str(tmp_path / "cap-1.tar"), caption_samples(6)[4:]), 2)],
+        "sft": [(write_shard(str(tmp_path / "sft.tar"), sft_samples()), 4)],
+        "text": [(write_shard(str(tmp_path / "text.tar"), text_samples()), 4)],
+    }
+
+
+def stage_manifest(tmp_path, shards, stage):
+    tasks = {1: ["captioning"], 2: ["captioning", "text"], 3: ["sft", "text"]}[stage]
+    return write_manifest(tmp_path / f"stage{stage}.yaml", stage,
+                          {task: shards[task] for task in tasks})
+
+
+def snapshot(model_state):
+    return {name: tensor.clone() for name, tensor in model_state.items()}
+
+
+def changed(before, after, prefix):
+    names = [n for n in before if n.startswith(prefix)]
+    assert names, prefix
+    return {n: not torch.equal(before[n], after[n]) for n in names}
+
+
+def test_table_8_plans():
+    one, two, three = (stage_config(s) for s in (1, 2, 3))
+    assert (one.trainable, one.peak_lr, one.min_lr, one.warmup_steps) == (
+        ["visual", "adapter"], 2e-4, 1e-6, 500)
+    assert (two.trainable, two.peak_lr, two.min_lr, two.warmup_steps) == (
+        ["visual", "adapter", "llm"], 5e-5, 1e-5, 400)
+    assert (three.trainable, three.peak_lr, three.min_lr, three.warmup_steps) == (
+        ["adapter", "llm"], 1e-5, 1e-6, 3000)
+    assert (two.betas, two.eps, two.weight_decay, two.grad_clip) == ([0.9, 0.98], 1e-6, 0.05, 1.0)
+    assert one.model.adapter.queries == 256 and one.model.visual.patch_size == 14
+
+
+def test_config_file_overrides_and_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("peak_lr: 1.0e-4\nmodel:\n  llm:\n    layers: 3\n")
+    config = stage_config(2, str(path))
+    assert config.peak_lr == 1e-4 and config.model.llm.layers == 3 and config.min_lr == 1e-5
+    path.write_text("peak_lrr: 1\n")
+    with pytest.raises(ValueError, match="peak_lrr"):
+        stage_config(2, str(path))
+
+
+def test_schedule_warms_up_then_decays_to_the_minimum():
+    config = stage_config(1, overrides={"steps": 100, "warmup_steps": 10})
+    assert lr_factor(0, config) == pytest.approx(0.1)
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(100, config) == pytest.approx(1e-6 / 2e-4)
+    assert lr_factor(55, config) == pytest.approx((1 + 1e-6 / 2e-4) / 2)
+
+
+def test_vit_layerwise_decay_groups():
+    from corpus.tokens import IMAGE_PAD, TextTokenizer
+    from trainer.model import QwenVL, apply_freeze_plan
+
+    config = stage_config(1, overrides={"model": {"adapter": {"queries": 16}}})
+    tokenizer = TextTokenizer.default()
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
+    apply_freeze_plan(model, config.trainable)
+    scales = sorted({group["lr_scale"] for group in param_groups(model, config)})
+    layers = config.model.visual.layers
+    assert scales == pytest.approx([0.95 ** (layers + 1 - i) for i in range(layers + 2)])
+    assert not any(p.requires_grad for p in model.llm.parameters())
+
+
+@pytest.mark.parametrize("stage, trained, frozen", [
+    (1, ["visual.", "adapter."], ["llm."]),
+    (2, ["visual.", "adapter.", "llm."], []),
+    (3, ["adapter.", "llm."], ["visual."]),
+])
+def test_stage_freeze_plan(tmp_path, shards, stage, trained, frozen):
+    manifest = stage_manifest(tmp_path, shards, stage)
+    first = train(manifest, stage, str(tmp_path / "a"), overrides=dict(TINY, steps=1),
+                  device="cpu")
+    before = snapshot(torch.load(os.path.join(first.checkpoint, "model.pt")))
+    result = train(manifest, stage, str(tmp_path / "b"), init=str(tmp_path / "a"),
+                   overrides=dict(TINY, steps=2), device="cpu")
+    assert result.steps == 2 and all(loss == loss for loss in result.losses)
+    after = torch.load(os.path.join(result.checkpoint, "model.pt"))
+    for prefix in frozen:
+        assert not any(changed(before, after, prefix).values()), prefix
+    for prefix in trained:
+        moved = changed(before, after, prefix)
+        assert all(moved.values()), [n for n, m in moved.items() if not m]
+
+
+def test_stages_chain_and_vit_positions_are_interpolated(tmp_path, shards):
+    overrides = dict(TINY, steps=1, image_size=None, seq_len=None)
+    one = train(stage_manifest(tmp_path, shards, 1), 1, str(tmp_path / "s1"),
+                overrides=dict(overrides, seq_len=512), device="cpu")
+    two = train(stage_manifest(tmp_path, shards, 2), 2, str(tmp_path / "s2"),
+                init=one.checkpoint, overrides=dict(overrides, seq_len=1024), device="cpu")
+    state_one = torch.load(os.path.join(one.checkpoint, "model.pt"))
+    state_two = torch.load(os.path.join(two.checkpoint, "model.pt"))
+    # 224 / 14 = 16 -> 448 / 14 = 32 patches a side, plus the class token
+    assert state_one["visual.positional_embedding"].shape[0] == 16 * 16 + 1
+    assert state_two["visual.positional_embedding"].shape[0] == 32 * 32 + 1
+    assert resolve_checkpoint(str(tmp_path / "s2")) == two.checkpoint
+
+
+def test_resume_gives_the_same_loss_curve(tmp_path, shards):
+    manifest = stage_manifest(tmp_path, shards, 2)
+    overrides = dict(TINY, steps=4, save_every=100)
+    straight = train(manifest, 2, str(tmp_path / "straight"), overrides=overrides, device="cpu")
+    part = train(manifest, 2, str(tmp_path / "split"), overrides=overrides, device="cpu",
+                 stop_after=2)
+    assert part.steps == 2
+    rest = train(manifest, 2, str(tmp_path / "split"), resume=True, device="cpu")
+    assert rest.steps == 4
+    assert part.losses + rest.losses == pytest.approx(straight.losses, rel=1e-6, abs=1e-7)
+    a = torch.load(os.path.join(straight.checkpoint, "model.pt"))
+    b = torch.load(os.path.join(rest.checkpoint, "model.pt"))
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+
+
+def test_manifest_stage_must_match(tmp_path, shards):
+    from corpus.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stage 1 manifest"):
+        train(stage_manifest(tmp_path, shards, 1), 2, str(tmp_path / "x"), device="cpu")
+
+
+def test_cli_trains_and_resumes(tmp_path, shards, capsys):
+    from corpus.cli import main
+
+    manifest = stage_manifest(tmp_path, shards, 3)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(dict(TINY, steps=2)))
+    out = str(tmp_path / "run")
+    argv = ["train", "--manifest", manifest, "--stage", "3", "--config", str(config),
+            "--output", out, "--device", "cpu"]
+    assert main(argv + ["--stop-after", "1"]) == 0
+    assert main(argv + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 1: checkpoint" in printed and "step 2: checkpoint" in printed
+    lines = open(os.path.join(out, "log.jsonl")).read().splitlines()
+    assert len(lines) == 2 and '"tokens_per_s"' in lines[0]
+
+
+def test_step_flops_count_attention_within_packed_samples():
+    from corpus.tokens import IMAGE_PAD, TextTokenizer
+    from trainer.data import Batch
+    from trainer.model import QwenVL
+    from trainer.train import step_flops
+
+    config = stage_config(2, overrides={"model": {"adapter": {"queries": 16}}})
+    tokenizer = TextTokenizer.default()
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
+
+    def batch(positions):
+        ids = torch.full((1, 64), 100)
+        return Batch(ids, torch.full((1, 64), -100), torch.tensor([positions]),
+                     torch.zeros((0, 56, 56, 3), dtype=torch.uint8), 1, 64, ["text"], {})
+
+    whole = step_flops(model, [batch(list(range(64)))], config.trainable)
+    halves = step_flops(model, [batch(list(range(32)) * 2)], config.trainable)
+    llm = model.llm.config
+    # 6 x layers x width x (64² - 2 x 32²): causal attention within each sample only
+    assert whole - halves == 6 * llm.num_hidden_layers * llm.hidden_size * (64 ** 2 - 2 * 32 ** 2)

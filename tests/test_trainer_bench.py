@@ -1,0 +1,27 @@
+"""The GPU benchmark runs end to end in its tiny CPU form; the example configs load."""
+import glob
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def test_bench_trainer_tiny_runs(capsys):
+    import bench_trainer
+
+    results = bench_trainer.main(["--tiny", "--workers", "0", "--steps", "1"])
+    assert set(results) == {"plain HF Qwen2, LLM only", "trainer, sdpa"}
+    assert results["trainer, sdpa"]["tokens_per_s"] > 0
+    assert "tokens/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "trainer/configs/*.yaml"))))
+def test_example_configs_load(path):
+    from trainer.stages import stage_config
+
+    for stage in (1, 2, 3):
+        config = stage_config(stage, path)
+        assert config.model.adapter.queries in (64, 256)

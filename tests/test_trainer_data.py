@@ -1,0 +1,201 @@
+"""The trainer's data: loss masks token by token, packing boundaries, mixing, exact positions."""
+import collections
+
+import pytest
+import torch
+
+from conftest import make_image, make_sample
+from corpus.formats import EOS, IM_END, IM_START, IMG_END, IMG_START
+from corpus.schema import Turn
+from corpus.tokens import IMAGE_PAD, TextTokenizer
+from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
+from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
+                          read_manifest)
+from trainer.model import QwenVL
+from trainer.stages import stage_config
+
+QUERIES = 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TextTokenizer.default()
+
+
+@pytest.fixture
+def encoder(tokenizer):
+    return SampleEncoder(tokenizer, image_tokens=QUERIES, seq_len=512)
+
+
+def expected_row(tokenizer, pieces):
+    """(ids, targets) from hand-written (text, supervised) pieces; None text = an image slot."""
+    ids, flags = [], []
+    for text, supervised in pieces:
+        piece = ([tokenizer.token_id(IMG_START)] + [tokenizer.token_id(IMAGE_PAD)] * QUERIES
+                 + [tokenizer.token_id(IMG_END)]) if text is None else tokenizer.encode(text)
+        ids += piece
+        flags += [supervised] * len(piece)
+    targets = [ids[t + 1] if flags[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+    return ids, targets
+
+
+def test_captioning_loss_mask_token_by_token(tokenizer, encoder):
+    sample = make_sample("c", text="a red square")
+    encoded = encoder(sample)
+    ids, targets = expected_row(tokenizer, [
+        (None, False), ("Generate the caption in English:", False), (" a red square" + EOS, True)])
+    assert encoded.ids == ids
+    assert encoded.targets == targets
+    learned = [t for t in encoded.targets if t != IGNORE]
+    assert tokenizer.decode(learned) == " a red square" + EOS
+    assert encoded.images == [sample.images[0].data]
+
+
+def test_chatml_loss_mask_token_by_token(tokenizer, encoder):
+    sample = make_sample("s", task="sft", text="", turns=[
+        Turn("user", "<image>What is it?"), Turn("assistant", "A square.")])
+    encoded = encoder(sample)
+    ids, targets = expected_row(tokenizer, [
+        (IM_START, True), ("system\n", False), ("You are a helpful assistant.", False),
+        (IM_END, True), ("\n", True),
+        (IM_START, True), ("user\n", False), ("Picture 1: ", False), (None, False),
+        ("What is it?", False), (IM_END, True), ("\n", True),
+        (IM_START, True), ("assistant\n", False), ("A square.", True), (IM_END, True),
+        ("\n", True)])
+    assert encoded.ids == ids
+    assert encoded.targets == targets
+    # what is learned: the special tokens and the answer, never role names or the question
+    runs, run = [], []
+    for target in encoded.targets + [IGNORE]:
+        if target == IGNORE and run:
+            runs.append(tokenizer.decode(run))
+            run = []
+        elif target != IGNORE:
+            run.append(target)
+    assert runs == [f"{IM_END}\n{IM_START}", f"{IM_END}\n{IM_START}", f"A square.{IM_END}\n"]
+
+
+def test_too_long_samples_are_cut_or_skipped(tokenizer):
+    assert SampleEncoder(tokenizer, QUERIES, seq_len=4)(make_sample("c")) is None  # cuts an image
+    assert SampleEncoder(tokenizer, QUERIES, seq_len=8)(make_sample("c")) is None  # no target left
+    short = SampleEncoder(tokenizer, QUERIES, seq_len=8)
+    text = short(make_sample("t", task="text", text="word " * 50, images=[]))
+    assert len(text.ids) == len(text.targets) == 8 and text.targets[-1] == IGNORE
+
+
+def test_packed_samples_do_not_attend_to_each_other(tokenizer, encoder):
+    config = stage_config(2, overrides={"model": {"adapter": {"queries": QUERIES}}})
+    torch.manual_seed(0)
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD)).eval()
+    first = encoder(make_sample("a", text="a red square", images=[make_image(color=(250, 0, 0))]))
+    second = encoder(make_sample("b", text="a much bluer square than the first one",
+                                 images=[make_image(color=(0, 0, 250))]))
+    pad = encoder.pad
+
+    def run(samples, seq_len):
+        row = assemble(PackJob("captioning", samples), seq_len, pad, 56)
+        args = (torch.from_numpy(row["ids"])[None], torch.from_numpy(row["positions"])[None])
+        pixels = torch.from_numpy(row["pixels"])
+        with torch.no_grad():
+            hidden = model.hidden_states(*args, pixels)[0]
+            loss = model(*args, torch.from_numpy(row["targets"])[None], pixels)
+        return hidden, float(loss)
+
+    n1, n2 = len(first.ids), len(second.ids)
+    packed, packed_loss = run([first, second], n1 + n2 + 5)
+    alone_1, loss_1 = run([first], n1)
+    alone_2, loss_2 = run([second], n2)
+    torch.testing.assert_close(packed[:n1], alone_1, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[n1:n1 + n2], alone_2, atol=1e-5, rtol=1e-4)
+    assert packed_loss == pytest.approx(loss_1 + loss_2, rel=1e-5)
+    # the check has teeth: without restarting positions the second sample sees the first
+    row = assemble(PackJob("captioning", [first, second]), n1 + n2, pad, 56)
+    with torch.no_grad():
+        leaky = model.hidden_states(torch.from_numpy(row["ids"])[None],
+                                    torch.arange(n1 + n2)[None], torch.from_numpy(row["pixels"]))[0]
+    assert not torch.allclose(leaky[n1:], alone_2, atol=1e-3)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    caps = write_shard(str(tmp_path / "cap.tar"), caption_samples(6))
+    text = write_shard(str(tmp_path / "text.tar"), text_samples(4))
+    path = write_manifest(tmp_path / "m.yaml", 2, {"captioning": [(caps, 6)], "text": [(text, 4)]},
+                          weights={"captioning": 0.25, "text": 0.75})
+    return read_manifest(path)
+
+
+def test_mixture_follows_the_weights_and_the_seed(manifest, encoder):
+    stream = PackStream(manifest, encoder, seed=3, window=4)
+    drawn = collections.Counter(stream.task_of(k) for k in range(4000))
+    assert drawn["text"] / 4000 == pytest.approx(0.75, abs=0.03)
+    again = PackStream(manifest, encoder, seed=3, window=4)
+    other = PackStream(manifest, encoder, seed=4, window=4)
+    order = [stream.task_of(k) for k in range(50)]
+    assert order == [again.task_of(k) for k in range(50)] != [other.task_of(k) for k in range(50)]
+
+
+def test_packs_stay_within_one_task_and_seq_len(manifest, encoder):
+    stream = PackStream(manifest, encoder, seed=0, window=4)
+    for _ in range(12):  # more than an epoch of both tasks
+        job = stream.next_pack()
+        assert sum(len(s.ids) for s in job.samples) <= encoder.seq_len
+        kinds = {bool(s.images) for s in job.samples}
+        assert kinds == ({True} if job.task == "captioning" else {False})
+
+
+def test_stream_position_restores_mid_window(manifest, encoder):
+    stream = PackStream(manifest, encoder, seed=0, window=3)
+    for _ in range(5):
+        stream.next_pack()
+    state = stream.state()
+    expected = [[s.ids for s in stream.next_pack().samples] for _ in range(6)]
+    restored = PackStream(manifest, encoder, seed=0, window=3)
+    restored.restore(state)
+    assert [[s.ids for s in restored.next_pack().samples] for _ in range(6)] == expected
+
+
+def test_worker_processes_give_the_same_batches(manifest, tokenizer):
+    def first_batches(workers):
+        loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=2,
+                              num_workers=workers, prefetch=2, window=4)
+        batches = iter(loader)
+        try:
+            return [next(batches) for _ in range(3)]
+        finally:
+            loader.close()
+
+    inline, pooled = first_batches(0), first_batches(1)
+    for a, b in zip(inline, pooled):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.pixels, b.pixels)
+        assert torch.equal(a.targets, b.targets) and a.state == b.state
+    assert inline[0].pixels.dtype == torch.uint8 and inline[0].pixels.shape[1:] == (56, 56, 3)
+
+
+def test_sft_and_text_shards_round_trip_through_the_loader(tmp_path, tokenizer):
+    sft = write_shard(str(tmp_path / "sft.tar"), sft_samples(3))
+    path = write_manifest(tmp_path / "m3.yaml", 3, {"sft": [(sft, 3)]})
+    loader = build_loader(read_manifest(path), tokenizer, QUERIES, 512, 56, seed=0,
+                          micro_batch_size=1)
+    batch = next(iter(loader))
+    assert batch.samples == 1 and batch.pixels.shape[0] == 1  # stage 3: one dialogue per row
+    assert int((batch.input_ids == tokenizer.token_id(IMAGE_PAD)).sum()) == QUERIES
+
+
+def test_varlen_bounds_from_restarting_positions():
+    from trainer.attention import sequence_bounds
+
+    bounds, longest = sequence_bounds(torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]))
+    assert bounds.tolist() == [0, 3, 5, 7, 10] and bounds.dtype == torch.int32 and longest == 3
+
+
+def test_varlen_is_a_registered_attention_implementation(tokenizer):
+    config = stage_config(2, overrides={"model": {"adapter": {"queries": QUERIES},
+                                                  "llm": {"attn_implementation": "varlen"}}})
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
+    assert model.llm.config._attn_implementation == "varlen"
+
+
+def test_a_record_without_a_text_format_is_skipped(encoder):
+    broken = make_sample("g", task="ref_grounding", text="the dog")  # no region, so no box
+    assert encoder(broken) is None

@@ -1,0 +1,33 @@
+"""Two ranks under torchrun (gloo, CPU) train exactly as one rank with twice the micro-batch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from test_trainer import TINY, shards, stage_manifest  # noqa: F401  (shards is a fixture)
+from trainer.train import train
+
+
+def test_two_ranks_match_one_rank_with_twice_the_micro_batch(tmp_path, shards):  # noqa: F811
+    manifest = stage_manifest(tmp_path, shards, 2)
+    config = tmp_path / "two-ranks.yaml"
+    config.write_text(yaml.safe_dump(dict(TINY, steps=2, micro_batch_size=1)))
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "corpus.cli", "train", "--manifest", manifest, "--stage", "2", "--config",
+         str(config), "--output", str(out), "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
+    state = json.load(open(out / "checkpoints" / "step-00000002" / "state.json"))
+    assert state["world"] == 2
+
+    single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2),
+                   device="cpu")
+    assert logged == pytest.approx(single.losses, rel=1e-5)
+    assert state["data"] == json.load(open(os.path.join(single.checkpoint, "state.json")))["data"]

@@ -1,0 +1,48 @@
+"""`corpus train`: one stage of Table 8 on a stage manifest.
+
+    corpus train --manifest stage2.yaml --stage 2 --init runs/stage1 --output runs/stage2
+"""
+from __future__ import annotations
+
+import sys
+
+from corpus.config import ConfigError
+
+
+def add_arguments(parser):
+    parser.add_argument("--manifest", required=True, help="stage manifest (corpus manifest build)")
+    parser.add_argument("--stage", type=int, required=True, choices=(1, 2, 3),
+                        help="the Table 8 column; must match the manifest's stage")
+    parser.add_argument("--config", help="YAML overriding the stage's Table 8 plan "
+                                         "(trainer/configs/ has examples)")
+    parser.add_argument("--init", help="checkpoint (or output folder) of the previous stage")
+    parser.add_argument("--output", required=True, help="checkpoints and log.jsonl go here")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in --output, exactly")
+    parser.add_argument("--steps", type=int, help="override the stage's total steps")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="stop this run after N steps (with a checkpoint); resume later")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+
+
+def main(args, extra_argv) -> int:
+    from trainer.train import train
+
+    if extra_argv:
+        print(f"corpus train: unknown arguments {extra_argv}", file=sys.stderr)
+        return 2
+    if args.resume and args.init:
+        print("corpus train: --resume continues --output; --init starts a new stage",
+              file=sys.stderr)
+        return 2
+    overrides = {"steps": args.steps} if args.steps else None
+    try:
+        result = train(args.manifest, args.stage, args.output, config_path=args.config,
+                       init=args.init, resume=args.resume, overrides=overrides,
+                       device=args.device, stop_after=args.stop_after)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"corpus train: {error}", file=sys.stderr)
+        return 2
+    if result.checkpoint:  # rank 0 writes the checkpoints (and says so)
+        print(f"step {result.steps}: checkpoint {result.checkpoint}")
+    return 0

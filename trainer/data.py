@@ -1,0 +1,434 @@
+"""The training data: a stage manifest -> packed, loss-masked token sequences with their images.
+
+Flow, all deterministic from the seed:
+  manifest sources ─> one `TaskStream` per task: its shards in a seeded order per epoch, read
+  `pack_window` samples at a time, formatted (`corpus.formats.format_sample`), tokenized, packed
+  (`corpus.packing.plan_packs`, same task only) ─> `PackStream` picks the task of the k-th pack
+  by the mixture weights from hash(seed, k) ─> `Loader` decodes the images of each pack in worker
+  processes, in order, and stacks packs into micro-batches.
+
+Loss mask: a token is a target when its span is supervised (`Span.supervised`: answers, targets
+and the ChatML special tokens, never prompts, role names or images). Targets are computed per
+sample before packing, so the last token of one sample never learns the first of the next.
+
+Position: the data position is, per task, the start of its current window plus the packs already
+taken from it, and the number of packs drawn. Restoring it re-reads that one window, re-plans it
+and skips the packs already taken: an exact mid-epoch resume that decodes no skipped image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import multiprocessing
+import os
+import random
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image as PILImage
+
+from corpus.config import ConfigError
+from corpus.formats import IMG_END, IMG_START, format_sample
+from corpus.packing import plan_packs
+from corpus.schema import TASKS, Sample
+from corpus.shards import read_shard
+from corpus.tokens import IMAGE_PAD, PAD, TextTokenizer
+
+IGNORE = -100
+
+
+# ---- manifest --------------------------------------------------------------------------------
+
+@dataclass
+class Source:
+    task: str
+    weight: float
+    shards: list[str]
+
+
+@dataclass
+class Manifest:
+    path: str
+    stage: int
+    image_size: int
+    seq_len: int
+    packing: bool
+    seed: int
+    tokenizer: str | None
+    sources: list[Source]
+
+
+def read_manifest(path: str) -> Manifest:
+    """Read a stage manifest (format: manifests/manifest.py) into what the trainer needs."""
+    try:
+        from manifests.manifest import ManifestError, load_manifest
+    except ImportError:  # the manifest module is optional for the trainer
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f)
+    else:
+        try:
+            document = dataclasses.asdict(load_manifest(path))
+        except ManifestError as error:
+            raise ConfigError(str(error)) from None
+    return manifest_from_mapping(document, path)
+
+
+def manifest_from_mapping(document: dict[str, Any], path: str) -> Manifest:
+    base = os.path.dirname(os.path.abspath(path))
+    sources = []
+    for source in document.get("sources") or []:
+        if source["task"] not in TASKS:
+            raise ValueError(f"{path}: unknown task {source['task']!r}")
+        shards = [_resolve(shard["path"] if isinstance(shard, dict) else shard, base)
+                  for shard in source.get("shards") or []]
+        if source["weight"] > 0 and shards:
+            sources.append(Source(source["task"], float(source["weight"]), shards))
+    if not sources:
+        raise ValueError(f"{path}: no source with shards and a positive weight")
+    tokenizer = document.get("tokenizer")
+    return Manifest(path=path, stage=int(document["stage"]),
+                    image_size=int(document["image_size"]), seq_len=int(document["seq_len"]),
+                    packing=bool(document.get("packing", True)), seed=int(document.get("seed", 0)),
+                    tokenizer=_resolve(tokenizer, base) if tokenizer else None, sources=sources)
+
+
+def _resolve(path: str, base: str) -> str:
+    return path if "://" in path or os.path.isabs(path) else os.path.join(base, path)
+
+
+# ---- one sample -> tokens ---------------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    targets: list[int]  # targets[t] = ids[t + 1] where that token is supervised, else IGNORE
+    images: list[bytes]  # in slot order
+
+
+class SampleEncoder:
+    def __init__(self, tokenizer: TextTokenizer, image_tokens: int, seq_len: int):
+        self.tokenizer = tokenizer
+        self.image_tokens = image_tokens
+        self.seq_len = seq_len
+        self.img_start = tokenizer.token_id(IMG_START)
+        self.img_end = tokenizer.token_id(IMG_END)
+        self.image_pad = tokenizer.token_id(IMAGE_PAD)
+        self.pad = tokenizer.token_id(PAD)
+
+    def __call__(self, sample: Sample) -> Encoded | None:
+        """Tokens and targets of a sample; None when it has no text format (a record the
+        formatter rejects), or cutting it to seq_len would split an image or leave nothing to
+        learn."""
+        try:
+            spans = format_sample(sample)
+        except (ValueError, IndexError, TypeError):  # e.g. a grounding record without its box
+            return None
+        ids: list[int] = []
+        supervised: list[bool] = []
+        images = []
+        for span in spans:
+            if span.image is not None:
+                piece = [self.img_start] + [self.image_pad] * self.image_tokens + [self.img_end]
+                images.append(sample.images[span.image].data)
+            else:
+                piece = self.tokenizer.encode(span.text)
+            ids += piece
+            supervised += [span.supervised] * len(piece)
+        if len(ids) > self.seq_len:
+            ids, supervised = ids[:self.seq_len], supervised[:self.seq_len]
+            if ids.count(self.img_start) != ids.count(self.img_end):
+                return None
+            images = images[:ids.count(self.img_end)]
+        targets = [ids[t + 1] if supervised[t + 1] else IGNORE for t in range(len(ids) - 1)]
+        if not any(supervised[1:]):
+            return None
+        return Encoded(ids, targets + [IGNORE], images)
+
+
+# ---- per-task streams of packs ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Position:
+    epoch: int = 0
+    shard: int = 0  # index into the epoch's shard order
+    sample: int = 0  # samples already read from that shard
+
+
+class ShardReader:
+    """Reads one task's samples from a position on, across shards and epochs; keeps the open shard
+    while reads continue where the last one stopped."""
+
+    def __init__(self, task: str, shards: list[str], seed: int):
+        self.task, self.shards, self.seed = task, shards, seed
+        self._iterator: Iterator[Sample] | None = None
+        self._at: Position | None = None
+
+    def order(self, epoch: int) -> list[str]:
+        shards = list(self.shards)
+        random.Random(f"{self.seed}/{self.task}/{epoch}").shuffle(shards)
+        return shards
+
+    def read(self, start: Position, count: int) -> tuple[list[Sample], Position]:
+        if self._at != start:
+            self._iterator = self._open(start)
+        position, samples, misses = start, [], 0
+        while len(samples) < count:
+            sample = next(self._iterator, None)
+            if sample is None:  # this shard is done: the next one, or the next epoch
+                misses += 1
+                if misses > len(self.shards) + 1:
+                    raise ValueError(f"task {self.task}: its shards hold no sample")
+                position = (Position(position.epoch, position.shard + 1)
+                            if position.shard + 1 < len(self.shards)
+                            else Position(position.epoch + 1))
+                self._iterator = self._open(position)
+                continue
+            misses = 0
+            samples.append(sample)
+            position = Position(position.epoch, position.shard, position.sample + 1)
+        self._at = position
+        return samples, position
+
+    def _open(self, position: Position) -> Iterator[Sample]:
+        iterator = read_shard(self.order(position.epoch)[position.shard])
+        return itertools.islice(iterator, position.sample, None)
+
+
+@dataclass
+class PackJob:
+    """What a worker turns into arrays: the samples of one packed sequence."""
+
+    task: str
+    samples: list[Encoded]
+
+
+class TaskStream:
+    def __init__(self, source: Source, encoder: SampleEncoder, seed: int, packing: bool,
+                 window: int):
+        self.task = source.task
+        self.encoder, self.seed, self.packing, self.window = encoder, seed, packing, window
+        self.reader = ShardReader(source.task, source.shards, seed)
+        self.window_start = self.next_start = Position()
+        self.taken = 0
+        self.skipped = 0  # samples without a text format, cut through an image, or nothing to learn
+        self._pending: deque[PackJob] = deque()
+
+    def next_pack(self) -> PackJob:
+        while not self._pending:
+            self._plan_window()
+        self.taken += 1
+        return self._pending.popleft()
+
+    def _plan_window(self) -> None:
+        samples, end = self.reader.read(self.next_start, self.window)
+        encoded = [e for e in map(self.encoder, samples) if e is not None]
+        self.skipped += len(samples) - len(encoded)
+        if self.packing:
+            packs = plan_packs([len(e.ids) for e in encoded], self.encoder.seq_len)
+        else:
+            packs = [[i] for i in range(len(encoded))]
+        # plan_packs orders by length; shuffle so long and short sequences interleave
+        random.Random(f"{self.seed}/{self.task}/{self.next_start}").shuffle(packs)
+        self._pending = deque(PackJob(self.task, [encoded[i] for i in pack]) for pack in packs)
+        self.window_start, self.next_start, self.taken = self.next_start, end, 0
+
+    def state(self) -> dict[str, Any]:
+        return {"window_start": dataclasses.asdict(self.window_start), "taken": self.taken}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_start = Position(**state["window_start"])
+        self._plan_window()
+        for _ in range(state["taken"]):
+            self.next_pack()
+
+
+class PackStream:
+    """Packs of all tasks, the task of the k-th pack drawn by weight from hash(seed, k)."""
+
+    def __init__(self, manifest: Manifest, encoder: SampleEncoder, seed: int, window: int):
+        self.seed = seed
+        self.streams = {s.task: TaskStream(s, encoder, seed, manifest.packing, window)
+                        for s in manifest.sources}
+        total = sum(s.weight for s in manifest.sources)
+        self.tasks = [s.task for s in manifest.sources]
+        self.cumulative = list(itertools.accumulate(s.weight / total for s in manifest.sources))
+        self.drawn = 0
+
+    def task_of(self, k: int) -> str:
+        u = random.Random(f"{self.seed}/mix/{k}").random()
+        for task, bound in zip(self.tasks, self.cumulative):
+            if u < bound:
+                return task
+        return self.tasks[-1]
+
+    def next_pack(self) -> PackJob:
+        job = self.streams[self.task_of(self.drawn)].next_pack()
+        self.drawn += 1
+        return job
+
+    def state(self) -> dict[str, Any]:
+        return {"drawn": self.drawn,
+                "tasks": {task: stream.state() for task, stream in self.streams.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.drawn = state["drawn"]
+        for task, task_state in state["tasks"].items():
+            self.streams[task].restore(task_state)
+
+    @property
+    def skipped(self) -> int:
+        return sum(stream.skipped for stream in self.streams.values())
+
+
+# ---- packs -> arrays (in worker processes) ----------------------------------------------------
+
+def assemble(job: PackJob, seq_len: int, pad_id: int, image_size: int) -> dict[str, Any]:
+    """One packed row: ids, targets and per-sample position ids (restarting at 0), padded to
+    seq_len with a segment of its own; the images decoded to uint8 [n, S, S, 3]."""
+    ids, targets, positions = [], [], []
+    for sample in job.samples:
+        ids += sample.ids
+        targets += sample.targets
+        positions += range(len(sample.ids))
+    padding = seq_len - len(ids)
+    ids += [pad_id] * padding
+    targets += [IGNORE] * padding
+    positions += range(padding)
+    images = [decode_image(data, image_size) for sample in job.samples for data in sample.images]
+    pixels = (np.stack(images) if images
+              else np.zeros((0, image_size, image_size, 3), dtype=np.uint8))
+    return {"task": job.task, "samples": len(job.samples),
+            "tokens": seq_len - padding, "ids": np.asarray(ids, dtype=np.int64),
+            "targets": np.asarray(targets, dtype=np.int64),
+            "positions": np.asarray(positions, dtype=np.int64), "pixels": pixels}
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Square resize, as Qwen-VL feeds its ViT; JPEG draft mode decodes at reduced scale first."""
+    with PILImage.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (size, size))
+        image = image.convert("RGB").resize((size, size), PILImage.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.uint8)
+
+
+# ---- micro-batches --------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, seq_len]
+    targets: torch.Tensor  # [B, seq_len], IGNORE where no loss
+    position_ids: torch.Tensor  # [B, seq_len], restarting at every packed sample
+    pixels: torch.Tensor  # uint8 [images, S, S, 3], in slot order
+    samples: int
+    tokens: int  # non-padding tokens
+    tasks: list[str]
+    state: dict[str, Any]  # the data position after this batch
+
+    @property
+    def supervised(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        move = dict(non_blocking=True)
+        return dataclasses.replace(
+            self, input_ids=self.input_ids.to(device, **move),
+            targets=self.targets.to(device, **move),
+            position_ids=self.position_ids.to(device, **move),
+            pixels=self.pixels.to(device, **move))
+
+
+class Loader:
+    """Endless micro-batches from a `PackStream`; images decode in `num_workers` processes, in
+    order, `prefetch` packs ahead per worker. With several ranks, pack k belongs to rank
+    k mod `world`; every rank draws all packs (cheap: no image is decoded) so that the data
+    position after each batch is the same on every rank."""
+
+    def __init__(self, stream: PackStream, micro_batch_size: int, seq_len: int, image_size: int,
+                 pad_id: int, num_workers: int = 0, prefetch: int = 8, rank: int = 0,
+                 world: int = 1):
+        self.stream, self.micro_batch_size = stream, micro_batch_size
+        self.seq_len, self.image_size, self.pad_id = seq_len, image_size, pad_id
+        self.num_workers, self.prefetch = num_workers, prefetch
+        self.rank, self.world = rank, world
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _next_job(self) -> tuple[PackJob, dict[str, Any]]:
+        jobs = [self.stream.next_pack() for _ in range(self.world)]
+        return jobs[self.rank], self.stream.state()
+
+    def __iter__(self) -> Iterator[Batch]:
+        rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for row in self._rows():
+            rows.append(row)
+            if len(rows) == self.micro_batch_size:
+                yield self._stack(rows)
+                rows = []
+
+    def _rows(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        args = (self.seq_len, self.pad_id, self.image_size)
+        if self.num_workers == 0:
+            while True:
+                job, state = self._next_job()
+                yield assemble(job, *args), state
+        # spawn: workers must not inherit the training process's threads and CUDA state
+        self._pool = ProcessPoolExecutor(self.num_workers,
+                                         mp_context=multiprocessing.get_context("spawn"))
+        pending: deque = deque()
+        try:
+            while True:
+                while len(pending) < self.num_workers * self.prefetch:
+                    job, state = self._next_job()
+                    pending.append((self._pool.submit(assemble, job, *args), state))
+                future, state = pending.popleft()
+                yield future.result(), state
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _stack(self, rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> Batch:
+        arrays = [row for row, _ in rows]
+        return Batch(
+            input_ids=torch.from_numpy(np.stack([a["ids"] for a in arrays])),
+            targets=torch.from_numpy(np.stack([a["targets"] for a in arrays])),
+            position_ids=torch.from_numpy(np.stack([a["positions"] for a in arrays])),
+            pixels=torch.from_numpy(np.concatenate([a["pixels"] for a in arrays])),
+            samples=sum(a["samples"] for a in arrays), tokens=sum(a["tokens"] for a in arrays),
+            tasks=[a["task"] for a in arrays], state=rows[-1][1])
+
+
+def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int, seq_len: int,
+                 image_size: int, seed: int, micro_batch_size: int, num_workers: int = 0,
+                 prefetch: int = 8, window: int = 256, state: dict[str, Any] | None = None,
+                 rank: int = 0, world: int = 1) -> Loader:
+    encoder = SampleEncoder(tokenizer, image_tokens, seq_len)
+    stream = PackStream(manifest, encoder, seed, window)
+    if state is not None:
+        stream.restore(state)
+    return Loader(stream, micro_batch_size, seq_len, image_size, encoder.pad, num_workers,
+                  prefetch, rank, world)
+
+
+def corpus_texts(manifest: Manifest, limit: int = 2000) -> Iterator[str]:
+    """Formatted text of up to `limit` samples per task, to train a tokenizer on the corpus."""
+    from corpus.formats import render
+
+    for source in manifest.sources:
+        count = 0
+        for shard in source.shards:
+            for sample in read_shard(shard):
+                yield render(format_sample(sample))
+                count += 1
+                if count >= limit:
+                    break
+            if count >= limit:
+                break

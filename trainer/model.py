@@ -1,0 +1,159 @@
+"""The Qwen-VL model of §2.1: open_clip ViT (patch 14) -> position-aware adapter -> causal LM.
+
+Each image becomes `<img>` + N adapter outputs + `</img>` in the LLM's input: the data loader
+writes N `IMAGE_PAD` tokens between the two special tokens, and `forward` overwrites their
+embeddings with the adapter's vectors, in reading order. The loss is the summed cross-entropy of
+the supervised next tokens (targets of -100 carry no loss), computed only where a target exists,
+so prompts and image slots cost no LM-head work.
+
+Packed sequences: position ids restart at 0 for every sample; given no attention mask, the
+Hugging Face model turns those restarts into a block-diagonal causal mask, so no token attends
+across samples.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, create_model
+from open_clip.model import resize_pos_embed
+from open_clip.transformer import VisionTransformer
+from torch import nn
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from trainer.adapter import PositionAwareAdapter
+from trainer.attention import VARLEN, sequence_bounds
+from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
+
+IGNORE = -100
+
+
+def build_visual(config: VisionConfig, image_size: int) -> VisionTransformer:
+    if config.open_clip_model:
+        clip = create_model(config.open_clip_model, pretrained=config.pretrained,
+                            force_image_size=image_size, pretrained_text=False)
+        visual = clip.visual
+        if not isinstance(visual, VisionTransformer):
+            raise ValueError(f"{config.open_clip_model}: not an open_clip ViT")
+    else:
+        visual = VisionTransformer(
+            image_size=image_size, patch_size=config.patch_size, width=config.width,
+            layers=config.layers, heads=max(1, config.width // config.head_width),
+            mlp_ratio=config.mlp_ratio, output_dim=config.width)
+    visual.output_tokens = True
+    visual.proj = None  # the adapter reads patch tokens; the contrastive projection is unused
+    return visual
+
+
+def build_llm(config: LLMConfig, vocab_size: int) -> Qwen2ForCausalLM:
+    if config.pretrained:
+        llm = AutoModelForCausalLM.from_pretrained(
+            config.pretrained, local_files_only=True, dtype=torch.float32,
+            attn_implementation=config.attn_implementation,
+            trust_remote_code=config.trust_remote_code)
+        if llm.get_input_embeddings().num_embeddings < vocab_size:
+            llm.resize_token_embeddings(vocab_size)
+        return llm
+    if config.vocab_size is not None and config.vocab_size < vocab_size:
+        raise ValueError(f"model.llm.vocab_size {config.vocab_size} < tokenizer's {vocab_size}")
+    llm_config = Qwen2Config(
+        vocab_size=config.vocab_size or vocab_size, hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads, num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
+        tie_word_embeddings=False)
+    llm_config._attn_implementation = config.attn_implementation
+    return Qwen2ForCausalLM(llm_config)
+
+
+class QwenVL(nn.Module):
+    def __init__(self, config: ModelConfig, image_size: int, vocab_size: int, image_pad_id: int):
+        super().__init__()
+        self.config = config
+        self.image_pad_id = image_pad_id
+        self.visual = build_visual(config.visual, image_size)
+        self.llm = build_llm(config.llm, vocab_size)
+        self.adapter = PositionAwareAdapter(
+            self.visual.transformer.width, self.llm.config.hidden_size,
+            queries=config.adapter.queries, width=config.adapter.width,
+            heads=config.adapter.heads)
+        self.register_buffer("pixel_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1),
+                             persistent=False)
+
+    @property
+    def image_tokens(self) -> int:
+        return self.adapter.queries
+
+    @property
+    def image_size(self) -> int:
+        return self.visual.image_size[0]
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [images, H, W, 3] -> [images, queries, llm width]."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255)
+        x = (x - self.pixel_mean) / self.pixel_std
+        _, patches = self.visual(x)
+        return self.adapter(patches)
+
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                      pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """The LLM's last hidden states [B, seq_len, width], images spliced into their slots."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.image_pad_id
+        if pixels is not None and pixels.shape[0]:
+            visual = self.encode_images(pixels).to(embeds.dtype)
+            if slots.sum().item() != visual.shape[0] * visual.shape[1]:
+                raise ValueError(f"{int(slots.sum())} image slots for {visual.shape[0]} images "
+                                 f"of {visual.shape[1]} tokens")
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), visual)
+        elif slots.any():
+            raise ValueError("image slots without images")
+        bounds = {}
+        if self.llm.config._attn_implementation == VARLEN:
+            cu, longest = sequence_bounds(position_ids)
+            bounds = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest,
+                          max_length_k=longest)
+        return self.llm.base_model(inputs_embeds=embeds, position_ids=position_ids,
+                                   use_cache=False, **bounds).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                targets: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed cross-entropy over the supervised targets of the batch."""
+        hidden = self.hidden_states(input_ids, position_ids, pixels)
+        supervised = targets != IGNORE
+        logits = self.llm.get_output_embeddings()(hidden[supervised])
+        return F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"visual": self.visual, "adapter": self.adapter, "llm": self.llm}
+
+
+def compile_blocks(model: QwenVL) -> None:
+    """torch.compile each ViT block and LLM layer in place (identical blocks share one graph;
+    parameter names and checkpoints are unchanged)."""
+    for block in model.visual.transformer.resblocks:
+        block.compile()
+    for layer in model.llm.base_model.layers:
+        layer.compile()
+
+
+def apply_freeze_plan(model: QwenVL, trainable: list[str]) -> None:
+    """Table 8: stage 1 trains ViT + adapter, stage 2 all, stage 3 adapter + LLM."""
+    for name in COMPONENTS:
+        model.components()[name].requires_grad_(name in trainable)
+
+
+def load_weights(model: QwenVL, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint of this model; a ViT trained at another resolution (224 -> 448) gets its
+    position embeddings interpolated to this model's patch grid."""
+    state = dict(state)
+    resize_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
+
+
+def parameter_counts(model: QwenVL) -> dict[str, int]:
+    counts = {name: sum(p.numel() for p in module.parameters())
+              for name, module in model.components().items()}
+    counts["llm_embeddings"] = model.llm.get_input_embeddings().weight.numel()
+    return counts

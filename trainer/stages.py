@@ -1,0 +1,160 @@
+"""The stage plans of Table 8 as one overridable config per stage.
+
+`stage_config(stage, path)` starts from the paper's values for that stage and applies a YAML file
+on top (any key, nested sections included); unknown keys are an error. The model section defaults
+to a tiny random-init model so that `corpus train` runs anywhere; a real run names an open_clip
+config and local checkpoints (`trainer/configs/qwen-vl-7b.yaml`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from corpus.config import ConfigError, from_mapping
+
+COMPONENTS = ("visual", "adapter", "llm")
+
+
+@dataclass
+class VisionConfig:
+    """open_clip ViT. `open_clip_model` names any open_clip config (ViT-bigG-14 in the paper);
+    without it a custom ViT is built from the fields below (the tiny default)."""
+
+    open_clip_model: str | None = None
+    pretrained: str | None = None  # local open_clip checkpoint file
+    width: int = 64
+    layers: int = 2
+    head_width: int = 32
+    mlp_ratio: float = 4.0
+    patch_size: int = 14  # the paper's stride
+
+    def validate(self) -> None:
+        if self.pretrained and not self.open_clip_model:
+            raise ConfigError("model.visual.pretrained needs model.visual.open_clip_model")
+
+
+@dataclass
+class AdapterConfig:
+    queries: int = 256  # Table 8: learnable query numbers
+    width: int | None = None  # cross-attention width; None = the LLM width
+    heads: int | None = None  # None = width // 128 (at least 1)
+
+    def validate(self) -> None:
+        if int(round(self.queries ** 0.5)) ** 2 != self.queries:
+            raise ConfigError(
+                f"model.adapter.queries must be a square (a 2D grid), got {self.queries}")
+
+
+@dataclass
+class LLMConfig:
+    """A Hugging Face causal LM: `pretrained` is a local folder; else a random-init Qwen2 config."""
+
+    pretrained: str | None = None
+    trust_remote_code: bool = False  # for checkpoints with their own modelling code (Qwen-7B)
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    vocab_size: int | None = None  # None = the tokenizer's; larger pads the embeddings
+    # "sdpa" (any device; packed rows get a dense block-diagonal mask), "varlen" (CUDA: flash
+    # varlen kernel, no mask; trainer/attention.py), or any other transformers implementation
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class ModelConfig:
+    visual: VisionConfig = field(default_factory=VisionConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+
+@dataclass
+class StageConfig:
+    stage: int = 1
+    trainable: list[str] = field(default_factory=lambda: ["visual", "adapter"])
+    image_size: int | None = None  # None = the manifest's (Table 8: 224 / 448 / 448)
+    seq_len: int | None = None  # None = the manifest's (Table 8: 512 / 2048 / 2048)
+    peak_lr: float = 2e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 500
+    steps: int = 50_000
+    vit_lr_decay: float = 0.95  # layer-wise: block i of L gets decay ** (L + 1 - i)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    micro_batch_size: int = 4  # packed sequences per forward pass
+    grad_accum: int = 6
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
+    seed: int | None = None  # None = the manifest's
+    tokenizer: str | None = None  # None = the manifest's, else the embedded default
+    compile: bool = False  # torch.compile every ViT block and LLM layer (the first steps compile)
+    num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
+    prefetch: int = 8  # packed sequences decoded ahead per worker
+    pack_window: int = 256  # samples read per task before planning their packs
+    log_every: int = 10
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.trainable) - set(COMPONENTS))
+        if unknown:
+            raise ConfigError(f"trainable: unknown component(s) {unknown}; known: {COMPONENTS}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if not self.trainable:
+            raise ConfigError("trainable: nothing to train")
+        if self.steps < 1 or self.grad_accum < 1 or self.micro_batch_size < 1:
+            raise ConfigError("steps, grad_accum and micro_batch_size must be >= 1")
+
+
+# Table 8, column by column. Global batch sizes (30720 / 4096 / 128 samples) follow from
+# micro_batch_size x grad_accum x GPUs x samples per packed sequence; set micro_batch_size to fit.
+TABLE_8: dict[int, dict[str, Any]] = {
+    1: dict(stage=1, trainable=["visual", "adapter"], peak_lr=2e-4, min_lr=1e-6,
+            warmup_steps=500, steps=50_000, vit_lr_decay=0.95, grad_accum=6),
+    2: dict(stage=2, trainable=["visual", "adapter", "llm"], peak_lr=5e-5, min_lr=1e-5,
+            warmup_steps=400, steps=19_000, vit_lr_decay=0.95, grad_accum=8),
+    3: dict(stage=3, trainable=["adapter", "llm"], peak_lr=1e-5, min_lr=1e-6,
+            warmup_steps=3_000, steps=8_000, vit_lr_decay=0.0, grad_accum=8),
+}
+
+
+def stage_config(stage: int, path: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> StageConfig:
+    """Table 8's plan for `stage`, then the YAML file at `path`, then `overrides`, on top."""
+    if stage not in TABLE_8:
+        raise ConfigError(f"stage must be 1, 2 or 3, got {stage}")
+    mapping = dataclasses.asdict(StageConfig())
+    mapping.update(TABLE_8[stage])
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f) or {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        if document.get("stage", stage) != stage:
+            raise ConfigError(f"{path}: stage {document['stage']} given for stage {stage}")
+        mapping = merge(mapping, document)
+    mapping = merge(mapping, overrides or {})
+    return from_mapping(StageConfig, mapping, path or "stage config")
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def model_config(mapping: dict[str, Any]) -> ModelConfig:
+    return from_mapping(ModelConfig, mapping, "model")

@@ -1,0 +1,351 @@
+"""One training stage, top to bottom: config -> model -> optimizer -> data -> loop -> checkpoints.
+
+A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNNNN/` holding `model.pt`, `optimizer.pt`,
+`tokenizer.json` and `state.json` (step, scheduler, data position, resolved config, counters).
+It is written under a temporary name and renamed into place, then `checkpoints/latest` names it,
+so a reader never sees a half-written checkpoint. `--resume` restores all of it and continues
+with the same batches and the same learning rates; `--init` starts a new stage from a previous
+stage's checkpoint (the weights and the tokenizer; the ViT position grid is interpolated when the
+image size changes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from corpus.config import ConfigError, from_mapping
+from corpus.shards import atomic_write
+from corpus.tokens import IMAGE_PAD, TextTokenizer
+from trainer.attention import sequence_bounds
+from trainer.data import Batch, build_loader, corpus_texts, read_manifest
+from trainer.model import (QwenVL, apply_freeze_plan, compile_blocks, load_weights,
+                           parameter_counts)
+from trainer.distributed import join_world
+from trainer.stages import COMPONENTS, StageConfig, model_config, stage_config
+
+# Dense bf16 peak FLOP/s by device name, for MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+              "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
+
+
+@dataclass
+class TrainResult:
+    checkpoint: str
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per step run now, in order
+    log: list[dict[str, float]] = field(default_factory=list)  # one entry per log interval
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder, or a training output folder (its latest checkpoint)."""
+    if os.path.exists(os.path.join(path, "state.json")):
+        return path
+    latest = os.path.join(path, "checkpoints", "latest")
+    if os.path.exists(latest):
+        with open(latest, encoding="utf-8") as f:
+            return os.path.join(path, "checkpoints", f.read().strip())
+    raise FileNotFoundError(f"{path}: no checkpoint (no state.json, no checkpoints/latest)")
+
+
+def read_state(checkpoint: str) -> dict[str, Any]:
+    with open(os.path.join(checkpoint, "state.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_checkpoint(output_dir: str, step: int, model: QwenVL, optimizer, scheduler,
+                    tokenizer: TextTokenizer, state: dict[str, Any], keep: int) -> str:
+    root = os.path.join(output_dir, "checkpoints")
+    name = f"step-{step:08d}"
+    final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
+    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+    state = dict(state, step=step, scheduler=scheduler.state_dict())
+    with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    with atomic_write(os.path.join(root, "latest")) as f:
+        f.write(name.encode())
+    for old in sorted(d for d in os.listdir(root) if d.startswith("step-"))[:-max(1, keep)]:
+        shutil.rmtree(os.path.join(root, old))
+    return final
+
+
+# ---- optimizer and schedule -----------------------------------------------------------------
+
+NO_DECAY = ("positional_embedding", "class_embedding", "adapter.query")
+
+
+def vit_layer(name: str, layers: int) -> int:
+    """0 for the patch/position embeddings, i + 1 for block i, layers + 1 for what follows."""
+    parts = name.split(".")
+    if "resblocks" in parts:
+        return int(parts[parts.index("resblocks") + 1]) + 1
+    if parts[1] in ("conv1", "class_embedding", "positional_embedding", "ln_pre"):
+        return 0
+    return layers + 1
+
+
+def param_groups(model: QwenVL, config: StageConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on norms, biases and position/query embeddings; the ViT's
+    layer-wise lr decay as a per-group scale (a decay of 0 or 1 means none)."""
+    layers = len(model.visual.transformer.resblocks)
+    layerwise = 0 < config.vit_lr_decay < 1
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = 1.0
+        if layerwise and name.startswith("visual."):
+            scale = config.vit_lr_decay ** (layers + 1 - vit_layer(name, layers))
+        decay = param.ndim >= 2 and not any(key in name for key in NO_DECAY)
+        groups.setdefault((scale, decay), []).append(param)
+    return [{"params": params, "lr": config.peak_lr * scale, "lr_scale": scale,
+             "weight_decay": config.weight_decay if decay else 0.0}
+            for (scale, decay), params in sorted(groups.items())]
+
+
+def lr_factor(step: int, config: StageConfig) -> float:
+    """Linear warm-up to the peak, then cosine decay to the minimum at `steps` (Table 8)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    floor = config.min_lr / config.peak_lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---- FLOPs for MFU --------------------------------------------------------------------------
+
+def step_flops(model: QwenVL, batches: list[Batch], trainable: list[str]) -> float:
+    """Matmul FLOPs of one step: 2 per weight per token forward, 2 more for the input gradients
+    when anything before the part trains, 2 more for its weight gradients when it trains.
+    Attention is counted as computed: causal within each packed sample in the LLM (2·n²·width
+    per layer forward for a sample of n tokens), full over the 1 + patches tokens in the ViT."""
+    counts = parameter_counts(model)
+    llm = model.llm.config
+    vit_tokens = model.visual.grid_size[0] * model.visual.grid_size[1] + 1  # per image
+    factor = {
+        "visual": 6 if "visual" in trainable else 2,
+        "adapter": 6 if "adapter" in trainable else (4 if "visual" in trainable else 2),
+        "llm": 6 if "llm" in trainable else 4,
+    }
+    vit_width = model.visual.transformer.width
+    total = 0.0
+    body = counts["llm"] - counts["llm_embeddings"] - llm.hidden_size * llm.vocab_size
+    # attention as weight-equivalents (2 FLOPs each forward, like a weight): causal n²·width
+    # per layer and sample in the LLM; full 2·T²·width per layer and image in the ViT
+    vit_attention = 2 * len(model.visual.transformer.resblocks) * vit_tokens * vit_width
+    for batch in batches:
+        tokens, images = batch.input_ids.numel(), batch.pixels.shape[0]
+        bounds, _ = sequence_bounds(batch.position_ids)
+        squares = float(((bounds[1:] - bounds[:-1]).double() ** 2).sum())
+        attention = llm.num_hidden_layers * llm.hidden_size * squares
+        total += factor["llm"] * (body * tokens + attention)
+        total += factor["llm"] * llm.hidden_size * llm.vocab_size * batch.supervised
+        total += factor["visual"] * (counts["visual"] + vit_attention) * vit_tokens * images
+        total += factor["adapter"] * counts["adapter"] * vit_tokens * images
+    return total
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+def load_tokenizer(config: StageConfig, manifest, checkpoint: str | None) -> TextTokenizer:
+    if checkpoint is not None:  # the vocabulary must match the embeddings being continued
+        return TextTokenizer.load(os.path.join(checkpoint, "tokenizer.json"))
+    path = config.tokenizer or manifest.tokenizer
+    if path == "corpus":
+        return TextTokenizer.train(corpus_texts(manifest))
+    return TextTokenizer.load(path) if path else TextTokenizer.default()
+
+
+def train(manifest_path: str, stage: int, output_dir: str, config_path: str | None = None,
+          init: str | None = None, resume: bool = False, overrides: dict[str, Any] | None = None,
+          device: str | None = None, progress: bool | None = None,
+          stop_after: int | None = None, checkpoints: bool = True) -> TrainResult:
+    """Run (or continue) one stage; `stop_after` ends this call after that many steps, with a
+    checkpoint, as an interruption would (the schedule still spans `steps`). `checkpoints=False`
+    writes none (benchmarks). Under `torchrun`, each process is one rank
+    (trainer/distributed.py)."""
+    manifest = read_manifest(manifest_path)
+    if manifest.stage != stage:
+        raise ConfigError(
+            f"{manifest_path} is a stage {manifest.stage} manifest, not stage {stage}")
+    resume_from = resolve_checkpoint(output_dir) if resume else None
+    if resume_from:  # the run continues exactly as it was configured
+        saved = read_state(resume_from)
+        config = from_mapping(StageConfig, saved["config"], f"{resume_from}/state.json")
+        init_from = None
+    else:
+        config = stage_config(stage, config_path, overrides)
+        init_from = resolve_checkpoint(init) if init else None
+        if init_from:  # the architecture is the previous stage's
+            config.model = model_config(read_state(init_from)["config"]["model"])
+    image_size = config.image_size or manifest.image_size
+    seq_len = config.seq_len or manifest.seq_len
+    seed = manifest.seed if config.seed is None else config.seed
+    world = join_world()
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    device = world.device(device)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    tokenizer = load_tokenizer(config, manifest, resume_from or init_from)
+    with torch.device(device):  # initialise in place: large models build fast on a GPU
+        model = QwenVL(config.model, image_size, tokenizer.vocab_size,
+                       tokenizer.token_id(IMAGE_PAD))
+    weights_from = resume_from or init_from
+    if weights_from:
+        load_weights(model, torch.load(os.path.join(weights_from, "model.pt"), map_location="cpu"))
+    apply_freeze_plan(model, config.trainable)
+    model.to(device)
+    if config.compile:
+        compile_blocks(model)
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
+                                  betas=tuple(config.betas), eps=config.eps,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    step, counters, data_state = 0, {"tokens": 0, "samples": 0}, None
+    if resume_from:
+        optimizer.load_state_dict(torch.load(os.path.join(resume_from, "optimizer.pt"),
+                                             map_location=device))
+        scheduler.load_state_dict(saved["scheduler"])
+        step, counters, data_state = saved["step"], saved["counters"], saved["data"]
+        if saved.get("world", 1) != world.size:
+            raise ConfigError(f"{resume_from} was written by {saved.get('world', 1)} processes; "
+                              f"an exact resume needs the same number, not {world.size}")
+
+    loader = build_loader(manifest, tokenizer, model.image_tokens, seq_len, image_size, seed,
+                          config.micro_batch_size, config.num_workers, config.prefetch,
+                          config.pack_window, data_state, world.rank, world.size)
+    os.makedirs(output_dir, exist_ok=True)
+    run_state = {"stage": stage, "manifest": os.path.abspath(manifest_path),
+                 "config": dataclasses.asdict(config), "image_size": image_size,
+                 "seq_len": seq_len, "seed": seed, "init": init_from, "world": world.size}
+    peak = peak_flops(device)
+    counts = parameter_counts(model)
+    if world.main:
+        print(f"stage {stage}: {sum(counts[k] for k in COMPONENTS) / 1e6:.1f} M parameters (ViT "
+              f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
+              f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
+              f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}; "
+              f"step {step} of {config.steps}", flush=True)
+
+    trained = world.wrap(model, device)
+    result = TrainResult(checkpoint=resume_from or "", steps=step)
+    batches = iter(loader)
+    show = world.main and (sys.stderr.isatty() if progress is None else progress)
+    bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not show)
+    log_path = os.path.join(output_dir, "log.jsonl")
+    window = {"tokens": 0, "samples": 0, "flops": 0.0, "wait": 0.0, "started": time.perf_counter(),
+              "losses": []}
+    model.train()
+    last = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    try:
+        while step < last:
+            waited = time.perf_counter()
+            micro = [next(batches) for _ in range(config.grad_accum)]
+            window["wait"] += time.perf_counter() - waited
+            # normalise by the supervised tokens of the whole step, over all ranks
+            supervised = max(1.0, world.sum([sum(b.supervised for b in micro)], device)[0])
+            loss_sum = torch.zeros((), device=device)
+            for index, batch in enumerate(micro):
+                batch = batch.to(device)
+                with world.no_sync(trained, last=index == len(micro) - 1):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss = trained(batch.input_ids, batch.position_ids, batch.targets,
+                                       batch.pixels)
+                    (loss * (world.size / supervised)).backward()  # DDP averages over ranks
+                loss_sum += loss.detach()
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], config.grad_clip)
+            window["lr"] = max(group["lr"] for group in optimizer.param_groups)  # this step's
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_total, tokens, samples = world.sum(
+                [float(loss_sum), sum(b.tokens for b in micro), sum(b.samples for b in micro)],
+                device)
+            loss_value = loss_total / supervised
+            result.losses.append(loss_value)
+            window["losses"].append(loss_value)
+            window["tokens"] += tokens
+            window["samples"] += samples
+            counters["tokens"] += int(tokens)
+            counters["samples"] += int(samples)
+            if peak:  # this rank's FLOPs: MFU is per GPU
+                window["flops"] += step_flops(model, micro, config.trainable)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            if step % config.log_every == 0 or step == last:
+                metrics = _log(window, step, peak, log_path if world.main else None, bar)
+                result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
+            if checkpoints and (step % config.save_every == 0 or step == last):
+                if world.main:
+                    result.checkpoint = save_checkpoint(
+                        output_dir, step, model, optimizer, scheduler, tokenizer,
+                        dict(run_state, data=micro[-1].state, counters=counters),
+                        config.keep_checkpoints)
+                world.barrier()
+    finally:
+        bar.close()
+        loader.close()
+        world.close()
+    skipped = loader.stream.skipped
+    if skipped and world.main:
+        print(f"skipped {skipped} samples: no text format, cut to seq_len {seq_len} through an "
+              "image, or nothing to learn")
+    result.steps = step
+    return result
+
+
+def _log(window: dict[str, Any], step: int, peak: float | None, path: str | None,
+         bar) -> dict[str, float]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - window["started"]
+    metrics = {
+        "step": step,
+        "loss": sum(window["losses"]) / len(window["losses"]),
+        "lr": window["lr"],
+        "tokens_per_s": window["tokens"] / elapsed,  # all ranks together
+        "samples_per_s": window["samples"] / elapsed,
+        "data_wait": window["wait"] / elapsed,
+    }
+    if peak:
+        metrics["mfu"] = window["flops"] / elapsed / peak
+    window.update(tokens=0, samples=0, flops=0.0, wait=0.0, started=time.perf_counter(), losses=[])
+    if path is None:
+        return metrics
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(metrics) + "\n")
+    line = (f"step {step}: loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}, "
+            f"{metrics['tokens_per_s']:,.0f} tokens/s, data wait {metrics['data_wait']:.1%}")
+    if peak:
+        line += f", MFU {metrics['mfu']:.1%}"
+    bar.write(line) if not bar.disable else print(line, flush=True)
+    return metrics
