@@ -1,10 +1,15 @@
 """Beam plumbing shared by every pipeline: runner options, the step that never loses an element,
 and the driver that runs a pipeline and finishes its report.
 
-A step wraps a plain function `element -> iterable of Sample | Reject`. Samples go to the main
-output, rejects to the `rejects` output, and an exception becomes an `errored` reject carrying
-the exception, so one bad input never stops a run and is never silently lost. Each reason is
-also counted as a Beam metric, for the runner's monitoring UI.
+A step wraps a plain function `element -> iterable of Sample | Reject`. Samples and rejects come
+out of one ParDo and are split by type, an exception becomes an `errored` reject carrying the
+exception, so one bad input never stops a run and is never silently lost. Each reason is also
+counted as a Beam metric, for the runner's monitoring UI (the report never relies on metrics:
+not every runner collects them).
+
+The graphs built here avoid what some runners do not support (docs/running-at-scale.md): no
+tagged outputs, no side inputs, no `CombineGlobally`, and one terminal transform that depends
+on every leaf of the graph.
 """
 from __future__ import annotations
 
@@ -18,12 +23,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pvalue import TaggedOutput
 
 from corpus.ids import sample_id
 from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_report
 from corpus.schema import Sample
 from filters.base import Reject, Rule, apply_rules
+from pipelines.sinks import CountAll, GroupIntoBuckets, id_number, write_atomically
 
 REJECTS = "rejects"
 METRICS_NAMESPACE = "corpus"
@@ -31,11 +36,14 @@ METRICS_NAMESPACE = "corpus"
 
 def pipeline_options(beam_argv: list[str]) -> PipelineOptions:
     """Standard Beam flags pass through. Without `--runner`, run locally on every core with the
-    Python DirectRunner (multi-processing), which needs no download and no network."""
+    Python DirectRunner (multi-processing), which needs no download and no network; a
+    `--direct_running_mode` or `--direct_num_workers` given on the line wins."""
     argv = list(beam_argv)
     if not any(a.startswith("--runner") for a in argv):
-        argv += ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                 f"--direct_num_workers={os.cpu_count() or 1}"]
+        defaults = {"--runner": "DirectRunner", "--direct_running_mode": "multi_processing",
+                    "--direct_num_workers": str(os.cpu_count() or 1)}
+        argv += [f"{flag}={value}" for flag, value in defaults.items()
+                 if not any(a == flag or a.startswith(flag + "=") for a in argv)]
     return PipelineOptions(argv)
 
 
@@ -66,8 +74,8 @@ def describe(element: Any, dataset: str) -> tuple[str, str, str]:
 
 
 class StepFn(beam.DoFn):
-    """Runs `fn` on each element; routes samples, rejects and exceptions. `fn` may define
-    `setup()` to load models once per worker."""
+    """Runs `fn` on each element and emits its samples and rejects; an exception becomes an
+    `errored` reject. `fn` may define `setup()` to load models once per worker."""
 
     def __init__(self, fn: Callable[[Any], Iterable[Sample | Reject]], dataset: str):
         self.fn = fn
@@ -85,21 +93,48 @@ class StepFn(beam.DoFn):
             element_id, uri, key = describe(element, self.dataset)
             reason = type(error).__name__
             Metrics.counter(METRICS_NAMESPACE, f"errored_{reason}").inc()
-            yield TaggedOutput(REJECTS, Reject(element_id, self.dataset, uri, key, reason,
-                                               "errored", str(error)[:1000]))
+            yield Reject(element_id, self.dataset, uri, key, reason, "errored", str(error)[:1000])
             return
         for result in results:
             if isinstance(result, Reject):
                 Metrics.counter(METRICS_NAMESPACE, f"{result.status}_{result.reason}").inc()
-                yield TaggedOutput(REJECTS, result)
-            else:
-                yield result
+            yield result
+
+
+def _is_reject(element) -> bool:
+    return isinstance(element, Reject)
+
+
+def _is_not_reject(element) -> bool:
+    return not isinstance(element, Reject)
+
+
+class SplitRejects(beam.PTransform):
+    """(samples, rejects) of a PCollection holding both. Use it instead of a multi-output
+    ParDo (`with_outputs`/`TaggedOutput`): the Dask runner hands every output of such a ParDo
+    to every consumer, so samples would reach the rejects table and rejects the shards."""
+
+    def expand(self, pcoll):
+        return (pcoll | "Samples" >> beam.Filter(_is_not_reject),
+                pcoll | "Rejects" >> beam.Filter(_is_reject))
+
+
+class Step(beam.PTransform):
+    """One ParDo running a step function, its output split into (samples, rejects)."""
+
+    def __init__(self, fn, dataset: str):
+        super().__init__()
+        self.fn, self.dataset = fn, dataset
+
+    def expand(self, pcoll):
+        results = pcoll | "Run" >> beam.ParDo(StepFn(self.fn, self.dataset))
+        return results | "Split" >> SplitRejects()
 
 
 def apply_step(pcoll, label: str, fn, dataset: str):
     """Run a step; returns (samples, rejects)."""
-    outputs = pcoll | label >> beam.ParDo(StepFn(fn, dataset)).with_outputs(REJECTS, main="main")
-    return outputs.main, outputs[REJECTS]
+    samples, rejects = pcoll | label >> Step(fn, dataset)
+    return samples, rejects
 
 
 class RulesStep:
@@ -119,25 +154,83 @@ class RulesStep:
 
 def count_elements(label: str, *pcolls):
     """One-element PCollection: how many elements the given PCollections hold together."""
-    counts = [pc | f"{label}Ones{i}" >> beam.Map(lambda _: 1) for i, pc in enumerate(pcolls)]
-    return (counts | f"{label}Flatten" >> beam.Flatten()
-            | f"{label}Sum" >> beam.CombineGlobally(sum))
+    return tuple(pcolls) | label >> CountAll()
+
+
+class Batches(beam.PTransform):
+    """Lists of at most `batch_size` elements, the same lists on every runner and every run:
+    elements are grouped into buckets of about `batch_size` by id (`sinks.GroupIntoBuckets`),
+    sorted by id and cut. For model inference (RunInference with `with_no_batching()`) where
+    `beam.BatchElements` cannot be used: it emits its last batch from `finish_bundle`, which
+    the Dask runner drops. Costs two shuffles of the elements; batching inside one step over an
+    input file, where a file holds many elements, costs none."""
+
+    def __init__(self, batch_size: int, id_of: Callable[[Any], str] = lambda element: element.id):
+        super().__init__()
+        self.batch_size, self.id_of = batch_size, id_of
+
+    def expand(self, pcoll):
+        size, id_of = self.batch_size, self.id_of
+
+        def cut(group):
+            _, _, elements = group
+            elements = sorted(elements, key=id_of)
+            for start in range(0, len(elements), size):
+                yield elements[start:start + size]
+
+        return (pcoll | "Bucket" >> GroupIntoBuckets(size, lambda e: id_number(id_of(e)))
+                | "Cut" >> beam.FlatMap(cut))
+
+
+class _LeafCollector(beam.pipeline.PipelineVisitor):
+    def __init__(self):
+        self.produced, self.consumed = [], set()
+
+    def visit_transform(self, node):
+        for pcoll in node.inputs:
+            self.consumed.add(id(pcoll))
+        for side_input in node.side_inputs:
+            self.consumed.add(id(side_input.pvalue))
+        for pcoll in node.outputs.values():
+            if isinstance(pcoll, beam.pvalue.PCollection):
+                self.produced.append(pcoll)
+
+
+def close_graph(pipeline: beam.Pipeline) -> None:
+    """Append one transform that depends on every leaf of the graph and outputs nothing.
+
+    The Dask runner computes only the graph of the last transform applied; without this, a
+    branch that ends elsewhere (a sink applied before the report, say) would silently not
+    run. On other runners it is a no-op."""
+    collector = _LeafCollector()
+    pipeline.visit(collector)
+    leaves = [pc for pc in collector.produced if id(pc) not in collector.consumed]
+    if not leaves:
+        return
+    drained = [leaf | f"CloseGraph/Drain{i}" >> beam.FlatMap(lambda _: ())
+               for i, leaf in enumerate(leaves)]
+    _ = tuple(drained) | "CloseGraph/Join" >> beam.Flatten()
 
 
 def run_pipeline(build: Callable[[beam.Pipeline], None], beam_argv: list[str],
                  output_dir: str) -> dict[str, Any]:
-    """Build and run the pipeline, then add wall time to its report and draw the plot."""
+    """Build and run the pipeline, then add wall time to its report and draw the plot.
+
+    A report left by an earlier run is removed first: `report.json` exists only while the
+    shards beside it are the ones it lists (a re-run resumes from `_done/` markers instead)."""
     started = time.time()
     FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+    report_path = FileSystems.join(output_dir, REPORT_NAME)
+    if FileSystems.exists(report_path):
+        FileSystems.delete([report_path])
     with beam.Pipeline(options=pipeline_options(beam_argv)) as pipeline:
         build(pipeline)
-    report_path = FileSystems.join(output_dir, REPORT_NAME)
+        close_graph(pipeline)
     with FileSystems.open(report_path) as f:
         report = json.loads(f.read().decode("utf-8"))
     check_accounting(report)
     report["wall_seconds"] = round(time.time() - started, 3)
-    with FileSystems.create(report_path) as f:
-        f.write(dumps(report).encode("utf-8"))
+    write_atomically(output_dir, REPORT_NAME, lambda f: f.write(dumps(report).encode("utf-8")))
     if "://" not in output_dir:
         plot_report(report, os.path.join(output_dir, PLOT_NAME))
     return report

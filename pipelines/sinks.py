@@ -4,20 +4,35 @@ Why not Beam's `WriteToText`/`fileio`: they do temp-then-finalize, but spread re
 shards in an order that depends on the runner and its bundling, so re-runs differ byte for byte.
 Here the shard of a sample is a function of its id (`corpus.ids.bucket_of`), the number of
 shards a function of the kept count, and samples are sorted by id inside a shard; each file is
-written under a temporary name and renamed into place, so a reader never sees half a shard.
+written under a temporary name of its own and renamed into place, so a reader never sees half a
+shard and two attempts at the same bucket (a retry, a speculative copy) cannot mix their bytes.
+
+The graph uses no side input, no multi-output ParDo and no `CombineGlobally`: every runner,
+the Dask runner included, runs it the same way (docs/running-at-scale.md says why).
+
+Resume: when a bucket's files are in place, a marker `_done/<shard name>.json` is written last,
+holding each file's size and sha256 and a digest of the bucket's content. A re-run into the same
+directory recomputes the samples (Beam keeps nothing between runs), but for each bucket whose
+marker matches the same content and whose files verify, it keeps the files and skips encoding and
+writing them. Files of earlier runs that the current run does not produce are removed before the
+report, and the report is written last: its presence means the run finished.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
-from dataclasses import asdict
-from typing import Any
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from corpus.ids import bucket_of
 from corpus.report import REPORT_NAME, build_report, dumps
 from corpus.schema import Sample
 from corpus.shards import SHARD_FORMATS, WRITERS, ShardInfo, tar_members
@@ -27,6 +42,11 @@ REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in
                            ("id", "dataset", "uri", "key", "reason", "status", "detail", "text")])
 REJECTS_PER_FILE = 200_000
 MAX_SHARD_BYTES = 1 << 30  # a bucket larger than this is split into parts
+MARKER_DIR = "_done"
+JOIN_KEYS = 256  # how many groups carry the total count to the elements (see GroupIntoBuckets)
+TMP_INFIX = ".tmp-"
+
+_LOG = logging.getLogger(__name__)
 
 
 def shard_name(task: str, bucket: int, num_buckets: int, part: int, extension: str) -> str:
@@ -34,47 +54,261 @@ def shard_name(task: str, bucket: int, num_buckets: int, part: int, extension: s
     return f"{task}-{bucket:05d}-of-{num_buckets:05d}{suffix}.{extension}"
 
 
-def _sample_bytes(sample: Sample) -> int:
-    return sum(len(data) for _, data in tar_members(sample))
+# ---- files: temp name, rename, checksums ------------------------------------------------------
+
+class _HashingWriter:
+    """A write-only file that counts and hashes what passes through (tarfile and pyarrow only
+    write, flush and close)."""
+
+    def __init__(self, raw):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.raw.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self):
+        self.raw.flush()
+
+    def close(self):
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.raw.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
 
 
-def _atomic_create(path: str):
-    return FileSystems.create(path + ".tmp")
+@dataclass
+class WrittenFile:
+    name: str  # relative to the run's output directory
+    size: int
+    sha256: str
 
 
-def _finalize(path: str) -> int:
-    tmp = path + ".tmp"
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
-    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+def write_atomically(output_dir: str, name: str, write: Callable[[Any], Any]) -> WrittenFile:
+    """`write(file)` under a temporary name unique to this attempt, then rename into place."""
+    path = FileSystems.join(output_dir, name)
+    tmp = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        hashed = _HashingWriter(raw)
+        write(hashed)
+        hashed.flush()
+    try:
+        FileSystems.rename([tmp], [path])
+    except (BeamIOError, OSError):  # file systems that refuse to replace: delete, then rename
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+    return WrittenFile(name, hashed.size, hashed.sha256.hexdigest())
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(output_dir: str, written: WrittenFile) -> bool:
+    path = FileSystems.join(output_dir, written.name)
+    if not FileSystems.exists(path):
+        return False
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    return size == written.size and _file_sha256(path) == written.sha256
+
+
+# ---- grouping without side inputs -------------------------------------------------------------
+
+def id_number(element_id: str) -> int:
+    """The integer a bucket is taken from: the id's hex prefix (as `bucket_of`), or a hash of
+    any other id, so a reject with a free-form id still lands in a stable bucket."""
+    try:
+        return int(element_id[:12], 16)
+    except ValueError:
+        return int(hashlib.blake2b(element_id.encode("utf-8"), digest_size=6).hexdigest(), 16)
+
+
+@dataclass(frozen=True)
+class _Total:
+    count: int
+
+
+class CountAll(beam.PTransform):
+    """Exactly one int: how many elements the input PCollection(s) hold, 0 when empty.
+
+    Formulated as a sum per constant int key over the elements plus one zero, instead of
+    `CombineGlobally`, whose empty-input default is injected through a side input."""
+
+    def expand(self, pcolls):
+        if isinstance(pcolls, beam.pvalue.PCollection):
+            pcolls = (pcolls,)
+        pipeline = pcolls[0].pipeline
+        ones = [pc | f"Ones{i}" >> beam.Map(lambda _: (0, 1)) for i, pc in enumerate(pcolls)]
+        zero = pipeline | "Zero" >> beam.Create([(0, 0)])
+        return ((*ones, zero) | "Flatten" >> beam.Flatten()
+                | "Sum" >> beam.CombinePerKey(sum) | "Value" >> beam.Values())
+
+
+def _spread_total(count: int):
+    return [(j, _Total(count)) for j in range(JOIN_KEYS)]
+
+
+def _num_buckets(count: int, per_bucket: int) -> int:
+    return max(1, math.ceil(count / per_bucket))
+
+
+class GroupIntoBuckets(beam.PTransform):
+    """(bucket, num_buckets, elements): `num_buckets = ceil(count / per_bucket)` and
+    `bucket = number(element) % num_buckets`.
+
+    The total reaches the elements by a join, not a side input: it is copied to JOIN_KEYS keys,
+    grouped with the elements keyed the same way, and each group then keys its elements by
+    bucket for the final grouping. This costs one more shuffle than a side input would, and
+    works the same on every runner."""
+
+    def __init__(self, per_bucket: int, number: Callable[[Any], int]):
+        super().__init__()
+        self.per_bucket, self.number = per_bucket, number
+
+    def expand(self, pcoll):
+        number, per_bucket = self.number, self.per_bucket
+
+        def to_buckets(joined):
+            # Two passes over the group rather than a list: runners that page large groups from
+            # their shuffle (Dataflow, Flink, Spark) then never hold one in memory.
+            _, values = joined
+            totals = [v.count for v in values if isinstance(v, _Total)]
+            if len(totals) != 1:
+                raise AssertionError(f"expected one total per join key, got {totals}")
+            buckets = _num_buckets(totals[0], per_bucket)
+            for value in values:
+                if not isinstance(value, _Total):
+                    yield (number(value) % buckets, buckets), value
+
+        total = pcoll | "Count" >> CountAll()
+        spread = total | "Spread" >> beam.FlatMap(_spread_total)
+        keyed = pcoll | "JoinKey" >> beam.Map(lambda e: (number(e) % JOIN_KEYS, e))
+        return ((spread, keyed) | "Gather" >> beam.Flatten()
+                | "Join" >> beam.GroupByKey()
+                | "KeyByBucket" >> beam.FlatMap(to_buckets)
+                | "Group" >> beam.GroupByKey()
+                | "Unpack" >> beam.MapTuple(lambda key, items: (key[0], key[1], list(items))))
+
+
+# ---- shards ---------------------------------------------------------------------------------
+
+def _digest_start(formats: list[str]):
+    """A bucket's content digest covers the formats, the Parquet library's version (its bytes
+    may change with it) and every tar member of its samples, in order."""
+    return hashlib.sha256(json.dumps([formats, MAX_SHARD_BYTES, pa.__version__]).encode("utf-8"))
+
+
+def _writable(samples: list[Sample], formats: list[str]):
+    """(samples, rejects, content digest, sizes): one pass over the tar members of each sample.
+    A sample the writers would fail on (text that is not valid Unicode, a record JSON cannot
+    hold) becomes an errored reject instead of stopping the run inside a shard writer."""
+    digest, kept, rejects, sizes = _digest_start(formats), [], [], []
+    for sample in samples:
+        try:
+            members = tar_members(sample)
+        except (UnicodeError, ValueError, TypeError) as error:
+            rejects.append(Reject.of(sample, "unwritable_sample", "errored",
+                                     f"{type(error).__name__}: {error}"[:1000]))
+            continue
+        for name, data in members:
+            encoded = name.encode("utf-8")
+            for part in (len(encoded).to_bytes(8, "little"), encoded,
+                         len(data).to_bytes(8, "little"), data):
+                digest.update(part)
+        kept.append(sample)
+        sizes.append(sum(len(data) for _, data in members))
+    return kept, rejects, digest.hexdigest(), sizes
+
+
+def _marker_name(task: str, bucket: int, num_buckets: int) -> str:
+    return f"{MARKER_DIR}/{task}-{bucket:05d}-of-{num_buckets:05d}.json"
 
 
 class WriteShardBucket(beam.DoFn):
-    """Writes one bucket of samples, sorted by id, as one or more files per format."""
+    """Writes one bucket of samples, sorted by id, as one or more files per format, then its
+    completion marker; or keeps the files of an earlier run when its marker verifies."""
 
-    def __init__(self, shard_dir: str, task: str, formats: list[str]):
-        self.shard_dir, self.task, self.formats = shard_dir, task, formats
+    def __init__(self, output_dir: str, task: str, formats: list[str]):
+        self.output_dir, self.task, self.formats = output_dir, task, formats
 
-    def process(self, element, num_buckets):
-        bucket, samples = element
+    def process(self, element):
+        bucket, num_buckets, samples = element
         samples = sorted(samples, key=lambda s: (s.id, s.text))
-        for part, chunk in enumerate(_split_by_bytes(samples, MAX_SHARD_BYTES)):
+        samples, rejects, content, sizes = _writable(samples, self.formats)
+        yield from rejects
+        if not samples:
+            return
+        marker_name = _marker_name(self.task, bucket, num_buckets)
+        done = self._completed(marker_name, content)
+        if done is None:
+            done = self._write(bucket, num_buckets, samples, sizes, content, marker_name)
+        else:
+            _LOG.info("kept %s: marker and files verified", marker_name)
+        for shard in done["shards"]:
+            yield ShardInfo(path=shard["name"], samples=shard["samples"], bytes=shard["size"])
+        yield _OutputFile(marker_name)
+
+    def _completed(self, marker_name: str, content: str) -> dict | None:
+        path = FileSystems.join(self.output_dir, marker_name)
+        if not FileSystems.exists(path):
+            return None
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                marker = json.loads(f.read().decode("utf-8"))
+            files = [WrittenFile(s["name"], s["size"], s["sha256"]) for s in marker["shards"]]
+        except (ValueError, KeyError, TypeError) as error:
+            _LOG.warning("ignoring unreadable marker %s: %s", marker_name, error)
+            return None
+        if marker.get("content_sha256") != content:
+            return None
+        if not all(_verified(self.output_dir, f) for f in files):
+            return None
+        return marker
+
+    def _write(self, bucket, num_buckets, samples, sizes, content, marker_name) -> dict:
+        shards = []
+        for part, chunk in enumerate(_split_by_bytes(samples, sizes, MAX_SHARD_BYTES)):
             for shard_format in self.formats:
-                name = shard_name(self.task, bucket, num_buckets, part,
-                                  SHARD_FORMATS[shard_format])
-                path = FileSystems.join(self.shard_dir, name)
-                with _atomic_create(path) as f:
-                    count = WRITERS[shard_format](chunk, f)
                 # Paths in reports are relative to the run's output directory, so a run can
                 # move and two runs into different directories report the same.
-                yield ShardInfo(path=f"shards/{name}", samples=count, bytes=_finalize(path))
+                name = "shards/" + shard_name(self.task, bucket, num_buckets, part,
+                                              SHARD_FORMATS[shard_format])
+                counted = []
+                written = write_atomically(
+                    self.output_dir, name,
+                    lambda f, chunk=chunk, fmt=shard_format: counted.append(WRITERS[fmt](chunk, f)))
+                shards.append({**asdict(written), "samples": counted[0]})
+        marker = {"bucket": bucket, "num_buckets": num_buckets, "content_sha256": content,
+                  "shards": shards}
+        # Written last: a marker exists only when every file it names is complete.
+        write_atomically(self.output_dir, marker_name,
+                         lambda f: f.write(json.dumps(marker, indent=1).encode("utf-8")))
+        return marker
 
 
-def _split_by_bytes(samples: list[Sample], max_bytes: int):
+def _split_by_bytes(samples: list[Sample], sizes: list[int], max_bytes: int):
     chunk, size = [], 0
-    for sample in samples:
-        sample_size = _sample_bytes(sample)
+    for sample, sample_size in zip(samples, sizes):
         if chunk and size + sample_size > max_bytes:
             yield chunk
             chunk, size = [], 0
@@ -84,83 +318,147 @@ def _split_by_bytes(samples: list[Sample], max_bytes: int):
         yield chunk
 
 
+# ---- rejects --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _OutputFile:
+    """A file (relative to the output directory) the current run produced or kept."""
+
+    name: str
+
+
+def _utf8(value: str) -> str:
+    """The value, with anything UTF-8 cannot hold (lone surrogates of undecodable input)
+    escaped, so the rejects table can always be written."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _reject_row(reject: Reject) -> dict:
+    return {name: _utf8(str(value)) for name, value in asdict(reject).items()}
+
+
+def _reject_row_key(row: dict) -> tuple:
+    return tuple(row[name] for name in REJECT_SCHEMA.names)
+
+
 class WriteRejectBucket(beam.DoFn):
-    def __init__(self, reject_dir: str):
-        self.reject_dir = reject_dir
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
 
-    def process(self, element, num_buckets):
-        bucket, rejects = element
-        rows = sorted((asdict(r) for r in rejects), key=lambda r: (r["id"], r["reason"]))
-        path = FileSystems.join(self.reject_dir,
-                                f"rejects-{bucket:05d}-of-{num_buckets:05d}.parquet")
-        with _atomic_create(path) as f:
-            pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), f,
-                           compression="zstd")
-        _finalize(path)
-        yield path
+    def process(self, element):
+        bucket, num_buckets, rejects = element
+        # The full row is the sort key, so rejects sharing an id and reason still come out in
+        # one order whatever order the runner delivered them in.
+        rows = sorted((_reject_row(r) for r in rejects), key=_reject_row_key)
+        name = f"rejects/rejects-{bucket:05d}-of-{num_buckets:05d}.parquet"
+        write_atomically(self.output_dir, name, lambda f: pq.write_table(
+            pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), f, compression="zstd"))
+        yield _OutputFile(name)
 
 
-def _num_buckets(count: int, per_bucket: int) -> int:
-    return max(1, math.ceil(count / per_bucket))
+# ---- report ---------------------------------------------------------------------------------
+
+def _list_names(output_dir: str, folder: str) -> list[str]:
+    pattern = FileSystems.join(output_dir, folder, "*") if folder else FileSystems.join(
+        output_dir, "*")
+    prefix = FileSystems.join(output_dir, "")
+    return [m.path[len(prefix):] for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _stale_files(output_dir: str, task: str, produced: set[str]) -> list[str]:
+    """Files an earlier attempt left that this run did not produce: other bucket counts,
+    temporary files of killed writers, old markers."""
+    stale = []
+    for folder, prefix in (("shards", f"{task}-"), ("rejects", "rejects-"),
+                           (MARKER_DIR, f"{task}-")):
+        for name in _list_names(output_dir, folder):
+            base = name.rsplit("/", 1)[-1]
+            if name not in produced and (base.startswith(prefix) or TMP_INFIX in base):
+                stale.append(name)
+    stale += [name for name in _list_names(output_dir, "")
+              if name.startswith(REPORT_NAME + TMP_INFIX)]
+    return sorted(stale)
 
 
 class WriteReport(beam.DoFn):
+    """Gets every piece of the report in one group (no side inputs), removes stale files of
+    earlier runs, and writes `report.json` last."""
+
     def __init__(self, output_dir: str, header: dict[str, Any]):
         self.output_dir, self.header = output_dir, header
 
-    def process(self, _, input_count, outcome_counts, shards, stats):
-        report = build_report(input_count=input_count, outcome_counts=dict(outcome_counts),
-                              shards=[s for s in shards if s.path.endswith(self.header["primary"])],
-                              stats=stats, **{k: v for k, v in self.header.items()
-                                              if k != "primary"})
+    def process(self, element):
+        _, pieces = element
+        by_kind: dict[str, list] = {}
+        for kind, value in pieces:
+            by_kind.setdefault(kind, []).append(value)
+        (input_count,) = by_kind["input"]
+        stats_list = by_kind.get("stats", [{}])
+        if len(stats_list) != 1:
+            raise AssertionError(f"stats must be one element, got {len(stats_list)}")
+        shards = by_kind.get("shard", [])
+        primary = self.header["primary"]
+        report = build_report(input_count=input_count,
+                              outcome_counts=dict(by_kind.get("outcome", [])),
+                              shards=[s for s in shards if s.path.endswith(primary)],
+                              stats=stats_list[0],
+                              **{k: v for k, v in self.header.items() if k != "primary"})
         report["other_shards"] = [asdict(s) for s in sorted(shards, key=lambda s: s.path)
-                                  if not s.path.endswith(self.header["primary"])]
-        path = FileSystems.join(self.output_dir, REPORT_NAME)
-        with _atomic_create(path) as f:
-            f.write(dumps(report).encode("utf-8"))
-        _finalize(path)
+                                  if not s.path.endswith(primary)]
+        produced = {s.path for s in shards} | {f.name for f in by_kind.get("file", [])}
+        stale = _stale_files(self.output_dir, self.header["task"], produced)
+        if stale:
+            _LOG.info("removing %d file(s) of earlier runs: %s", len(stale), stale[:5])
+            FileSystems.delete([FileSystems.join(self.output_dir, name) for name in stale])
+        write_atomically(self.output_dir, REPORT_NAME,
+                         lambda f: f.write(dumps(report).encode("utf-8")))
         yield report["kept"]
+
+
+def _tagged(pcoll, label: str, kind: str):
+    return pcoll | label >> beam.Map(lambda value: (0, (kind, value)))
 
 
 def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str, pipeline_name: str,
               dataset: str, task: str, reason_order: list[str], formats: list[str],
-              samples_per_shard: int, config: dict[str, Any] | None = None, stats=None) -> None:
+              samples_per_shard: int, config: dict[str, Any] | None = None, stats=None):
     """Write shards, the rejects table and the report of one run.
 
     `input_count` is a one-element PCollection counted where inputs entered the pipeline;
-    `stats` an optional one-element PCollection of a JSON-able dict for the report.
+    `stats` an optional one-element PCollection of a JSON-able dict for the report. Returns the
+    one-element PCollection of the kept count, produced once the report is written.
     """
-    shard_dir = FileSystems.join(output_dir, "shards")
-    kept_buckets = (samples | "CountKept" >> beam.combiners.Count.Globally()
-                    | "KeptBuckets" >> beam.Map(_num_buckets, samples_per_shard))
-    shard_infos = (
-        samples
-        | "KeyByBucket" >> beam.Map(lambda s, n: (bucket_of(s.id, n), s),
-                                    beam.pvalue.AsSingleton(kept_buckets))
-        | "GroupBuckets" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShardBucket(shard_dir, task, formats),
-                                      beam.pvalue.AsSingleton(kept_buckets)))
+    # id_number(id) % n is corpus.ids.bucket_of(id, n) for the hex ids of corpus.ids.sample_id.
+    shard_files = (samples
+                   | "BucketSamples" >> GroupIntoBuckets(samples_per_shard,
+                                                         lambda s: id_number(s.id))
+                   | "WriteShards" >> beam.ParDo(WriteShardBucket(output_dir, task, formats)))
+    shard_infos = shard_files | "ShardInfos" >> beam.Filter(lambda x: isinstance(x, ShardInfo))
+    markers = shard_files | "Markers" >> beam.Filter(lambda x: isinstance(x, _OutputFile))
+    unwritable = shard_files | "Unwritable" >> beam.Filter(lambda x: isinstance(x, Reject))
 
-    all_rejects = rejects | "FlattenRejects" >> beam.Flatten()
+    all_rejects = (*rejects, unwritable) | "FlattenRejects" >> beam.Flatten()
     outcome_counts = (all_rejects | "OutcomeKey" >> beam.Map(lambda r: ((r.status, r.reason), 1))
                       | "CountOutcomes" >> beam.CombinePerKey(sum))
-    reject_buckets = (all_rejects | "CountRejects" >> beam.combiners.Count.Globally()
-                      | "RejectBuckets" >> beam.Map(_num_buckets, REJECTS_PER_FILE))
-    _ = (all_rejects
-         | "KeyRejects" >> beam.Map(lambda r, n: (bucket_of(r.id, n), r),
-                                    beam.pvalue.AsSingleton(reject_buckets))
-         | "GroupRejects" >> beam.GroupByKey()
-         | "WriteRejects" >> beam.ParDo(WriteRejectBucket(FileSystems.join(output_dir, "rejects")),
-                                        beam.pvalue.AsSingleton(reject_buckets)))
-    if stats is None:
-        stats = pipeline | "NoStats" >> beam.Create([{}])
+    reject_files = (all_rejects
+                    | "BucketRejects" >> GroupIntoBuckets(REJECTS_PER_FILE,
+                                                          lambda r: id_number(r.id))
+                    | "WriteRejects" >> beam.ParDo(WriteRejectBucket(output_dir)))
+
     header = {"pipeline": pipeline_name, "dataset": dataset, "task": task,
               "reason_order": reason_order, "config": config or {},
               "primary": "." + SHARD_FORMATS[formats[0]]}
-    _ = (pipeline
-         | "ReportTrigger" >> beam.Create([None])
-         | "WriteReport" >> beam.ParDo(WriteReport(output_dir, header),
-                                       beam.pvalue.AsSingleton(input_count),
-                                       beam.pvalue.AsList(outcome_counts),
-                                       beam.pvalue.AsList(shard_infos),
-                                       beam.pvalue.AsSingleton(stats)))
+    pieces = [_tagged(input_count, "TagInput", "input"),
+              _tagged(outcome_counts, "TagOutcomes", "outcome"),
+              _tagged(shard_infos, "TagShards", "shard"),
+              _tagged(markers, "TagMarkers", "file"),
+              _tagged(reject_files, "TagRejectFiles", "file")]
+    if stats is not None:
+        pieces.append(_tagged(stats, "TagStats", "stats"))
+    return (tuple(pieces) | "GatherReport" >> beam.Flatten()
+            | "GroupReport" >> beam.GroupByKey()
+            | "WriteReport" >> beam.ParDo(WriteReport(output_dir, header)))
