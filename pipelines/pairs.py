@@ -1,0 +1,649 @@
+"""`corpus pairs`: web image-text pairs -> captioning shards, with the rules of Appendix A.1.
+
+Flow (each arrow a labelled Beam step; rejects of every step go to the rejects table):
+
+  input files -> Read (img2dataset tars / Parquet, or tables of image path + caption; image
+  size from the header only) -> 1 aspect ratio, 2 image too small -> 3 CLIP score (RunInference)
+  -> 4 English/Chinese characters, 5 emoji, 6 length, 7 HTML cleaner, 8 pattern cleaner, length
+  again, language, academic tags -> longest caption per image (GroupByKey on the image hash)
+  -> shards + rejects + report.
+
+`clip.after_text_rules: true` moves step 3 after the text rules, so the model scores only pairs
+that survive them; the paper's order is the default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterator
+
+import apache_beam as beam
+import fsspec
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from corpus.config import load_config, to_mapping
+from corpus.ids import sample_id
+from corpus.schema import Sample, Source
+from corpus.shards import iter_tar_groups
+from filters.base import Reject
+from filters.image_rules import ImageError, ImageRulesConfig, decode_for_model, image_rules, \
+    probe_image
+from filters.language import LanguageRule
+from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
+    TextRulesConfig, html_cleaner, no_emoji
+from pipelines.clip import ClipConfig, ClipExample, OpenClipModelHandler, model_input_size
+from pipelines.common import METRICS_NAMESPACE, RulesStep, add_common_arguments, \
+    apply_step, count_elements, print_summary, run_pipeline
+from pipelines.sinks import write_run
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "pairs"
+TASK = "captioning"
+TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+TABLE_EXTENSIONS = (".tsv", ".jsonl", ".parquet")
+INPUT_EXTENSIONS = (".tar",) + TABLE_EXTENSIONS
+IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
+CAPTION_COLUMNS = ("caption", "text")
+INLINE_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # img2dataset's Parquet output
+
+
+@dataclass
+class InputConfig:
+    image_column: str | None = None  # table inputs; None: the first of IMAGE_COLUMNS present
+    caption_column: str | None = None  # None: the first of CAPTION_COLUMNS present
+    image_root: str | None = None  # image paths are relative to this (default: the table's folder)
+    tsv_header: bool = True  # False: a TSV has no header; columns are `tsv_columns`
+    tsv_columns: list[str] = field(default_factory=lambda: ["image", "caption"])
+    max_caption_bytes: int = 65536  # longer captions are rejected unread (caption_too_large)
+
+
+@dataclass
+class PairsConfig:
+    image: ImageRulesConfig = field(default_factory=ImageRulesConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    text: TextRulesConfig = field(default_factory=TextRulesConfig)
+    longest_caption_per_image: bool = True  # one caption per image (by content hash)
+    input: InputConfig = field(default_factory=InputConfig)
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # as opened
+    relative: str  # the part that names it inside the dataset: the sample-key prefix
+
+    @property
+    def uri(self) -> str:
+        return self.path
+
+
+def expand_inputs(patterns: list[str],
+                  extensions: tuple[str, ...] = INPUT_EXTENSIONS) -> list[InputFile]:
+    """Files, folders (searched recursively) and globs -> input files, each with the path
+    relative to its pattern's fixed part, so keys do not depend on where the data sits."""
+    files: dict[str, InputFile] = {}
+    for pattern in patterns:
+        if "://" in pattern:
+            fs, _, paths = fsspec.core.get_fs_token_paths(pattern)
+            protocol = pattern.split("://", 1)[0]
+            base = _fixed_prefix(pattern.split("://", 1)[1])
+            matched = [f"{protocol}://{p}" for p in paths]
+            base = f"{protocol}://{base}"
+        elif os.path.isdir(pattern):
+            base = pattern
+            matched = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True))
+        else:
+            base = _fixed_prefix(pattern)
+            matched = sorted(glob.glob(pattern, recursive=True))
+        for path in matched:
+            if path.endswith(extensions) and (("://" in path) or os.path.isfile(path)):
+                relative = os.path.relpath(path, base) if "://" not in path else \
+                    path[len(base):].lstrip("/")
+                if relative in ("", "."):
+                    relative = os.path.basename(path)
+                files.setdefault(path, InputFile(path, relative))
+    return sorted(files.values(), key=lambda f: f.relative)
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard."""
+    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+    head = pattern[:cut]
+    return head if head.endswith("/") else os.path.dirname(head)
+
+
+class PairReader:
+    """Turns one input file into Samples (image header probed, caption raw) and Rejects."""
+
+    def __init__(self, dataset: str, config: PairsConfig):
+        self.dataset, self.config = dataset, config
+
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        if file.path.endswith(".tar"):
+            yield from self.read_tar(file)
+        elif file.path.endswith(".parquet"):
+            yield from self.read_parquet(file)
+        elif file.path.endswith(".tsv"):
+            yield from self.read_tsv(file)
+        else:
+            yield from self.read_jsonl(file)
+
+    @property
+    def line_limit(self) -> int:
+        """Longest table line read whole: a caption at the limit plus room for a path."""
+        return self.config.input.max_caption_bytes + 8192
+
+    # -- one pair -> Sample or Reject
+    def reject(self, file: InputFile, key: str, reason: str, detail: str = "",
+               text: str = "") -> Reject:
+        source_key = f"{file.relative}#{key}"
+        return Reject(sample_id(self.dataset, source_key), self.dataset, file.uri, source_key,
+                      reason, "errored", detail[:1000], text[:2000])
+
+    def make_sample(self, file: InputFile, key: str, image_bytes: bytes | None,
+                    caption: bytes | str | None, meta: dict[str, Any]) -> Sample | Reject:
+        if image_bytes is None:
+            return self.reject(file, key, "missing_image")
+        if caption is None:
+            return self.reject(file, key, "missing_caption")
+        limit = self.config.input.max_caption_bytes
+        if len(caption) > limit:  # characters or bytes: either way far past any caption
+            return self.reject(file, key, "caption_too_large", f"{len(caption)} > {limit}")
+        if isinstance(caption, bytes):
+            try:
+                caption = caption.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return self.reject(file, key, "caption_not_utf8", str(error))
+        try:
+            image = probe_image(image_bytes, self.config.image.max_pixels)
+        except ImageError as error:
+            return self.reject(file, key, error.reason, error.detail, caption)
+        source_key = f"{file.relative}#{key}"
+        caption = caption.strip()
+        return Sample(id=sample_id(self.dataset, source_key), dataset=self.dataset, task=TASK,
+                      source=Source(uri=file.uri, key=source_key,
+                                    sha256=hashlib.sha256(image_bytes).hexdigest()),
+                      images=[image], text=caption, original_text=caption, extra=meta)
+
+    # -- img2dataset WebDataset tars: KEY.jpg + KEY.txt + KEY.json
+    def read_tar(self, file: InputFile) -> Iterator[Sample | Reject]:
+        with fsspec.open(file.path, "rb") as f:
+            for group in iter_tar_groups(f):
+                if group.error:
+                    reason = group.error.split(":", 1)[0]
+                    yield self.reject(file, group.key or "<end>", reason, group.error)
+                    continue
+                meta = _json_meta(group.members.get("json"))
+                image = next((group.members[e] for e in TAR_IMAGE_EXTENSIONS
+                              if e in group.members), None)
+                caption = group.members.get("txt", meta.pop("caption", None))
+                meta.pop("caption", None)
+                yield self.make_sample(file, group.key, image, caption, meta)
+
+    # -- Parquet: img2dataset's form (image bytes inline) or a table of image paths
+    def read_parquet(self, file: InputFile) -> Iterator[Sample | Reject]:
+        with fsspec.open(file.path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            inline = next((c for c in INLINE_IMAGE_COLUMNS if c in names
+                           and str(parquet.schema_arrow.field(c).type) in ("binary",
+                                                                           "large_binary")), None)
+            if inline is None:
+                columns = self.table_columns(names)
+                if isinstance(columns, str):
+                    yield self.reject(file, "", columns, f"columns: {names}")
+                    return
+            by_lower = {name.lower(): name for name in names}
+            caption_column = self.config.input.caption_column or next(
+                (by_lower[c] for c in CAPTION_COLUMNS if c in by_lower), None)
+            row_index = 0
+            for batch in parquet.iter_batches(batch_size=256):
+                for row in batch.to_pylist():
+                    key = str(row.get("key") or row_index) if inline else str(row_index)
+                    row_index += 1
+                    if inline:
+                        if row.get("status") not in (None, "success"):
+                            yield self.reject(file, key, "download_failed",
+                                              str(row.get("error_message") or ""))
+                            continue
+                        meta = _scalar_meta(row, exclude={inline, caption_column})
+                        yield self.make_sample(file, key, row.get(inline),
+                                               row.get(caption_column), meta)
+                    else:
+                        yield self.table_row(file, key, row, columns)
+
+    # -- tables of (image path, caption)
+    def table_columns(self, names: list[str]) -> tuple[str, str] | str:
+        config = self.config.input
+        by_lower = {name.lower(): name for name in names}  # LAION writes TEXT, others text
+        image = config.image_column or next(
+            (by_lower[c] for c in IMAGE_COLUMNS if c in by_lower), None)
+        caption = config.caption_column or next(
+            (by_lower[c] for c in CAPTION_COLUMNS if c in by_lower), None)
+        if image not in names:
+            return "no_image_column"
+        if caption not in names:
+            return "no_caption_column"
+        return image, caption
+
+    def table_row(self, file: InputFile, key: str, row: dict, columns: tuple[str, str]):
+        image_column, caption_column = columns
+        relative = row.get(image_column)
+        if not relative:
+            return self.reject(file, key, "missing_image", "empty image path")
+        root = self.config.input.image_root or os.path.dirname(file.path)
+        path = relative if os.path.isabs(relative) or "://" in relative else \
+            os.path.join(root, relative)
+        try:
+            with fsspec.open(path, "rb") as f:
+                image_bytes = f.read(self.config.image.max_pixels * 4 + 1)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+            return self.reject(file, key, "missing_image", f"{path}: {error}")
+        meta = _scalar_meta(row, exclude={caption_column})
+        return self.make_sample(file, key, image_bytes, row.get(caption_column), meta)
+
+    def read_tsv(self, file: InputFile) -> Iterator[Sample | Reject]:
+        with fsspec.open(file.path, "rb") as f:
+            header = None if self.config.input.tsv_header else self.config.input.tsv_columns
+            columns = None
+            for line_number, raw in enumerate(bounded_lines(f, self.line_limit)):
+                if raw is None:
+                    yield self.reject(file, str(line_number), "caption_too_large",
+                                      f"line over {self.line_limit} bytes")
+                    continue
+                raw = raw.rstrip(b"\r\n")
+                if header is None:
+                    header = raw.decode("utf-8", errors="replace").split("\t")
+                    continue
+                if columns is None:
+                    columns = self.table_columns(header)
+                    if isinstance(columns, str):
+                        yield self.reject(file, "", columns, f"header: {header}")
+                        return
+                key = str(line_number)
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    yield self.reject(file, key, "caption_not_utf8", str(error))
+                    continue
+                row = dict(zip(header, line.split("\t")))
+                yield self.table_row(file, key, row, columns)
+
+    def read_jsonl(self, file: InputFile) -> Iterator[Sample | Reject]:
+        with fsspec.open(file.path, "rb") as f:
+            for line_number, raw in enumerate(bounded_lines(f, self.line_limit)):
+                key = str(line_number)
+                if raw is None:
+                    yield self.reject(file, key, "caption_too_large",
+                                      f"line over {self.line_limit} bytes")
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                    reason = "caption_not_utf8" if isinstance(error, UnicodeDecodeError) \
+                        else "malformed_record"
+                    yield self.reject(file, key, reason, str(error))
+                    continue
+                if not isinstance(row, dict):
+                    yield self.reject(file, key, "malformed_record", "not a JSON object")
+                    continue
+                columns = self.table_columns(list(row))
+                if isinstance(columns, str):
+                    yield self.reject(file, key, columns, f"keys: {sorted(row)}")
+                    continue
+                yield self.table_row(file, key, row, columns)
+
+
+def _json_meta(data: bytes | None) -> dict[str, Any]:
+    if not data:
+        return {}
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {"json_error": "unreadable KEY.json"}
+    return _scalar_meta(record, exclude={"exif"}) if isinstance(record, dict) else {}
+
+
+def _scalar_meta(row: dict[str, Any], exclude: set) -> dict[str, Any]:
+    """Small scalar metadata (url, similarity, original size…) kept in `extra`."""
+    return {k: v for k, v in row.items() if k not in exclude and v is not None
+            and isinstance(v, (str, int, float, bool)) and len(str(v)) <= 1000}
+
+
+def bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """Lines of a binary file, with their newline; a line longer than `limit` bytes is read in
+    pieces, never held whole, and comes out as None."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # skip the rest of the long line
+            line = f.readline(1 << 20)
+        yield None
+
+
+class ReadPairs(beam.DoFn):
+    """Streams one file's pairs. Unlike `common.StepFn`, it does not collect a file's results
+    in a list first (a tar may hold gigabytes); a failure partway becomes one errored unit.
+    Samples and rejects leave as one output, split by type afterwards (no tagged outputs, which
+    not every runner supports)."""
+
+    def __init__(self, reader: PairReader):
+        self.reader = reader
+
+    def process(self, file: InputFile):
+        try:
+            for result in self.reader(file):
+                if isinstance(result, Reject):
+                    Metrics.counter(METRICS_NAMESPACE, f"errored_{result.reason}").inc()
+                yield result
+        except (OSError, ValueError) as error:
+            Metrics.counter(METRICS_NAMESPACE, "errored_unreadable_file").inc()
+            yield self.reader.reject(file, "<file>", "unreadable_file",
+                                     f"{type(error).__name__}: {error}")
+
+
+# ---- CLIP --------------------------------------------------------------------------------------
+
+class ClipPreprocess:
+    """Decode a survivor near the model's input size (draft mode) for RunInference."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, sample: Sample):
+        try:
+            pixels = decode_for_model(sample.image.data, self.size)
+        except ImageError as error:
+            return [Reject.of(sample, error.reason, "errored", error.detail)]
+        return [ClipExample(sample, pixels, sample.text)]
+
+
+class ClipThreshold:
+    """Record the score on the sample; drop it under the threshold."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def __call__(self, result):
+        sample, score = result.example.sample, round(float(result.inference), 5)
+        if score < self.threshold:
+            return [Reject.of(sample, "clip_score_too_low", detail=f"clip_score={score}")]
+        return [dataclasses.replace(sample, clip_score=score)]
+
+
+class InputScore:
+    """Step 3 from a score the input carries (e.g. LAION's `similarity`), without a model."""
+
+    def __init__(self, field_name: str, threshold: float):
+        self.field_name, self.threshold = field_name, threshold
+
+    def __call__(self, sample: Sample):
+        value = sample.extra.get(self.field_name)
+        if not isinstance(value, (int, float)):
+            return [Reject.of(sample, "clip_score_missing", detail=self.field_name)]
+        if value < self.threshold:
+            return [Reject.of(sample, "clip_score_too_low", detail=f"clip_score={value}")]
+        return [dataclasses.replace(sample, clip_score=float(value))]
+
+
+class VerifyDecode:
+    """With CLIP off nothing decodes the pixels; decode survivors once so a truncated body
+    cannot reach the shards."""
+
+    def __call__(self, sample: Sample):
+        try:
+            decode_for_model(sample.image.data, 32)
+        except ImageError as error:
+            return [Reject.of(sample, error.reason, "errored", error.detail)]
+        return [sample]
+
+
+HISTOGRAM_BIN = 0.01  # CLIP cosine scores fall in [-1, 1]
+
+
+class ScoreHistogram(beam.CombineFn):
+    """Counts per fixed 0.01 bin over [-1, 1]; mergeable across workers, trimmed at the end."""
+
+    bins = int(round(2 / HISTOGRAM_BIN))
+
+    def create_accumulator(self):
+        return [0] * self.bins
+
+    def add_input(self, counts, score):
+        counts[min(self.bins - 1, max(0, int((score + 1) / HISTOGRAM_BIN)))] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        return [sum(column) for column in zip(*accumulators)]
+
+    def extract_output(self, counts):
+        return counts
+
+
+def histogram_stats(counts: list[int], threshold: float) -> dict[str, Any]:
+    """The report's histogram: only the span of bins that hold scores, and the threshold."""
+    filled = [i for i, n in enumerate(counts) if n]
+    if not filled:
+        return {"name": "CLIP score", "edges": [], "counts": [], "threshold": threshold}
+    first, last = filled[0], filled[-1]
+    edges = [round(-1 + i * HISTOGRAM_BIN, 4) for i in range(first, last + 2)]
+    return {"name": "CLIP score", "edges": edges, "counts": counts[first:last + 1],
+            "threshold": threshold}
+
+
+# ---- longest caption per image -------------------------------------------------------------------
+
+def longest_caption(element):
+    """Of the pairs sharing one image (same content hash), keep the longest caption; ties go
+    to the smallest id, so the choice does not depend on arrival order."""
+    _, samples = element
+    ranked = sorted(samples, key=lambda s: (-len(s.text), s.id))
+    kept = ranked[0]
+    return [kept] + [Reject.of(s, "shorter_caption_same_image", detail=f"kept {kept.id}")
+                     for s in ranked[1:]]
+
+
+# ---- the rules, in the paper's order ------------------------------------------------------------
+
+def text_rules(config: TextRulesConfig) -> list:
+    """Steps 4-8 of A.1, the length check again after cleaning, language, academic tags."""
+    rules: list = []
+    if config.allowed_scripts:
+        rules.append(EnglishChineseOnly(config.allow_accented_latin))
+    if config.drop_emoji:
+        rules.append(no_emoji)
+    rules.append(TextLength(config.min_chars, config.max_chars, config.min_words,
+                            config.max_words))
+    if config.clean_html:
+        rules.append(html_cleaner)
+    if config.patterns or config.custom_patterns:
+        rules.append(PatternCleaner.from_names(config.patterns, config.custom_patterns))
+    if config.recheck_length_after_cleaning:
+        rules.append(TextLength(config.min_chars, config.max_chars, config.min_words,
+                                config.max_words, suffix="_after_cleaning"))
+    if config.tag_language or config.languages:
+        rules.append(LanguageRule(config.languages, config.min_language_score))
+    if config.academic_tags:
+        rules.append(AcademicTags(config.academic_tags))
+    return rules
+
+
+IMAGE_REASONS = ["aspect_ratio_too_large", "image_too_small"]
+CLIP_REASONS = ["clip_score_too_low", "clip_score_missing"]
+TEXT_REASONS = ["non_en_zh_characters", "emoji", "text_too_short", "text_too_long",
+                "empty_after_html_cleaning", "empty_after_pattern_cleaning",
+                "text_too_short_after_cleaning", "text_too_long_after_cleaning",
+                "language_not_allowed", "language_uncertain", "academic_special_tag"]
+
+
+def reason_order(config: PairsConfig) -> list[str]:
+    middle = TEXT_REASONS + CLIP_REASONS if config.clip.after_text_rules else \
+        CLIP_REASONS + TEXT_REASONS
+    return IMAGE_REASONS + middle + ["shorter_caption_same_image"]
+
+
+def describe_clip(config: ClipConfig) -> str:
+    if config.score_field:
+        return f"on: input field {config.score_field!r}, threshold {config.threshold}"
+    if config.checkpoint:
+        return (f"on: open_clip {config.model} from {config.checkpoint} on {config.device}, "
+                f"batch {config.batch_size}, threshold {config.threshold}")
+    return "off: no clip.checkpoint configured (step 3 of A.1 skipped)"
+
+
+# ---- the pipeline --------------------------------------------------------------------------------
+
+def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, config: PairsConfig,
+          shard_formats: list[str], samples_per_shard: int) -> None:
+    read = (pipeline
+            | "Files" >> beam.Create(files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadPairs(PairReader(dataset, config))))
+    samples = read | "ReadSamples" >> beam.Filter(lambda x: not isinstance(x, Reject))
+    read_rejects = read | "ReadRejects" >> beam.Filter(lambda x: isinstance(x, Reject))
+    rejects = [read_rejects]
+    input_count = count_elements("CountInput", samples, read_rejects)
+
+    scores = None
+    if config.clip.enabled and not config.clip.after_text_rules:
+        samples, dropped = apply_step(samples, "ImageRules",
+                                      RulesStep(image_rules(config.image)), dataset)
+        rejects.append(dropped)
+        samples, scores = _clip_step(samples, config.clip, dataset, rejects)
+        samples, dropped = apply_step(samples, "TextRules", RulesStep(text_rules(config.text)),
+                                      dataset)
+        rejects.append(dropped)
+    else:  # nothing between the image and text rules: one step, fewer hand-offs
+        samples, dropped = apply_step(
+            samples, "Rules", RulesStep(image_rules(config.image) + text_rules(config.text)),
+            dataset)
+        rejects.append(dropped)
+        if config.clip.enabled:
+            samples, scores = _clip_step(samples, config.clip, dataset, rejects)
+    if not config.clip.checkpoint and config.image.verify_decode:
+        samples, dropped = apply_step(samples, "VerifyDecode", VerifyDecode(), dataset)
+        rejects.append(dropped)
+    if config.longest_caption_per_image:
+        grouped = (samples | "KeyByImageHash" >> beam.Map(lambda s: (s.source.sha256, s))
+                   | "GroupByImage" >> beam.GroupByKey())
+        samples, dropped = apply_step(grouped, "LongestCaption", longest_caption, dataset)
+        rejects.append(dropped)
+
+    stats = _stats(pipeline, samples, scores, config)
+    write_run(pipeline, samples, rejects, input_count, output_dir=output_dir,
+              pipeline_name=PIPELINE, dataset=dataset, task=TASK,
+              reason_order=reason_order(config), formats=shard_formats,
+              samples_per_shard=samples_per_shard, config=to_mapping(config), stats=stats)
+
+
+def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list):
+    """Step 3; returns (samples, scores or None)."""
+    if config.score_field:
+        samples, dropped = apply_step(samples, "InputScore",
+                                      InputScore(config.score_field, config.threshold), dataset)
+        rejects.append(dropped)
+        scores = samples | "InputScores" >> beam.Map(lambda s: s.clip_score)
+        return samples, scores
+    examples, dropped = apply_step(samples, "ClipDecode", ClipPreprocess(model_input_size(config)),
+                                   dataset)
+    rejects.append(dropped)
+    predictions = examples | "ClipScore" >> RunInference(OpenClipModelHandler(config))
+    scores = predictions | "ClipScores" >> beam.Map(lambda p: float(p.inference))
+    samples, dropped = apply_step(predictions, "ClipThreshold", ClipThreshold(config.threshold),
+                                  dataset)
+    rejects.append(dropped)
+    return samples, scores
+
+
+def _stats(pipeline, samples, scores, config: PairsConfig):
+    """One dict: CLIP status, the score histogram, languages of the kept samples. Gathered by a
+    GroupByKey on one constant key (no side inputs, no CombineGlobally: see pipelines.common)."""
+    pieces = [pipeline | "StatsBase" >> beam.Create([(0, ("base", None))]),
+              samples | "KeptLanguage" >> beam.Map(lambda s: ((s.language or "und"), 1))
+              | "CountLanguages" >> beam.CombinePerKey(sum)
+              | "TagLanguages" >> beam.Map(lambda kv: (0, ("language", kv)))]
+    if scores is not None:
+        pieces.append(scores | "KeyScores" >> beam.Map(lambda score: (0, score))
+                      | "ScoreHistogram" >> beam.CombinePerKey(ScoreHistogram())
+                      | "TagHistogram" >> beam.Map(lambda kv: (0, ("histogram", kv[1]))))
+    clip, threshold = describe_clip(config.clip), config.clip.threshold
+
+    def merge(element):
+        _, values = element
+        stats: dict[str, Any] = {"clip": clip, "kept_languages": {}}
+        for kind, value in values:
+            if kind == "language":
+                stats["kept_languages"][value[0]] = value[1]
+            elif kind == "histogram":
+                stats["histogram"] = histogram_stats(value, threshold)
+                stats["clip_scored"] = sum(value)
+        stats["kept_languages"] = dict(sorted(stats["kept_languages"].items()))
+        return stats
+
+    return (tuple(pieces) | "GatherStats" >> beam.Flatten()
+            | "GroupStats" >> beam.GroupByKey() | "Stats" >> beam.Map(merge))
+
+
+def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | None = None,
+        beam_argv: list[str] | None = None, shard_formats: list[str] | None = None,
+        samples_per_shard: int = 1000) -> dict[str, Any]:
+    """Clean the pairs under `inputs` into `output_dir`; returns the report."""
+    config = config or PairsConfig()
+    files = expand_inputs(inputs)
+    if not files:
+        raise FileNotFoundError(f"no .tar, .parquet, .tsv or .jsonl input under {inputs}")
+    log.info("corpus pairs: %d input file(s); CLIP %s", len(files), describe_clip(config.clip))
+    return run_pipeline(
+        lambda p: build(p, files, output_dir, dataset, config, shard_formats or ["webdataset"],
+                        samples_per_shard),
+        beam_argv or [], output_dir)
+
+
+def add_arguments(parser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--clip-checkpoint", metavar="PATH",
+                        help="open_clip weights file; overrides clip.checkpoint in the config")
+    parser.add_argument("--clip-device", metavar="DEVICE", help="cpu or cuda; overrides the config")
+
+
+def main(args, beam_argv) -> int:
+    config = load_config(PairsConfig, args.config, args.dataset)
+    if args.clip_checkpoint or args.clip_device:
+        clip = dataclasses.replace(config.clip,
+                                   checkpoint=args.clip_checkpoint or config.clip.checkpoint,
+                                   device=args.clip_device or config.clip.device)
+        clip.validate()
+        config = dataclasses.replace(config, clip=clip)
+    print(f"CLIP step: {describe_clip(config.clip)}")
+    report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
+                 args.samples_per_shard)
+    print_summary(report)
+    return 0
+
+
+def run_demo(output_dir: str, beam_argv: list[str]) -> dict[str, Any]:
+    """Bundled sample pairs (every rule fires at least once) through the whole pipeline,
+    CLIP included, with a random-init tiny model the demo writes itself."""
+    from corpus.samples.pairs import write_demo_inputs
+
+    inputs = write_demo_inputs(os.path.join(output_dir, "inputs"))
+    config = load_config(PairsConfig, inputs.config_path, "demo")
+    print(f"   CLIP step: {describe_clip(config.clip)} (random weights: scores are meaningless)")
+    return run(inputs.patterns, output_dir, "demo", config, beam_argv)
