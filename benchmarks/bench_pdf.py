@@ -1,0 +1,223 @@
+"""`corpus pdf` throughput against a bare PyMuPDF loop, measured side by side in one run.
+
+    .venv/bin/python benchmarks/bench_pdf.py [--docs 8] [--pages 8] [--workers 2]
+
+The same generated PDFs (text, photo, chart and Chinese pages in turn) go through:
+  bare      open + per page: render, extract words, encode JPEG (Pillow); nothing else
+  steps     the pipeline's own step functions in a plain loop (vet the PDF and plan ranges,
+            render in the render processes, build samples, apply the A.4 rules)
+  beam xN   the whole Beam pipeline, multi-processing DirectRunner with N workers, shards and
+            report included; its fixed start-up cost is measured on a one-page run and
+            subtracted ("marginal"), and also shown included ("end to end")
+Ratios are pages/s of one path over the other, on the same machine in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import pymupdf  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
+from corpus.samples.pdf import CHINESE, CJK_FONT, ENGLISH, LATIN_FONT  # noqa: E402
+from filters.base import apply_rules  # noqa: E402
+from filters.pages import pdf_page_rules  # noqa: E402
+from pipelines.pdf import (DocumentRef, PdfConfig, PlanPageRanges, RenderPages,  # noqa: E402
+                           run)
+
+
+def make_pdf(pages: int) -> bytes:
+    """Pages cycling through the kinds a crawl holds: two-column text, a photo with a caption,
+    a vector chart with labels, Chinese text."""
+    photo = _photo()
+    doc = pymupdf.open()
+    for number in range(pages):
+        page = doc.new_page()
+        page.insert_font(fontname="dv", fontfile=LATIN_FONT)
+        kind = number % 4
+        if kind == 0:
+            text = f"Page {number + 1}. " + " ".join([ENGLISH] * 6)
+            for left in (54, 318):
+                page.insert_textbox(pymupdf.Rect(left, 72, left + 240, 720), text, fontsize=10,
+                                    fontname="dv")
+        elif kind == 1:
+            page.insert_image(pymupdf.Rect(72, 72, 540, 423), stream=photo)
+            page.insert_textbox(pymupdf.Rect(72, 440, 540, 720), " ".join([ENGLISH] * 3),
+                                fontsize=11, fontname="dv")
+        elif kind == 2:
+            shape = page.new_shape()
+            for bar in range(60):
+                height = 40 + (bar * 37) % 300
+                shape.draw_rect(pymupdf.Rect(72 + bar * 7.5, 500 - height, 78 + bar * 7.5, 500))
+            shape.finish(color=(0, 0, 0.5), fill=(0.4, 0.6, 0.9), width=0.5)
+            shape.commit()
+            for tick in range(0, 60, 6):
+                page.insert_text((72 + tick * 7.5, 515), f"Q{tick // 6 + 1}", fontsize=8,
+                                 fontname="dv")
+            page.insert_textbox(pymupdf.Rect(72, 540, 540, 720), ENGLISH, fontsize=11,
+                                fontname="dv")
+        else:
+            page.insert_font(fontname="cjk", fontfile=CJK_FONT)
+            page.insert_textbox(pymupdf.Rect(72, 72, 540, 720), "".join(CHINESE * 12),
+                                fontsize=14, fontname="cjk")
+    return doc.tobytes()
+
+
+def _photo() -> bytes:
+    """A 1200x900 photo-like JPEG: smooth colour gradients plus grain."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:900, 0:1200]
+    pixels = np.stack([(x / 5) % 256, (y / 4) % 256, ((x + y) / 8) % 256], axis=-1)
+    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def bare_loop(paths: list[str], config: PdfConfig, mupdf_encoder: bool = False) -> int:
+    """Render, extract words and encode every page, nothing else. Encoding uses Pillow like the
+    pipeline, or MuPDF's own JPEG encoder (`mupdf_encoder`), for reference."""
+    options = config.render
+    zoom = options.dpi / 72
+    pages = 0
+    for path in paths:
+        doc = pymupdf.open(path)
+        for page in doc:
+            pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
+                                     alpha=False)
+            page.get_text("words", flags=options.text_flags())
+            if mupdf_encoder:
+                pixmap.tobytes("jpeg", jpg_quality=options.quality)
+            else:
+                buffer = io.BytesIO()
+                PILImage.frombuffer("RGB", (pixmap.width, pixmap.height), pixmap.samples_mv,
+                                    "raw", "RGB", pixmap.stride, 1).save(
+                    buffer, format="JPEG", quality=options.quality)
+            pages += 1
+    return pages
+
+
+def step_loop(paths: list[str], config: PdfConfig, steps: tuple) -> int:
+    plan, render = steps
+    rules = pdf_page_rules(config.rules)
+    pages = 0
+    for path in paths:
+        for page_range in plan(DocumentRef(path, os.path.basename(path))):
+            for result in render(page_range):
+                pages += 1
+                if hasattr(result, "images"):
+                    apply_rules(result, rules)
+    return pages
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(steps: tuple | None) -> float:
+    """CPU seconds of this process and of the steps' vetting and render processes."""
+    cpu = time.process_time()
+    for step in steps or ():
+        if step.worker is not None and step.worker.process is not None:
+            cpu += process_cpu_seconds(step.worker.process.pid)
+    return cpu
+
+
+def timed(fn, *args, steps: tuple | None = None) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, pages)."""
+    started, cpu = time.perf_counter(), cpu_now(steps)
+    pages = fn(*args, steps) if steps is not None else fn(*args)
+    return time.perf_counter() - started, cpu_now(steps) - cpu, pages
+
+
+def beam_run(inputs: list[str], output: str, workers: int, config: PdfConfig):
+    argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={workers}"]
+    started = time.perf_counter()
+    report = run(inputs, output, "bench", config, argv)
+    return time.perf_counter() - started, None, report["input"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=8)
+    parser.add_argument("--pages", type=int, default=8, help="pages per document")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    config = PdfConfig(pages_per_range=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_pdf(args.pages)
+        docs = os.path.join(tmp, "docs")
+        os.makedirs(docs)
+        paths = []
+        for index in range(args.docs):
+            paths.append(os.path.join(docs, f"doc{index:03d}.pdf"))
+            with open(paths[-1], "wb") as f:
+                f.write(data)
+        single = os.path.join(tmp, "single.pdf")
+        with open(single, "wb") as f:
+            f.write(make_pdf(1))
+
+        rows = {}
+        # The machine is shared: alternate the two in-process paths and keep each one's best
+        # of three, and count CPU seconds (pages/s/core), which other load disturbs far less.
+        steps = (PlanPageRanges(config, "bench"), RenderPages(config, "bench"))
+        for step in steps:  # once per worker in a pipeline, so not part of the per-page cost
+            step.worker.start()
+        for _ in range(3):
+            for name, fn in (("bare", bare_loop), ("steps", step_loop)):
+                result = timed(fn, paths, config, steps=steps if name == "steps" else None)
+                rows[name] = min(rows.get(name, result), result)
+        for step in steps:
+            step.worker.stop()
+        rows["bare mupdf-jpeg"] = timed(bare_loop, paths, config, True)
+        startup = {}
+        for workers in sorted({1, args.workers}):
+            startup[workers] = beam_run([single], os.path.join(tmp, f"s{workers}"), workers,
+                                        config)[0]
+            rows[f"beam x{workers}"] = beam_run([docs], os.path.join(tmp, f"b{workers}"),
+                                                workers, config)
+
+    print(f"{args.docs} PDFs x {args.pages} pages, {config.render.dpi:g} dpi "
+          f"{config.render.image_format} q{config.render.quality}, cpu_count={os.cpu_count()}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    rate, per_core = {}, {}
+    for name, (seconds, cpu, pages) in rows.items():
+        rate[name] = pages / seconds
+        line = f"  {name:15s} {pages:4d} pages {seconds:7.2f} s  {rate[name]:7.1f} pages/s"
+        if cpu is not None:
+            per_core[name] = pages / cpu
+            line += f"  {per_core[name]:6.1f} pages/s/core"
+        if name.startswith("beam"):
+            workers = int(name.split("x")[1])
+            marginal = seconds - startup[workers]
+            rate[name + " marginal"] = pages / marginal if marginal > 0 else float("nan")
+            line += (f"  (one-page run {startup[workers]:.2f} s; marginal "
+                     f"{rate[name + ' marginal']:.1f} pages/s)")
+        print(line)
+    print(f"steps / bare, pages/s/core        {per_core['steps'] / per_core['bare']:.2f}x  "
+          f"(goal >= 0.8)")
+    print(f"steps / bare, wall                {rate['steps'] / rate['bare']:.2f}x")
+    encoders = per_core["bare"] / per_core["bare mupdf-jpeg"]
+    print(f"Pillow / MuPDF JPEG encoder       {encoders:.2f}x")
+    print(f"beam x1 marginal / bare, wall     {rate['beam x1 marginal'] / rate['bare']:.2f}x")
+    print(f"beam x1 end to end / bare, wall   {rate['beam x1'] / rate['bare']:.2f}x")
+    if args.workers != 1:
+        key = f"beam x{args.workers}"
+        print(f"{key} / beam x1, marginal wall    "
+              f"{rate[key + ' marginal'] / rate['beam x1 marginal']:.2f}x  (goal >= 1.7 for 2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""`corpus pdf`: PDF pages -> OCR samples with word and line boxes (Appendix A.4).
+
+files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges ─> (reshuffle)
+  ─> RenderPages ─> A.4 page rules (filters/pages.py) ─> OCR shards
+
+One PDF fans out into page ranges of `pages_per_range` pages, and the ranges are reshuffled, so
+a 900-page PDF keeps many workers busy instead of pinning one. Input is counted in pages after
+the fan-out; a PDF that cannot be read at all is one errored unit with its reason.
+
+PDFs are opened, vetted and rendered in a separate process per step and worker (`isolate:
+true`): MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
+`page_time_limit_s` (or one that crashes MuPDF) is ended by killing that process, which is then
+restarted for the rest.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+from multiprocessing.connection import Connection
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from corpus.config import load_config, to_mapping
+from corpus.ids import sample_id
+from corpus.schema import Region, Sample, Source
+from filters.base import Reject, rule_name
+from filters.pages import PDF_REASON_ORDER, PageRulesConfig, pdf_page_rules
+from pipelines.common import (RulesStep, add_common_arguments, apply_step, count_elements,
+                              print_summary, run_pipeline)
+from pipelines.sinks import write_run
+from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
+                           PdfProblem, RenderedPage, RenderOptions, VetRequest, open_pdf,
+                           render_pages)
+
+PIPELINE = "pdf"
+TASK = "ocr"
+INPUT_REASONS = ["corrupt_zip", "encrypted_zip_member", "duplicate_zip_member", "pdf_too_large",
+                 "unreadable_input", "input_changed"]
+RENDER_PROCESS_MAIN = ("import sys; from renderers.pdf import serve_socket; "
+                       "serve_socket(int(sys.argv[1]), int(sys.argv[2]))")
+STARTUP_LIMIT_S = 120  # spawning the render process and importing PyMuPDF, on a busy machine
+REASON_ORDER = DOCUMENT_REASONS + INPUT_REASONS + PAGE_REASONS + PDF_REASON_ORDER
+
+
+@dataclass
+class PdfConfig:
+    render: RenderOptions = field(default_factory=RenderOptions)
+    documents: DocumentPolicy = field(default_factory=DocumentPolicy)
+    rules: PageRulesConfig = field(default_factory=PageRulesConfig)
+    pages_per_range: int = 8  # pages rendered by one work item; ranges spread over workers
+    page_time_limit_s: float = 30.0  # per page: open (first page) + render + extract + encode
+    max_pdf_bytes: int = 256 * 1024 * 1024  # larger files (or zip members) are not read
+    isolate: bool = True  # vet and render in child processes; needed for the time limit
+    memory_limit_mb: int = 4096  # address-space cap of each child process; 0: none
+
+    def validate(self) -> None:
+        self.render.validate()
+        self.rules.validate()
+        if self.memory_limit_mb < 0:
+            raise ValueError("memory_limit_mb must be 0 (no limit) or positive")
+        if self.pages_per_range < 1 or self.page_time_limit_s <= 0 or self.max_pdf_bytes < 1:
+            raise ValueError("pages_per_range, page_time_limit_s and max_pdf_bytes must be "
+                             "positive")
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str
+    rel: str  # path relative to the input root it was found under: part of the sample key
+
+
+@dataclass(frozen=True)
+class DocumentRef:
+    uri: str  # the file; for a zip member, the zip
+    rel: str
+    member: str | None = None  # name inside the zip
+
+    @property
+    def key(self) -> str:
+        return self.rel if self.member is None else f"{self.rel}#{self.member}"
+
+    @property
+    def pdf_uri(self) -> str:
+        return self.uri if self.member is None else f"{self.uri}#{self.member}"
+
+
+@dataclass(frozen=True)
+class PageRange:
+    doc: DocumentRef
+    sha256: str
+    pages: tuple[int, ...]  # 0-based page indices
+    page_count: int
+
+    @property
+    def uri(self) -> str:
+        return self.doc.pdf_uri
+
+    @property
+    def key(self) -> str:
+        return f"{self.doc.key}#pages={self.pages[0] + 1}-{self.pages[-1] + 1}"
+
+
+INPUT_EXTENSIONS = (".pdf", ".zip")
+_GLOB_CHARS = set("*?[")
+
+
+def expand_inputs(patterns: list[str]) -> list[InputFile]:
+    """Files named by paths, folders (searched recursively for .pdf and .zip; a remote folder is
+    written with a trailing slash) and globs."""
+    found: dict[str, InputFile] = {}
+    for pattern in patterns:
+        if pattern.endswith("/") or ("://" not in pattern and os.path.isdir(pattern)):
+            root = pattern  # a folder, local or remote (`gs://bucket/pdfs/`)
+            matches = [m.path for m in FileSystems.match([pattern.rstrip("/") + "/**"])[0]
+                       .metadata_list if m.path.lower().endswith(INPUT_EXTENSIONS)]
+        else:
+            root = _static_prefix(pattern)
+            matches = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        if not matches:
+            raise FileNotFoundError(f"no input matched {pattern!r}")
+        for path in matches:
+            found.setdefault(path, InputFile(path, _relative(path, root)))
+    return sorted(found.values(), key=lambda f: f.uri)
+
+
+def _static_prefix(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard (a plain file: its folder)."""
+    head = pattern
+    for index, char in enumerate(pattern):
+        if char in _GLOB_CHARS:
+            head = pattern[:index]
+            break
+    return head.rsplit("/", 1)[0] if "/" in head else ""
+
+
+def _relative(path: str, root: str) -> str:
+    if root and path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) + 1:]
+    return path.rsplit("/", 1)[-1]
+
+
+def _open_file(uri: str):
+    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _reject(dataset: str, uri: str, key: str, problem: PdfProblem) -> Reject:
+    return Reject(sample_id(dataset, key), dataset, uri, key, problem.reason, problem.status,
+                  problem.detail)
+
+
+class ListDocuments:
+    """An input file -> the PDFs in it: itself, or every file member of a zip (read from its
+    central directory; members are streamed later, one at a time)."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+
+    def __call__(self, item: InputFile):
+        if not item.uri.lower().endswith(".zip"):
+            return [DocumentRef(item.uri, item.rel)]
+        try:
+            with _open_file(item.uri) as f, zipfile.ZipFile(f) as archive:
+                names = [i.filename for i in archive.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return [_reject(self.dataset, item.uri, item.rel,
+                            PdfProblem("corrupt_zip", "errored", str(error)[:300]))]
+        results, seen = [], set()
+        for name in names:
+            ref = DocumentRef(item.uri, item.rel, name)
+            if name in seen:  # only the last of equal names can be read back
+                results.append(_reject(self.dataset, ref.pdf_uri, f"{ref.key}#duplicate",
+                                       PdfProblem("duplicate_zip_member", "errored")))
+                continue
+            seen.add(name)
+            results.append(ref)
+        return results
+
+
+def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
+    """The bytes of one PDF, from a file or streamed out of its zip; raises PdfProblem."""
+    try:
+        with _open_file(doc.uri) as f:
+            if doc.member is None:
+                data = f.read(max_bytes + 1)
+            else:
+                with zipfile.ZipFile(f) as archive:
+                    info = archive.getinfo(doc.member)
+                    if info.flag_bits & 0x1:
+                        raise PdfProblem("encrypted_zip_member", "errored")
+                    if info.file_size > max_bytes:
+                        raise PdfProblem("pdf_too_large", "errored", f"{info.file_size} bytes")
+                    with archive.open(info) as member:
+                        data = member.read(max_bytes + 1)
+    except (zipfile.BadZipFile, KeyError, EOFError, zlib.error, NotImplementedError) as error:
+        # NotImplementedError: a compression method zipfile cannot read (Deflate64, …)
+        raise PdfProblem("corrupt_zip", "errored", str(error)[:300]) from error
+    except OSError as error:
+        raise PdfProblem("unreadable_input", "errored", str(error)[:300]) from error
+    if len(data) > max_bytes:
+        raise PdfProblem("pdf_too_large", "errored", f"over {max_bytes} bytes")
+    return data
+
+
+# ---- the render process ----------------------------------------------------------------------
+
+class RenderProcess:
+    """A child process running renderers.pdf.serve, talking over a socket pair; killed and
+    restarted when a page overruns the time limit or crashes it. A plain subprocess rather than
+    multiprocessing: spawn would re-import the caller's __main__, fork would copy a Beam worker's
+    threads."""
+
+    def __init__(self, memory_limit_mb: int = 0):
+        self.memory_limit_mb = memory_limit_mb
+        self.process = self.conn = None
+        self.held_sha = None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", RENDER_PROCESS_MAIN, str(theirs.fileno()),
+             str(self.memory_limit_mb)],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.held_sha = None
+        if not self.conn.poll(STARTUP_LIMIT_S) or self.conn.recv() != READY:
+            self.stop()
+            raise RuntimeError(f"the render process did not start within {STARTUP_LIMIT_S} s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.conn.close()
+        self.process = self.conn = None
+
+    def __del__(self):
+        try:
+            self.stop()
+        except (OSError, AttributeError):  # interpreter shutdown
+            pass
+
+    def vet(self, request: VetRequest, time_limit: float) -> int | PdfProblem:
+        """The page count of a PDF, or why it is refused; opening it also has a time limit,
+        and a PDF that crashes MuPDF while opening costs only itself."""
+        if self.process is None:
+            self.start()
+        try:
+            self.conn.send(request)
+            if not self.conn.poll(time_limit):
+                self.stop()
+                return PdfProblem("open_timeout", "errored", f"over {time_limit} s")
+            return self.conn.recv()
+        except (EOFError, OSError) as error:  # BrokenPipeError is an OSError
+            self.stop()
+            return PdfProblem("open_crashed", "errored", str(error) or "the process died")
+
+    def render(self, request: PageRequest, load: Callable[[], bytes], time_limit: float):
+        """Yield (page index, RenderedPage | PdfProblem) for every requested page, in order.
+        `load()` gives the PDF's bytes; it is called only when the process does not hold that
+        PDF open already, so consecutive ranges of one PDF read it once."""
+        remaining = list(request.pages)
+        while remaining:
+            if self.process is None:
+                self.start()
+            request.pages = remaining
+            try:
+                request.data = None if self.held_sha == request.sha256 else load()
+            except PdfProblem as problem:
+                for index in remaining:
+                    yield index, problem
+                return
+            try:
+                self.conn.send(request)
+            except (BrokenPipeError, OSError) as error:  # the process died: fail this page
+                self.stop()
+                yield remaining.pop(0), PdfProblem("render_crashed", "errored", str(error))
+                continue
+            self.held_sha = request.sha256
+            finished = False
+            try:
+                while remaining:
+                    index = remaining[0]
+                    if not self.conn.poll(time_limit):
+                        self.stop()
+                        remaining.pop(0)
+                        yield index, PdfProblem("render_timeout", "errored",
+                                                f"over {time_limit} s")
+                        break
+                    try:
+                        result = self.conn.recv()
+                    except (EOFError, OSError):
+                        self.stop()
+                        remaining.pop(0)
+                        yield index, PdfProblem("render_crashed", "errored",
+                                                "the render process died")
+                        break
+                    remaining.pop(0)
+                    yield index, result
+                finished = True
+            finally:
+                if not finished and self.process is not None and remaining:
+                    self.stop()  # abandoned midway: its unread results must not leak
+
+
+# ---- planning and rendering --------------------------------------------------------------------
+
+class PlanPageRanges:
+    """A PDF -> its page ranges (after vetting it), or one reject for the whole document."""
+
+    def __init__(self, config: PdfConfig, dataset: str):
+        self.config, self.dataset = config, dataset
+        self.worker = RenderProcess(config.memory_limit_mb) if config.isolate else None
+
+    def __call__(self, doc: DocumentRef):
+        try:
+            data = read_document(doc, self.config.max_pdf_bytes)
+            page_count = self._page_count(data)
+        except PdfProblem as problem:
+            return [_reject(self.dataset, doc.pdf_uri, doc.key, problem)]
+        sha256 = hashlib.sha256(data).hexdigest()
+        step = self.config.pages_per_range
+        return [PageRange(doc, sha256, tuple(range(first, min(first + step, page_count))),
+                          page_count) for first in range(0, page_count, step)]
+
+
+    def _page_count(self, data: bytes) -> int:
+        if self.worker is None:
+            return open_pdf(data, self.config.documents).page_count
+        result = self.worker.vet(VetRequest(data, self.config.documents),
+                                 self.config.page_time_limit_s)
+        if isinstance(result, PdfProblem):
+            raise result
+        return result
+
+
+class RenderPages:
+    """A page range -> one OCR sample or one reject per page."""
+
+    def __init__(self, config: PdfConfig, dataset: str):
+        self.config, self.dataset = config, dataset
+        self.worker = RenderProcess(config.memory_limit_mb) if config.isolate else None
+        self.held: tuple[str, object] | None = None  # (sha256, open document) without isolation
+
+    def __call__(self, page_range: PageRange):
+        results = []
+        for index, result in self._render(page_range, functools.partial(self._read, page_range)):
+            if isinstance(result, PdfProblem):
+                results.append(self._page_reject(page_range, index, result))
+            else:
+                results.append(self._sample(page_range, result))
+        return results
+
+    def _read(self, page_range: PageRange) -> bytes:
+        data = read_document(page_range.doc, self.config.max_pdf_bytes)
+        if hashlib.sha256(data).hexdigest() != page_range.sha256:
+            raise PdfProblem("input_changed", "errored", "the file changed during the run")
+        return data
+
+    def _render(self, page_range: PageRange, load: Callable[[], bytes]):
+        pages = list(page_range.pages)
+        if self.worker is not None:
+            request = PageRequest(page_range.sha256, None, pages, self.config.render)
+            return self.worker.render(request, load, self.config.page_time_limit_s)
+        if self.held is None or self.held[0] != page_range.sha256:
+            try:
+                self.held = (page_range.sha256, open_pdf(load(), None))  # vetted when planned
+            except PdfProblem as problem:
+                return [(index, problem) for index in pages]
+        return zip(pages, render_pages(self.held[1], pages, self.config.render))
+
+    def _page_key(self, page_range: PageRange, index: int) -> str:
+        return f"{page_range.doc.key}#page={index + 1}"
+
+    def _page_reject(self, page_range: PageRange, index: int, problem: PdfProblem) -> Reject:
+        return _reject(self.dataset, page_range.uri, self._page_key(page_range, index), problem)
+
+    def _sample(self, page_range: PageRange, page: RenderedPage) -> Sample:
+        key = self._page_key(page_range, page.index)
+        regions = [Region(kind="word", text=w.text, box=w.box) for w in page.words]
+        regions += [Region(kind="line", text=line.text, box=line.box, quad=line.quad)
+                    for line in page.lines]
+        return Sample(
+            id=sample_id(self.dataset, key), dataset=self.dataset, task=TASK,
+            source=Source(uri=page_range.uri, key=key, page=page.index + 1,
+                          sha256=page_range.sha256),
+            images=[page.image], text=page.text, regions=regions,
+            extra={"page_count": page_range.page_count, "rotation": page.rotation,
+                   "page_size_pt": [round(page.width_pt, 2), round(page.height_pt, 2)],
+                   "zoom": round(page.zoom, 4), "inkless_lines": page.inkless_lines})
+
+
+def rule_failures(sample: Sample, rules: list) -> list[str]:
+    """Every A.4 rule this page fails, not only the first: the report counts each separately."""
+    failed = []
+    for rule in rules:
+        result = rule(sample)
+        if isinstance(result, str):
+            failed.append(result)
+    return failed
+
+
+def _failure_stats(counts: dict) -> dict:
+    order = {reason: i for i, reason in enumerate(PDF_REASON_ORDER)}
+    ordered = dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return {"rule_failures_any_order": ordered,
+            "note": "pages failing each A.4 rule, counting every rule a page fails"}
+
+
+# ---- the pipeline -----------------------------------------------------------------------------
+
+def build(pipeline, files: list[InputFile], *, output_dir: str, dataset: str, config: PdfConfig,
+          formats: list[str], samples_per_shard: int) -> None:
+    rules = pdf_page_rules(config.rules)
+    file_pc = (pipeline | "Files" >> beam.Create(files)
+               | "SpreadFiles" >> beam.Reshuffle())
+    docs, list_rejects = apply_step(file_pc, "ListDocuments", ListDocuments(dataset), dataset)
+    ranges, plan_rejects = apply_step(docs | "SpreadDocuments" >> beam.Reshuffle(),
+                                      "PlanPageRanges", PlanPageRanges(config, dataset), dataset)
+    pages, render_rejects = apply_step(ranges | "SpreadPageRanges" >> beam.Reshuffle(),
+                                       "RenderPages", RenderPages(config, dataset), dataset)
+    input_count = count_elements("CountInput", pages, render_rejects, list_rejects, plan_rejects)
+    kept, rule_rejects = apply_step(pages, "PageRules", RulesStep(rules), dataset)
+    # exactly one stats element on every runner: a sum per reason seeded with zeros, gathered
+    # on one constant key (no CombineGlobally; docs/running-at-scale.md)
+    failures = pages | "AllRuleFailures" >> beam.FlatMap(
+        lambda sample: [(reason, 1) for reason in rule_failures(sample, rules)])
+    zeros = pipeline | "NoRuleFailures" >> beam.Create([(r, 0) for r in PDF_REASON_ORDER])
+    stats = ((failures, zeros) | "FlattenRuleFailures" >> beam.Flatten()
+             | "SumRuleFailures" >> beam.CombinePerKey(sum)
+             | "OneKey" >> beam.Map(lambda count: (0, count))
+             | "GatherRuleFailures" >> beam.GroupByKey()
+             | "RuleFailureStats" >> beam.MapTuple(lambda _, counts: _failure_stats(dict(counts))))
+    write_run(pipeline, kept, [list_rejects, plan_rejects, render_rejects, rule_rejects],
+              input_count, output_dir=output_dir, pipeline_name=PIPELINE, dataset=dataset,
+              task=TASK, reason_order=REASON_ORDER, formats=formats,
+              samples_per_shard=samples_per_shard,
+              config=to_mapping(config) | {"rule_names": [rule_name(r) for r in rules]},
+              stats=stats)
+
+
+def run(inputs: list[str], output_dir: str, dataset: str, config: PdfConfig | None = None,
+        beam_argv: list[str] | None = None, formats: list[str] | None = None,
+        samples_per_shard: int = 1000) -> dict:
+    config = config or PdfConfig()
+    config.validate()
+    files = expand_inputs(inputs)
+    return run_pipeline(
+        lambda p: build(p, files, output_dir=output_dir, dataset=dataset, config=config,
+                        formats=formats or ["webdataset"], samples_per_shard=samples_per_shard),
+        beam_argv or [], output_dir)
+
+
+def add_arguments(parser) -> None:
+    add_common_arguments(parser, dataset_default="pdf")
+    parser.add_argument("--dpi", type=float,
+                        help="render resolution (overrides render.dpi and render.long_side)")
+    parser.add_argument("--image-format", choices=["jpeg", "png", "webp"],
+                        help="page image format (overrides the config)")
+
+
+def main(args, beam_argv) -> int:
+    config = load_config(PdfConfig, args.config, args.dataset)
+    if args.dpi is not None:
+        config.render.dpi, config.render.long_side = args.dpi, None
+    if args.image_format is not None:
+        config.render.image_format = args.image_format
+    report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
+                 args.samples_per_shard)
+    print_summary(report)
+    return 0
+
+
+def run_demo(output_dir: str, beam_argv: list[str]) -> dict:
+    from corpus.samples.pdf import write_sample_pdfs
+
+    inputs = os.path.join(output_dir, "inputs")
+    write_sample_pdfs(inputs)
+    return run([inputs], output_dir, "demo-pdf", PdfConfig(), beam_argv)
