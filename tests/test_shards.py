@@ -104,3 +104,10 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with atomic_write(str(path)) as f:
         f.write(b"whole")
     assert path.read_bytes() == b"whole"
+
+
+def test_rows_carry_every_schema_column_in_order():
+    from corpus.schema import SAMPLE_SCHEMA, to_row
+
+    for sample in _samples():
+        assert list(to_row(sample)) == SAMPLE_SCHEMA.names
