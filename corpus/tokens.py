@@ -28,7 +28,9 @@ class TextTokenizer:
         self._fast = isinstance(tokenizer, Tokenizer)
 
     @classmethod
-    def load(cls, path: str) -> "TextTokenizer":
+    def load(cls, path: str, trust_remote_code: bool = False) -> "TextTokenizer":
+        """`trust_remote_code` lets a checkpoint's own tokenizer code run (Qwen-7B's tiktoken
+        tokenizer needs it); only turn it on for checkpoints you trust."""
         if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.json")):
             path = os.path.join(path, "tokenizer.json")
         if os.path.isfile(path):
@@ -37,7 +39,8 @@ class TextTokenizer:
             return cls(tokenizer)
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=trust_remote_code)
         tokenizer.add_special_tokens({"additional_special_tokens": list(ALL_SPECIAL_TOKENS)})
         return cls(tokenizer)
 

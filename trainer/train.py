@@ -178,7 +178,9 @@ def load_tokenizer(config: StageConfig, manifest, checkpoint: str | None) -> Tex
     path = config.tokenizer or manifest.tokenizer
     if path == "corpus":
         return TextTokenizer.train(corpus_texts(manifest))
-    return TextTokenizer.load(path) if path else TextTokenizer.default()
+    if not path:
+        return TextTokenizer.default()
+    return TextTokenizer.load(path, trust_remote_code=config.llm.trust_remote_code)
 
 
 def train(manifest_path: str, stage: int, output_dir: str, config_path: str | None = None,
