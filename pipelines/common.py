@@ -214,22 +214,34 @@ def close_graph(pipeline: beam.Pipeline) -> None:
 
 def run_pipeline(build: Callable[[beam.Pipeline], None], beam_argv: list[str],
                  output_dir: str) -> dict[str, Any]:
-    """Build and run the pipeline, then add wall time to its report and draw the plot.
+    """Build and run the pipeline, then add wall time to its report and draw the plot."""
+    return run_pipeline_reports(build, beam_argv, [output_dir])[0]
+
+
+def run_pipeline_reports(build: Callable[[beam.Pipeline], None], beam_argv: list[str],
+                         output_dirs: list[str]) -> list[dict[str, Any]]:
+    """`run_pipeline` for a graph that writes one run per directory (one per task).
 
     A report left by an earlier run is removed first: `report.json` exists only while the
     shards beside it are the ones it lists (a re-run resumes from `_done/` markers instead)."""
     started = time.time()
-    FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
-    report_path = FileSystems.join(output_dir, REPORT_NAME)
-    if FileSystems.exists(report_path):
-        FileSystems.delete([report_path])
+    for output_dir in output_dirs:
+        FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+        report_path = FileSystems.join(output_dir, REPORT_NAME)
+        if FileSystems.exists(report_path):
+            FileSystems.delete([report_path])
     with beam.Pipeline(options=pipeline_options(beam_argv)) as pipeline:
         build(pipeline)
         close_graph(pipeline)
-    with FileSystems.open(report_path) as f:
+    wall_seconds = round(time.time() - started, 3)
+    return [_finish_report(output_dir, wall_seconds) for output_dir in output_dirs]
+
+
+def _finish_report(output_dir: str, wall_seconds: float) -> dict[str, Any]:
+    with FileSystems.open(FileSystems.join(output_dir, REPORT_NAME)) as f:
         report = json.loads(f.read().decode("utf-8"))
     check_accounting(report)
-    report["wall_seconds"] = round(time.time() - started, 3)
+    report["wall_seconds"] = wall_seconds
     write_atomically(output_dir, REPORT_NAME, lambda f: f.write(dumps(report).encode("utf-8")))
     if "://" not in output_dir:
         plot_report(report, os.path.join(output_dir, PLOT_NAME))

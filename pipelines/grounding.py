@@ -25,7 +25,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
-from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_report
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject
 from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes
@@ -34,7 +33,7 @@ from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_
 from pipelines.annotations import AnnotationRecord, ImageStore, LoadedImage, expand_inputs, \
     iter_records, load_record_image
 from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
-    print_summary, run_pipeline
+    print_summary, run_pipeline_reports
 from pipelines.sinks import write_run
 
 GRIT_TASKS = ["grounding"]
@@ -382,25 +381,9 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfi
                 formats=formats, samples_per_shard=samples_per_shard,
                 config={**to_mapping(config), "kind": kind})
 
-    first = run_pipeline(build, beam_argv, FileSystems.join(output_dir, tasks[0]))
-    reports = {tasks[0]: first}
-    for task in tasks[1:]:
-        reports[task] = _finish_report(FileSystems.join(output_dir, task), first["wall_seconds"])
-    return combine_reports(reports, dataset)
-
-
-def _finish_report(task_dir: str, wall_seconds: float) -> dict[str, Any]:
-    """What `run_pipeline` does for the first task's report, for the others of the run."""
-    path = FileSystems.join(task_dir, REPORT_NAME)
-    with FileSystems.open(path) as f:
-        report = json.loads(f.read().decode("utf-8"))
-    check_accounting(report)
-    report["wall_seconds"] = wall_seconds
-    with FileSystems.create(path) as f:
-        f.write(dumps(report).encode("utf-8"))
-    if "://" not in task_dir:
-        plot_report(report, os.path.join(task_dir, PLOT_NAME))
-    return report
+    task_dirs = [FileSystems.join(output_dir, task) for task in tasks]
+    reports = run_pipeline_reports(build, beam_argv, task_dirs)
+    return combine_reports(dict(zip(tasks, reports)), dataset)
 
 
 def combine_reports(reports: dict[str, dict[str, Any]], dataset: str) -> dict[str, Any]:
