@@ -1,5 +1,4 @@
 """The small core pieces: ids, config loading, report accounting, tokenizer, packing, CLI."""
-import json
 import subprocess
 import sys
 

@@ -191,7 +191,7 @@ def test_accurate_boxes_are_tighter_around_the_glyphs():
     data = single_word_pdf()
     loose = render(data, dpi=144, image_format="png")
     tight = render(data, dpi=144, image_format="png", accurate_boxes=True)
-    (lx0, ly0, lx1, ly1), (tx0, ty0, tx1, ty1) = loose.words[0].box, tight.words[0].box
+    (_, ly0, _, ly1), (_, ty0, _, ty1) = loose.words[0].box, tight.words[0].box
     assert ly0 < ty0 and ty1 <= ly1  # font ascender/descender box vs the glyph outlines
     ys, _ = np.nonzero(pixels(tight) < INK)
     assert ty0 - SLACK <= ys.min() and ys.max() <= ty1 + SLACK
