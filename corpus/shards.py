@@ -46,12 +46,13 @@ def tar_members(sample: Sample) -> list[tuple[str, bytes]]:
     return members
 
 
-def write_tar(samples: Iterable[Sample], fileobj: BinaryIO) -> int:
-    """Write samples to a tar stream; returns the sample count."""
+def write_tar_members(members: Iterable[list[tuple[str, bytes]]], fileobj: BinaryIO) -> int:
+    """Write samples, each given as its `tar_members`, to a tar stream; returns the sample
+    count. For callers that already hold the members (the shard sink digests them first)."""
     count = 0
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for sample in samples:
-            for name, data in tar_members(sample):
+        for sample_members in members:
+            for name, data in sample_members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o644
                 info.uid = info.gid = 0
@@ -59,6 +60,11 @@ def write_tar(samples: Iterable[Sample], fileobj: BinaryIO) -> int:
                 tar.addfile(info, io.BytesIO(data))
             count += 1
     return count
+
+
+def write_tar(samples: Iterable[Sample], fileobj: BinaryIO) -> int:
+    """Write samples to a tar stream; returns the sample count."""
+    return write_tar_members((tar_members(sample) for sample in samples), fileobj)
 
 
 def write_parquet(samples: Iterable[Sample], fileobj: BinaryIO, rows_per_group: int = 256) -> int:

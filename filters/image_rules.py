@@ -8,6 +8,7 @@ for a 224² model costs a fraction of a full decode.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -30,6 +31,12 @@ class ImageError(ValueError):
         self.reason, self.detail = reason, detail
 
 
+def _stable_detail(error: Exception) -> str:
+    """The error's message without object addresses (Pillow names the `<_io.BytesIO object at
+    0x…>` it could not identify), so the rejects table is the same on every run."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))[:200]
+
+
 def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     """Format and size from the header. Raises ImageError: empty_image, corrupt_image,
     unsupported_image_format, decompression_bomb."""
@@ -43,7 +50,7 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     except PILImage.DecompressionBombError as error:
         raise ImageError("decompression_bomb", str(error)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageError("corrupt_image", str(error)[:200]) from None
+        raise ImageError("corrupt_image", _stable_detail(error)) from None
     if width <= 0 or height <= 0:
         raise ImageError("corrupt_image", f"size {width}x{height}")
     if width * height > max_pixels:
@@ -71,7 +78,7 @@ def decode_for_model(data: bytes, size: int) -> np.ndarray:
     except PILImage.DecompressionBombError as error:
         raise ImageError("decompression_bomb", str(error)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageError("corrupt_image", str(error)[:200]) from None
+        raise ImageError("corrupt_image", _stable_detail(error)) from None
 
 
 class AspectRatio:

@@ -86,7 +86,7 @@ def model_input_size(config: ClipConfig) -> int:
 
 
 class ClipExample(NamedTuple):
-    """What RunInference batches: the sample rides along, so no join is needed afterwards."""
+    """One model input: the sample rides along, so no join is needed afterwards."""
 
     sample: Sample
     pixels: np.ndarray  # (size, size, 3) uint8
@@ -104,11 +104,12 @@ class LoadedClip:
 
 
 class OpenClipModelHandler(ModelHandler[ClipExample, PredictionResult, LoadedClip]):
-    """Beam loads the model once per worker process and feeds it batches of `batch_size`."""
+    """Beam loads the model once per worker process and feeds it batches of ClipExamples."""
 
     def __init__(self, config: ClipConfig):
-        # min = max: every batch is full-sized (bar the last of a bundle), which is what the
-        # batch-size benchmark measures; BatchElements would otherwise start small and grow.
+        # With Beam's own batching, min = max: every batch is full-sized (bar the last of a
+        # bundle); BatchElements would otherwise start small and grow. The pairs pipeline forms
+        # its batches itself (`pipelines.common.Batches`) and passes `with_no_batching()`.
         super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
         self.config = config
 

@@ -3,10 +3,12 @@
 Flow (each arrow a labelled Beam step; rejects of every step go to the rejects table):
 
   input files -> Read (img2dataset tars / Parquet, or tables of image path + caption; image
-  size from the header only) -> 1 aspect ratio, 2 image too small -> 3 CLIP score (RunInference)
-  -> 4 English/Chinese characters, 5 emoji, 6 length, 7 HTML cleaner, 8 pattern cleaner, length
-  again, language, academic tags -> longest caption per image (GroupByKey on the image hash)
-  -> shards + rejects + report.
+  size from the header only) -> 1 aspect ratio, 2 image too small -> 3 CLIP score (batches
+  grouped by sample id, RunInference) -> 4 English/Chinese characters, 5 emoji, 6 length, 7 HTML
+  cleaner, 8 pattern cleaner, length again, language, academic tags -> longest caption per image
+  (GroupByKey on the image hash) -> shards + rejects + report.
+
+The rules before step 3 (all of them when CLIP is off or runs last) run inside the read step.
 
 `clip.after_text_rules: true` moves step 3 after the text rules, so the model scores only pairs
 that survive them; the paper's order is the default.
@@ -39,8 +41,8 @@ from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
     TextRulesConfig, html_cleaner, no_emoji
 from pipelines.clip import ClipConfig, ClipExample, OpenClipModelHandler, model_input_size
-from pipelines.common import METRICS_NAMESPACE, RulesStep, add_common_arguments, \
-    apply_step, count_elements, print_summary, run_pipeline
+from pipelines.common import METRICS_NAMESPACE, Batches, RulesStep, SplitRejects, StepFn, \
+    add_common_arguments, apply_step, count_elements, print_summary, run_pipeline
 from pipelines.sinks import write_run
 
 log = logging.getLogger(__name__)
@@ -339,20 +341,32 @@ def bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | None]:
 
 
 class ReadPairs(beam.DoFn):
-    """Streams one file's pairs. Unlike `common.StepFn`, it does not collect a file's results
-    in a list first (a tar may hold gigabytes); a failure partway becomes one errored unit.
-    Samples and rejects leave as one output, split by type afterwards (no tagged outputs, which
-    not every runner supports)."""
+    """Streams one file's pairs and applies the first rules to each sample in the same step:
+    one hand-off between steps fewer per pair, and each pair still leaves as exactly one
+    element (a sample or a reject), so the output counts the inputs. Unlike `common.StepFn`,
+    it does not collect a file's results in a list first (a tar may hold gigabytes); a failure
+    of the reader partway becomes one errored unit, and a rule's exception (caught by
+    `StepFn.process`, per sample) an errored reject of that sample. Samples and rejects leave as
+    one output, split by type afterwards (no tagged outputs, which not every runner supports)."""
 
-    def __init__(self, reader: PairReader):
+    def __init__(self, reader: PairReader, rules: list | None = None):
         self.reader = reader
+        self.rules = StepFn(RulesStep(rules), reader.dataset) if rules else None
+
+    def setup(self):
+        if self.rules is not None:
+            self.rules.setup()
 
     def process(self, file: InputFile):
         try:
             for result in self.reader(file):
                 if isinstance(result, Reject):
                     Metrics.counter(METRICS_NAMESPACE, f"errored_{result.reason}").inc()
-                yield result
+                    yield result
+                elif self.rules is None:
+                    yield result
+                else:
+                    yield from self.rules.process(result)
         except (OSError, ValueError) as error:
             Metrics.counter(METRICS_NAMESPACE, "errored_unreadable_file").inc()
             yield self.reader.reject(file, "<file>", "unreadable_file",
@@ -362,17 +376,27 @@ class ReadPairs(beam.DoFn):
 # ---- CLIP --------------------------------------------------------------------------------------
 
 class ClipPreprocess:
-    """Decode a survivor near the model's input size (draft mode) for RunInference."""
+    """Decode a batch of survivors near the model's input size (draft mode) for RunInference:
+    one list of examples, plus a reject for each sample that does not decode. Failures are
+    caught per sample, so one bad image costs one unit, not its whole batch."""
 
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, sample: Sample):
-        try:
-            pixels = decode_for_model(sample.image.data, self.size)
-        except ImageError as error:
-            return [Reject.of(sample, error.reason, "errored", error.detail)]
-        return [ClipExample(sample, pixels, sample.text)]
+    def __call__(self, batch: list[Sample]):
+        examples, rejects = [], []
+        for sample in batch:
+            try:
+                pixels = decode_for_model(sample.image.data, self.size)
+            except ImageError as error:
+                rejects.append(Reject.of(sample, error.reason, "errored", error.detail))
+                continue
+            except Exception as error:  # as common.StepFn would, but for this sample only
+                rejects.append(Reject.of(sample, type(error).__name__, "errored",
+                                         str(error)[:1000]))
+                continue
+            examples.append(ClipExample(sample, pixels, sample.text))
+        return ([examples] if examples else []) + rejects
 
 
 class ClipThreshold:
@@ -512,31 +536,27 @@ def describe_clip(config: ClipConfig) -> str:
 
 def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, config: PairsConfig,
           shard_formats: list[str], samples_per_shard: int) -> None:
+    clip_between_rules = config.clip.enabled and not config.clip.after_text_rules
+    # The rules before CLIP (all of them when nothing sits between the image and text rules)
+    # run inside the read step; every pair leaves it as one sample or one reject.
+    first_rules = image_rules(config.image) if clip_between_rules else \
+        image_rules(config.image) + text_rules(config.text)
     read = (pipeline
             | "Files" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadPairs(PairReader(dataset, config))))
-    samples = read | "ReadSamples" >> beam.Filter(lambda x: not isinstance(x, Reject))
-    read_rejects = read | "ReadRejects" >> beam.Filter(lambda x: isinstance(x, Reject))
+            | "ReadAndRules" >> beam.ParDo(ReadPairs(PairReader(dataset, config), first_rules)))
+    input_count = count_elements("CountInput", read)
+    samples, read_rejects = read | "SplitRead" >> SplitRejects()
     rejects = [read_rejects]
-    input_count = count_elements("CountInput", samples, read_rejects)
 
     scores = None
-    if config.clip.enabled and not config.clip.after_text_rules:
-        samples, dropped = apply_step(samples, "ImageRules",
-                                      RulesStep(image_rules(config.image)), dataset)
-        rejects.append(dropped)
+    if clip_between_rules:
         samples, scores = _clip_step(samples, config.clip, dataset, rejects)
         samples, dropped = apply_step(samples, "TextRules", RulesStep(text_rules(config.text)),
                                       dataset)
         rejects.append(dropped)
-    else:  # nothing between the image and text rules: one step, fewer hand-offs
-        samples, dropped = apply_step(
-            samples, "Rules", RulesStep(image_rules(config.image) + text_rules(config.text)),
-            dataset)
-        rejects.append(dropped)
-        if config.clip.enabled:
-            samples, scores = _clip_step(samples, config.clip, dataset, rejects)
+    elif config.clip.enabled:
+        samples, scores = _clip_step(samples, config.clip, dataset, rejects)
     if not config.clip.checkpoint and config.image.verify_decode:
         samples, dropped = apply_step(samples, "VerifyDecode", VerifyDecode(), dataset)
         rejects.append(dropped)
@@ -561,10 +581,16 @@ def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list):
         rejects.append(dropped)
         scores = samples | "InputScores" >> beam.Map(lambda s: s.clip_score)
         return samples, scores
-    examples, dropped = apply_step(samples, "ClipDecode", ClipPreprocess(model_input_size(config)),
+    # Batches formed by grouping on the sample id, the same on every runner, and RunInference
+    # told not to batch: its own BatchElements emits the last batch from finish_bundle, which
+    # the Dask runner drops (docs/running-at-scale.md). Samples are grouped before decoding:
+    # their JPEG bytes are smaller than the decoded pixels.
+    batches = samples | "ClipBatches" >> Batches(config.batch_size)
+    examples, dropped = apply_step(batches, "ClipDecode", ClipPreprocess(model_input_size(config)),
                                    dataset)
     rejects.append(dropped)
-    predictions = examples | "ClipScore" >> RunInference(OpenClipModelHandler(config))
+    predictions = examples | "ClipScore" >> RunInference(
+        OpenClipModelHandler(config).with_no_batching())
     scores = predictions | "ClipScores" >> beam.Map(lambda p: float(p.inference))
     samples, dropped = apply_step(predictions, "ClipThreshold", ClipThreshold(config.threshold),
                                   dataset)

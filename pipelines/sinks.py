@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.report import REPORT_NAME, build_report, dumps
 from corpus.schema import Sample
-from corpus.shards import SHARD_FORMATS, WRITERS, ShardInfo, tar_members
+from corpus.shards import SHARD_FORMATS, WRITERS, ShardInfo, tar_members, write_tar_members
 from filters.base import Reject
 
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in
@@ -219,10 +219,11 @@ def _digest_start(formats: list[str]):
 
 
 def _writable(samples: list[Sample], formats: list[str]):
-    """(samples, rejects, content digest, sizes): one pass over the tar members of each sample.
-    A sample the writers would fail on (text that is not valid Unicode, a record JSON cannot
-    hold) becomes an errored reject instead of stopping the run inside a shard writer."""
-    digest, kept, rejects, sizes = _digest_start(formats), [], [], []
+    """(samples, tar members of each, rejects, content digest): the tar members of each sample
+    are built once here and serve the digest, the size split and the tar writer. A sample the
+    writers would fail on (text that is not valid Unicode, a record JSON cannot hold) becomes an
+    errored reject instead of stopping the run inside a shard writer."""
+    digest, kept, members_of, rejects = _digest_start(formats), [], [], []
     for sample in samples:
         try:
             members = tar_members(sample)
@@ -236,8 +237,15 @@ def _writable(samples: list[Sample], formats: list[str]):
                          len(data).to_bytes(8, "little"), data):
                 digest.update(part)
         kept.append(sample)
-        sizes.append(sum(len(data) for _, data in members))
-    return kept, rejects, digest.hexdigest(), sizes
+        members_of.append(members)
+    return kept, members_of, rejects, digest.hexdigest()
+
+
+def _write_shard(shard_format: str, samples: list[Sample], members: list, fileobj) -> int:
+    """One shard file; a tar from the members already built, other formats from the samples."""
+    if shard_format == "webdataset":
+        return write_tar_members(members, fileobj)
+    return WRITERS[shard_format](samples, fileobj)
 
 
 def _marker_name(task: str, bucket: int, num_buckets: int) -> str:
@@ -254,14 +262,14 @@ class WriteShardBucket(beam.DoFn):
     def process(self, element):
         bucket, num_buckets, samples = element
         samples = sorted(samples, key=lambda s: (s.id, s.text))
-        samples, rejects, content, sizes = _writable(samples, self.formats)
+        samples, members, rejects, content = _writable(samples, self.formats)
         yield from rejects
         if not samples:
             return
         marker_name = _marker_name(self.task, bucket, num_buckets)
         done = self._completed(marker_name, content)
         if done is None:
-            done = self._write(bucket, num_buckets, samples, sizes, content, marker_name)
+            done = self._write(bucket, num_buckets, samples, members, content, marker_name)
         else:
             _LOG.info("kept %s: marker and files verified", marker_name)
         for shard in done["shards"]:
@@ -285,9 +293,12 @@ class WriteShardBucket(beam.DoFn):
             return None
         return marker
 
-    def _write(self, bucket, num_buckets, samples, sizes, content, marker_name) -> dict:
+    def _write(self, bucket, num_buckets, samples, members, content, marker_name) -> dict:
         shards = []
-        for part, chunk in enumerate(_split_by_bytes(samples, sizes, MAX_SHARD_BYTES)):
+        sizes = [sum(len(data) for _, data in sample_members) for sample_members in members]
+        parts = _split_by_bytes(list(zip(samples, members)), sizes, MAX_SHARD_BYTES)
+        for part, pairs in enumerate(parts):
+            chunk, chunk_members = [s for s, _ in pairs], [m for _, m in pairs]
             for shard_format in self.formats:
                 # Paths in reports are relative to the run's output directory, so a run can
                 # move and two runs into different directories report the same.
@@ -296,7 +307,8 @@ class WriteShardBucket(beam.DoFn):
                 counted = []
                 written = write_atomically(
                     self.output_dir, name,
-                    lambda f, chunk=chunk, fmt=shard_format: counted.append(WRITERS[fmt](chunk, f)))
+                    lambda f, chunk=chunk, chunk_members=chunk_members, fmt=shard_format:
+                    counted.append(_write_shard(fmt, chunk, chunk_members, f)))
                 shards.append({**asdict(written), "samples": counted[0]})
         marker = {"bucket": bucket, "num_buckets": num_buckets, "content_sha256": content,
                   "shards": shards}
@@ -306,14 +318,14 @@ class WriteShardBucket(beam.DoFn):
         return marker
 
 
-def _split_by_bytes(samples: list[Sample], sizes: list[int], max_bytes: int):
+def _split_by_bytes(items: list, sizes: list[int], max_bytes: int):
     chunk, size = [], 0
-    for sample, sample_size in zip(samples, sizes):
-        if chunk and size + sample_size > max_bytes:
+    for item, item_size in zip(items, sizes):
+        if chunk and size + item_size > max_bytes:
             yield chunk
             chunk, size = [], 0
-        chunk.append(sample)
-        size += sample_size
+        chunk.append(item)
+        size += item_size
     if chunk:
         yield chunk
 

@@ -167,3 +167,49 @@ def test_rule_order_follows_the_config():
              pairs.text_rules(pairs.TextRulesConfig(tag_language=False))]
     assert names == ["non_en_zh_characters", "no_emoji", "text_length", "html_cleaner",
                      "pattern_cleaner", "text_length", "academic_special_tag"]
+
+
+def test_read_step_applies_the_first_rules_one_element_per_pair(tmp_path):
+    from corpus.samples.pairs import make_photo, write_img2dataset_tar
+    from filters.base import Reject
+
+    tar = tmp_path / "00000.tar"
+    write_img2dataset_tar(str(tar), [
+        Pair("000000000", make_photo(240, 240, 1), "a red kite over a field", "kept"),
+        Pair("000000001", make_photo(240, 240, 2), "explodes in a rule", "ValueError"),
+        Pair("000000002", b"not an image", "a broken image", "corrupt_image"),
+        Pair("000000003", make_photo(240, 240, 3), "short", "too_short")])
+
+    def too_short(sample):
+        if "explodes" in sample.text:
+            raise ValueError("rule failed")
+        return "too_short" if len(sample.text) < 8 else None
+
+    reader = pairs.PairReader("unit", pairs.PairsConfig())
+    step = pairs.ReadPairs(reader, [too_short])
+    step.setup()
+    results = list(step.process(pairs.InputFile(str(tar), "00000.tar")))
+    outcomes = {r.source.key if not isinstance(r, Reject) else r.key:
+                "kept" if not isinstance(r, Reject) else (r.status, r.reason) for r in results}
+    # A rule's exception costs its own pair only; the rest of the file is still read.
+    assert outcomes == {"00000.tar#000000000": "kept",
+                        "00000.tar#000000001": ("errored", "ValueError"),
+                        "00000.tar#000000002": ("errored", "corrupt_image"),
+                        "00000.tar#000000003": ("dropped", "too_short")}
+    assert len(results) == 4
+
+
+def test_clip_decode_takes_a_batch_and_rejects_only_the_bad_images():
+    from conftest import make_sample
+    from corpus.samples.pairs import make_photo
+    from corpus.schema import Image
+
+    good = [make_sample(key=f"k{i}", images=[Image(make_photo(120, 90, i), "jpeg", 120, 90)])
+            for i in range(2)]
+    bad = make_sample(key="bad", images=[Image(b"\xff\xd8 not a jpeg", "jpeg", 120, 90)])
+    examples, reject = pairs.ClipPreprocess(32)([good[0], bad, good[1]])
+    assert [e.sample.id for e in examples] == [good[0].id, good[1].id]
+    assert examples[0].pixels.shape == (32, 32, 3)
+    assert (reject.id, reject.reason, reject.status) == (bad.id, "corrupt_image", "errored")
+    only_bad = pairs.ClipPreprocess(32)([bad])
+    assert [r.reason for r in only_bad] == ["corrupt_image"]  # no empty batch goes on

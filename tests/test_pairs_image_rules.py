@@ -66,3 +66,16 @@ def test_decode_for_model_resizes_and_centre_crops():
     assert pixels.shape == (64, 64, 3) and pixels.dtype.name == "uint8"
     png = decode_for_model(make_photo(100, 300, seed=3, fmt="PNG"), 32)
     assert png.shape == (32, 32, 3)
+
+
+def test_corrupt_image_detail_names_no_memory_address():
+    # Pillow's message names the BytesIO object by address; the rejects table must not.
+    details = set()
+    for opener in (probe_image, lambda data: decode_for_model(data, 32)):
+        for _ in range(2):
+            with pytest.raises(ImageError) as raised:
+                opener(b"not an image at all")
+            assert raised.value.reason == "corrupt_image"
+            assert " at 0x" not in raised.value.detail
+            details.add(raised.value.detail)
+    assert details == {"cannot identify image file <_io.BytesIO object>"}
