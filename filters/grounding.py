@@ -1,7 +1,8 @@
 """Rules shared by the grounding tasks (and by VQA and SFT for images).
 
 Readers cannot always load a record's image; they leave the sample without it and name the
-problem in `sample.extra["image_problem"]` (`missing_image`, `corrupt_image`), so the problem is
+problem in `sample.extra["image_problem"]` (`missing_image`, `corrupt_image`,
+`decompression_bomb`, `image_too_large`), so the problem is
 counted per sample after fan-out, like any other rule.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ PIXEL_TOLERANCE = 1.0  # annotation boxes often overrun the image border by unde
 
 
 def image_problem(sample: Sample):
-    """`missing_image` / `corrupt_image` as the reader found them."""
+    """The image problem (`missing_image`, `corrupt_image`, ...) as the reader found it."""
     return sample.extra.get(IMAGE_PROBLEM)
 
 

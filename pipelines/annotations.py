@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -30,9 +31,13 @@ from corpus.ids import sample_id
 from corpus.schema import Image
 from corpus.shards import iter_tar_groups
 from filters.base import Reject
+from filters.image_rules import DEFAULT_MAX_PIXELS, ImageError
 
 RECORD_EXTENSIONS = (".json", ".jsonl", ".parquet", ".tar")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Image files are read up to this size; a larger "image" (or a path such as /dev/zero) is an
+# image_too_large problem, not a read of unbounded size.
+MAX_IMAGE_BYTES = 64 << 20
 # Top-level keys under which JSON files commonly keep their record list.
 LIST_KEYS = ("annotations", "questions", "data", "records", "samples")
 # Record fields that name an image file, in the order they are tried.
@@ -237,11 +242,11 @@ class ImageStore:
         for candidate in candidates:
             if FileSystems.exists(candidate):
                 with FileSystems.open(candidate) as f:
-                    return f.read()
+                    return f.read(MAX_IMAGE_BYTES + 1)
         found = self._folder_index().get(posixpath.basename(relative))
         if found is not None:
             with open(found, "rb") as f:
-                return f.read()
+                return f.read(MAX_IMAGE_BYTES + 1)
         raise ImageNotFound(relative)
 
     def _folder_index(self) -> dict[str, str]:
@@ -265,7 +270,7 @@ class ImageStore:
                   or self._by_base.get(posixpath.basename(relative)))
         if member is None:
             raise ImageNotFound(relative)
-        return self._tar.extractfile(member).read()
+        return self._tar.extractfile(member).read(MAX_IMAGE_BYTES + 1)
 
 
 def _normalise(name: str) -> str:
@@ -274,9 +279,25 @@ def _normalise(name: str) -> str:
 
 def decode_image(data: bytes) -> Image:
     """An `Image` with its real size. JPEG/PNG/WebP keep their bytes; other formats become PNG.
-    Raises ValueError when the bytes are not a readable image."""
+    Raises ImageError (a ValueError; reason corrupt_image, decompression_bomb or
+    image_too_large) when the bytes are not a usable image. The size is judged from the header,
+    before anything is decoded."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError("image_too_large", f"over {MAX_IMAGE_BYTES} bytes")
     try:
-        with PILImage.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():  # the size is judged below, against our own limit
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(data))
+    except PILImage.DecompressionBombError as error:
+        raise ImageError("decompression_bomb", str(error)) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError("corrupt_image", str(error)) from error
+    if image.width * image.height > DEFAULT_MAX_PIXELS:
+        image.close()
+        raise ImageError("decompression_bomb",
+                         f"{image.width}x{image.height} > {DEFAULT_MAX_PIXELS} pixels")
+    try:
+        with image:
             image.load()
             fmt = PIL_FORMATS.get(image.format)
             if fmt is None:
@@ -285,7 +306,12 @@ def decode_image(data: bytes) -> Image:
                 data, fmt = buffer.getvalue(), "png"
             return Image(data, fmt, image.width, image.height)
     except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as error:
-        raise ValueError(f"corrupt_image: {error}") from error
+        raise ImageError("corrupt_image", str(error)) from error
+
+
+def image_problem_of(error: ValueError) -> str:
+    """The problem named by an error of `decode_image`."""
+    return getattr(error, "reason", "corrupt_image")
 
 
 def embedded_image_bytes(value: Any) -> bytes | None:
@@ -338,7 +364,7 @@ _REFER_SUFFIX = re.compile(r"^(.*_\d{12})_\d+(\.\w+)$")
 @dataclass
 class LoadedImage:
     image: Image | None
-    problem: str | None = None  # "missing_image" | "corrupt_image"
+    problem: str | None = None  # missing_image, corrupt_image, decompression_bomb, image_too_large
     detail: str = ""
 
 
@@ -367,4 +393,4 @@ def load_record_image(record: AnnotationRecord, store: ImageStore,
     try:
         return LoadedImage(decode_image(data))
     except ValueError as error:
-        return LoadedImage(None, "corrupt_image", str(error)[:500])
+        return LoadedImage(None, image_problem_of(error), str(error)[:500])

@@ -165,7 +165,9 @@ class ReadPagesFn(beam.DoFn):
                 for record in records:
                     if record.rec_type == "response":
                         yield self._page_of(item, record, records.offset)
-        except (ArchiveLoadFailed, EOFError, zlib.error, OSError, ValueError) as error:
+        # warcio raises AttributeError for a record cut inside its WARC headers (no target URI)
+        except (ArchiveLoadFailed, EOFError, zlib.error, OSError, ValueError,
+                AttributeError) as error:
             yield self._reject(item.uri, f"{item.key}#corrupt", "corrupt_warc", "errored",
                                f"{type(error).__name__}: {error}")
 

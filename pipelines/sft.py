@@ -25,8 +25,8 @@ from filters.base import Reject
 from filters.dialogue import REASON_ORDER as RULE_REASONS
 from filters.dialogue import dialogue_rules
 from filters.grounding import IMAGE_PROBLEM
-from pipelines.annotations import AnnotationRecord, ImageStore, decode_image, \
-    embedded_image_bytes, expand_inputs, iter_records
+from pipelines.annotations import IMAGE_EXTENSIONS, AnnotationRecord, ImageStore, decode_image, \
+    embedded_image_bytes, expand_inputs, image_problem_of, iter_records
 from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
     print_summary, run_pipeline
 from pipelines.sinks import write_run
@@ -106,7 +106,8 @@ class ReadDialogues:
             return record.reject(self.dataset, "malformed_record", "dropped",
                                  "no conversations/messages list of {from, value}")
         turns, inline = converted
-        listed = listed_images(record.fields)
+        listed = listed_images(record.fields) or [
+            record.members[ext] for ext in IMAGE_EXTENSIONS if ext in record.members][:1]
         placed = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns) - len(inline)
         if listed and placed == 0 and not inline and self.config.images_first_when_unplaced:
             turns = place_images(turns, len(listed))
@@ -134,7 +135,7 @@ class ReadDialogues:
             try:
                 images.append(decode_image(data))
             except ValueError as error:
-                return [], "corrupt_image", str(error)[:500]
+                return [], image_problem_of(error), str(error)[:500]
         return images, None, ""
 
 

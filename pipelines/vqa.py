@@ -24,7 +24,8 @@ from filters.base import Reject
 from filters.grounding import IMAGE_PROBLEM, image_problem
 from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, empty_question
 from pipelines.annotations import AnnotationRecord, ImageStore, LoadedImage, decode_image, \
-    embedded_image_bytes, expand_inputs, image_paths_of, iter_records, load_record_image
+    embedded_image_bytes, expand_inputs, image_paths_of, image_problem_of, iter_records, \
+    load_record_image
 from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
     print_summary, run_pipeline
 from pipelines.sinks import write_run
@@ -200,7 +201,7 @@ def _decoded(data: bytes | None, paths: list[str]) -> LoadedImage:
     try:
         return LoadedImage(decode_image(data))
     except ValueError as error:
-        return LoadedImage(None, "corrupt_image", str(error)[:500])
+        return LoadedImage(None, image_problem_of(error), str(error)[:500])
 
 
 def _is_join_part(sample: Sample) -> bool:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections import OrderedDict
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from filters.image_rules import DEFAULT_MAX_PIXELS
 from renderers.synthdog import compat  # noqa: F401  (before synthtiger)
 from synthtiger import utils
 
@@ -46,10 +48,17 @@ def find_images(entries: list[str]) -> tuple[list[str], list[str]]:
     readable, unreadable = [], []
     for path in sorted(files):
         try:
-            with Image.open(path) as image:
-                image.verify()  # header and structure only; full decoding happens on use
+            with warnings.catch_warnings():  # the size is judged below, against our own limit
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.verify()  # header and structure only; full decoding happens on use
+            # A decompression bomb (a small file claiming a huge size) would be decoded whole
+            # into memory on use, and kept in the cache.
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                raise ValueError(f"{image.width}x{image.height} > {DEFAULT_MAX_PIXELS} pixels")
             readable.append(path)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+                Image.DecompressionBombError):
             unreadable.append(path)
     return readable, unreadable
 
@@ -74,7 +83,7 @@ class TextureSet:
         try:
             with Image.open(source) as image:
                 array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             raise TextureError(f"cannot decode {source}: {error}") from error
         self._cache[index] = array
         if len(self._cache) > CACHE_SIZE:
