@@ -15,7 +15,7 @@ import json
 import os
 import tarfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 import fsspec
@@ -109,6 +109,7 @@ class TarGroup:
     key: str
     members: dict[str, bytes]  # extension -> bytes ("jpg", "json", "1.jpg", …)
     error: str | None = None
+    oversized: dict[str, int] = field(default_factory=dict)  # extension -> size, left unread
 
 
 def is_unsafe_member(name: str) -> bool:
@@ -144,8 +145,13 @@ class _TailRecorder:
         return offset >= tail_start and len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
-def iter_tar_groups(fileobj: BinaryIO) -> Iterator[TarGroup]:
-    """Group consecutive members by key. Unsafe names and truncation become error groups."""
+def iter_tar_groups(fileobj: BinaryIO,
+                    max_bytes: dict[str, int] | None = None) -> Iterator[TarGroup]:
+    """Group consecutive members by key. Unsafe names and truncation become error groups.
+
+    `max_bytes` maps an extension (or `"*"` for any other) to the largest member read; a larger
+    one is skipped unread and listed in the group's `oversized`, so memory stays bounded."""
+    max_bytes = max_bytes or {}
     current: TarGroup | None = None
     recorder = _TailRecorder(fileobj)
     try:
@@ -162,6 +168,10 @@ def iter_tar_groups(fileobj: BinaryIO) -> Iterator[TarGroup]:
                     current = None
                 if current is None:
                     current = TarGroup(key, {})
+                limit = max_bytes.get(extension, max_bytes.get("*"))
+                if limit is not None and member.size > limit:
+                    current.oversized[extension] = member.size
+                    continue
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:  # stream mode returns short reads at EOF
                     raise EOFError(f"{member.name}: {len(data)} of {member.size} bytes")

@@ -55,6 +55,7 @@ INPUT_EXTENSIONS = (".tar",) + TABLE_EXTENSIONS
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "text")
 INLINE_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # img2dataset's Parquet output
+MAX_MEMBER_BYTES = 64 << 20  # any tar member larger is rejected unread (an image this big is a bomb)
 
 
 @dataclass
@@ -144,6 +145,12 @@ class PairReader:
         """Longest table line read whole: a caption at the limit plus room for a path."""
         return self.config.input.max_caption_bytes + 8192
 
+    @property
+    def tar_member_limits(self) -> dict[str, int]:
+        """Members past these sizes are rejected unread (memory stays bounded)."""
+        return {"txt": self.config.input.max_caption_bytes, "json": 16 << 20,
+                "*": MAX_MEMBER_BYTES}
+
     # -- one pair -> Sample or Reject
     def reject(self, file: InputFile, key: str, reason: str, detail: str = "",
                text: str = "") -> Reject:
@@ -179,10 +186,15 @@ class PairReader:
     # -- img2dataset WebDataset tars: KEY.jpg + KEY.txt + KEY.json
     def read_tar(self, file: InputFile) -> Iterator[Sample | Reject]:
         with fsspec.open(file.path, "rb") as f:
-            for group in iter_tar_groups(f):
+            for group in iter_tar_groups(f, self.tar_member_limits):
                 if group.error:
                     reason = group.error.split(":", 1)[0]
                     yield self.reject(file, group.key or "<end>", reason, group.error)
+                    continue
+                if group.oversized:
+                    reason = "caption_too_large" if "txt" in group.oversized else \
+                        "member_too_large"
+                    yield self.reject(file, group.key, reason, f"unread: {group.oversized}")
                     continue
                 meta = _json_meta(group.members.get("json"))
                 image = next((group.members[e] for e in TAR_IMAGE_EXTENSIONS

@@ -137,10 +137,6 @@ def test_memory_stays_bounded(outcome):
     assert outcome[2].growth_mib < 150, outcome[2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "corpus.shards.iter_tar_groups reads every member whole (tar.extractfile(member).read()) "
-    "before PairReader sees its size, so an 80 MiB caption member costs 80 MiB+ before it is "
-    "rejected as caption_too_large; members over a size limit should be skipped unread"))
 def test_a_huge_tar_member_is_not_read_whole(tmp_path):
     web = tmp_path / "web"
     web.mkdir()

@@ -111,3 +111,16 @@ def test_rows_carry_every_schema_column_in_order():
 
     for sample in _samples():
         assert list(to_row(sample)) == SAMPLE_SCHEMA.names
+
+
+def test_members_over_their_limit_are_left_unread():
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, size in (("a.txt", 10), ("a.jpg", 5000), ("b.txt", 900), ("b.jpg", 10)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"x" * size))
+    buffer.seek(0)
+    groups = list(iter_tar_groups(buffer, {"txt": 100, "*": 1000}))
+    assert [(g.key, sorted(g.members), g.oversized) for g in groups] == [
+        ("a", ["txt"], {"jpg": 5000}), ("b", ["jpg"], {"txt": 900})]
