@@ -53,15 +53,16 @@ def load_config(cls: type[T], path: str | None, dataset: str | None = None) -> T
         raise ConfigError(f"{path}: expected a mapping at the top level")
     overrides = document.pop("datasets", None) or {}
     if dataset is not None and dataset in overrides:
-        document = _merge(document, overrides[dataset])
+        document = merge(document, overrides[dataset])
     return from_mapping(cls, document, path)
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it; nested mappings merge key by key."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged

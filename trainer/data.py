@@ -21,7 +21,6 @@ import dataclasses
 import io
 import itertools
 import multiprocessing
-import os
 import random
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -30,15 +29,15 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image as PILImage
 
 from corpus.config import ConfigError
 from corpus.formats import IMG_END, IMG_START, format_sample
 from corpus.packing import plan_packs
-from corpus.schema import TASKS, Sample
+from corpus.schema import Sample
 from corpus.shards import read_shard
 from corpus.tokens import IMAGE_PAD, PAD, TextTokenizer
+from manifests.manifest import ManifestError, load_manifest
 
 IGNORE = -100
 
@@ -65,41 +64,19 @@ class Manifest:
 
 
 def read_manifest(path: str) -> Manifest:
-    """Read a stage manifest (format: manifests/manifest.py) into what the trainer needs."""
+    """The parts of a stage manifest (manifests/manifest.py reads and checks it) the trainer
+    uses: sources with shards and a positive weight, shard paths resolved."""
     try:
-        from manifests.manifest import ManifestError, load_manifest
-    except ImportError:  # the manifest module is optional for the trainer
-        with open(path, encoding="utf-8") as f:
-            document = yaml.safe_load(f)
-    else:
-        try:
-            document = dataclasses.asdict(load_manifest(path))
-        except ManifestError as error:
-            raise ConfigError(str(error)) from None
-    return manifest_from_mapping(document, path)
-
-
-def manifest_from_mapping(document: dict[str, Any], path: str) -> Manifest:
-    base = os.path.dirname(os.path.abspath(path))
-    sources = []
-    for source in document.get("sources") or []:
-        if source["task"] not in TASKS:
-            raise ValueError(f"{path}: unknown task {source['task']!r}")
-        shards = [_resolve(shard["path"] if isinstance(shard, dict) else shard, base)
-                  for shard in source.get("shards") or []]
-        if source["weight"] > 0 and shards:
-            sources.append(Source(source["task"], float(source["weight"]), shards))
+        manifest = load_manifest(path)
+    except ManifestError as error:
+        raise ConfigError(str(error)) from None
+    sources = [Source(source.task, float(source.weight), [shard.path for shard in source.shards])
+               for source in manifest.sources if source.weight > 0 and source.shards]
     if not sources:
         raise ValueError(f"{path}: no source with shards and a positive weight")
-    tokenizer = document.get("tokenizer")
-    return Manifest(path=path, stage=int(document["stage"]),
-                    image_size=int(document["image_size"]), seq_len=int(document["seq_len"]),
-                    packing=bool(document.get("packing", True)), seed=int(document.get("seed", 0)),
-                    tokenizer=_resolve(tokenizer, base) if tokenizer else None, sources=sources)
-
-
-def _resolve(path: str, base: str) -> str:
-    return path if "://" in path or os.path.isabs(path) else os.path.join(base, path)
+    return Manifest(path=path, stage=manifest.stage, image_size=manifest.image_size,
+                    seq_len=manifest.seq_len, packing=manifest.packing, seed=manifest.seed,
+                    tokenizer=manifest.tokenizer, sources=sources)
 
 
 # ---- one sample -> tokens ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from corpus.config import ConfigError, from_mapping
+from corpus.config import ConfigError, from_mapping, merge
 
 COMPONENTS = ("visual", "adapter", "llm")
 
@@ -144,16 +144,6 @@ def stage_config(stage: int, path: str | None = None,
         mapping = merge(mapping, document)
     mapping = merge(mapping, overrides or {})
     return from_mapping(StageConfig, mapping, path or "stage config")
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def model_config(mapping: dict[str, Any]) -> ModelConfig:
