@@ -104,11 +104,11 @@ def output_files(output_dir) -> dict[str, bytes]:
         for name in names:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, output_dir)
-            if relative == "report.png":
+            if os.path.basename(relative) == "report.png":
                 continue
             with open(path, "rb") as f:
                 data = f.read()
-            if relative == REPORT_NAME:
+            if os.path.basename(relative) == REPORT_NAME:
                 report = json.loads(data)
                 report.pop("wall_seconds", None)
                 data = json.dumps(report, sort_keys=True).encode()
