@@ -61,42 +61,15 @@ class AnnotationRecord:
                       self.detail if detail is None else detail)
 
 
-def expand_inputs(patterns: list[str]) -> list[tuple[str, str]]:
-    """(path, relative name) of every record file the globs, folders or files name, sorted.
-
-    The relative name (to the inputs' common folder) is part of each sample's source key, so
-    ids do not depend on where the data lives.
-    """
-    paths: set[str] = set()
-    for pattern in patterns:
-        if "://" not in pattern and os.path.isdir(pattern):
-            for root, _, names in os.walk(pattern):
-                paths.update(os.path.join(root, n) for n in names if n.endswith(RECORD_EXTENSIONS))
-            continue
-        for result in FileSystems.match([pattern]):
-            paths.update(m.path for m in result.metadata_list)
-    paths = sorted(paths)
-    if not paths:
-        raise FileNotFoundError(f"no input files match {patterns}")
-    root = _common_folder(paths)
-    return [(p, posixpath.relpath(p, root) if root else p) for p in paths]
-
-
-def _common_folder(paths: list[str]) -> str:
-    if any("://" in p for p in paths):
-        prefix = os.path.commonprefix(paths)
-        return prefix[: prefix.rfind("/") + 1].rstrip("/")
-    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-
-
 def iter_records(path: str, name: str) -> Iterator[AnnotationRecord]:
     """Records of one file; unreadable parts become records with `error` set."""
     try:
-        if path.endswith(".tar"):
+        lower = path.lower()
+        if lower.endswith(".tar"):
             yield from _tar_records(path, name)
-        elif path.endswith(".parquet"):
+        elif lower.endswith(".parquet"):
             yield from _parquet_records(path, name)
-        elif path.endswith(".jsonl"):
+        elif lower.endswith(".jsonl"):
             yield from _jsonl_records(path, name)
         else:
             yield from _json_records(path, name)

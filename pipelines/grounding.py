@@ -25,12 +25,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
+from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject
 from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes
 from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_problem, \
     region_box_valid
-from pipelines.annotations import AnnotationRecord, ImageStore, LoadedImage, expand_inputs, \
+from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
     iter_records, load_record_image
 from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
     print_summary, run_pipeline_reports
@@ -108,9 +109,8 @@ class ReadGrounding:
         self.store = ImageStore(images)
         self.instances = CocoInstances(coco_instances) if coco_instances else None
 
-    def __call__(self, element: tuple[str, str]) -> Iterator[Sample | Reject]:
-        path, name = element
-        for record in iter_records(path, name):
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        for record in iter_records(file.path, file.relative):
             if record.error:
                 yield record.reject(self.dataset)
                 continue
@@ -312,10 +312,10 @@ def _number(value: Any) -> bool:
 
 # ---- pipeline -----------------------------------------------------------------------------
 
-def detect_kind(files: list[tuple[str, str]]) -> str:
+def detect_kind(files: list[InputFile]) -> str:
     """`grit` or `regions`, from the first readable record of the inputs."""
-    for path, name in files:
-        for record in iter_records(path, name):
+    for file in files:
+        for record in iter_records(file.path, file.relative):
             if not record.error:
                 return record_kind(record.fields)
     return "regions"
@@ -348,7 +348,7 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfi
         coco_instances: str | None = None,
         shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
     """Run the pipeline; returns the combined report (`tasks` holds each task's report)."""
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, RECORD_EXTENSIONS)
     kind = detect_kind(files) if kind == "auto" else kind
     tasks = (GRIT_TASKS + (DUALITY_TASKS if config.grit_duality else [])) if kind == "grit" \
         else list(DUALITY_TASKS)

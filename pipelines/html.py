@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
+from corpus.inputs import expand_inputs as expand_input_files
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject
 from filters.pages import HTML_REASON_ORDER, PageRulesConfig, html_page_rules
@@ -61,10 +62,10 @@ class HtmlConfig:
 
 
 @dataclass
-class InputFile:
+class HtmlInput:
     uri: str
     kind: str  # "html" | "warc"
-    key: str  # source key: "<folder name>/<path inside it>"
+    key: str  # source key: the path below the input pattern's fixed part
     root: str | None = None  # local folder a page may load its CSS/images from
 
 
@@ -80,32 +81,15 @@ def _kind_of(path: str) -> str | None:
     return None
 
 
-def expand_inputs(patterns: list[str]) -> list[InputFile]:
-    """Folders are walked (pages may load anything under the folder); globs and files are
-    matched (a page may load files under its own folder). Sorted, so runs are reproducible."""
-    files: dict[str, InputFile] = {}
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            root = os.path.abspath(pattern)
-            for folder, _, names in os.walk(root):
-                for name in names:
-                    path = os.path.join(folder, name)
-                    kind = _kind_of(path)
-                    if kind:
-                        key = f"{os.path.basename(root)}/{os.path.relpath(path, root)}"
-                        files.setdefault(path, InputFile(path, kind, key, root))
-            continue
-        explicit = not any(c in pattern for c in "*?[")
-        for metadata in FileSystems.match([pattern])[0].metadata_list:
-            path = metadata.path
-            kind = _kind_of(path) or ("html" if explicit else None)
-            if kind:
-                local = "://" not in path
-                parent = os.path.dirname(path)
-                key = f"{os.path.basename(parent)}/{os.path.basename(path)}"
-                files.setdefault(path, InputFile(path, kind, key,
-                                                 os.path.abspath(parent) if local else None))
-    return [files[path] for path in sorted(files)]
+def expand_inputs(patterns: list[str]) -> list[HtmlInput]:
+    """`corpus.inputs.expand_inputs` plus what a page needs: its kind (a named file of another
+    extension is HTML) and the local folder it may load files from: the folder it was found in
+    when a folder was given (a site), else the page's own folder."""
+    folders = {os.path.abspath(p) for p in patterns if "://" not in p and os.path.isdir(p)}
+    return [HtmlInput(f.path, _kind_of(f.path) or "html", f.relative,
+                      None if "://" in f.path else
+                      f.root if f.root in folders else os.path.dirname(f.path))
+            for f in expand_input_files(patterns, HTML_EXTENSIONS + WARC_EXTENSIONS)]
 
 
 def _local_url(path: str, root: str | None) -> str:
@@ -135,7 +119,7 @@ class ReadPagesFn(beam.DoFn):
         return Reject(sample_id(self.dataset, key), self.dataset, uri, key, reason, status,
                       detail[:1000])
 
-    def process(self, item: InputFile):
+    def process(self, item: HtmlInput):
         pages = self._read_warc(item) if item.kind == "warc" else self._read_html(item)
         try:
             yield from pages
@@ -143,7 +127,7 @@ class ReadPagesFn(beam.DoFn):
             yield self._reject(item.uri, f"{item.key}#failed", type(error).__name__, "errored",
                                str(error))
 
-    def _read_html(self, item: InputFile):
+    def _read_html(self, item: HtmlInput):
         try:
             with FileSystems.open(item.uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 body = f.read(self.max_page_bytes + 1)
@@ -155,7 +139,7 @@ class ReadPagesFn(beam.DoFn):
             return
         yield PageJob(item.uri, item.key, body, _local_url(item.uri, item.root), item.root)
 
-    def _read_warc(self, item: InputFile):
+    def _read_warc(self, item: HtmlInput):
         from warcio.archiveiterator import ArchiveIterator
         from warcio.exceptions import ArchiveLoadFailed
 
@@ -171,7 +155,7 @@ class ReadPagesFn(beam.DoFn):
             yield self._reject(item.uri, f"{item.key}#corrupt", "corrupt_warc", "errored",
                                f"{type(error).__name__}: {error}")
 
-    def _page_of(self, item: InputFile, record, offset: int):
+    def _page_of(self, item: HtmlInput, record, offset: int):
         url = record.rec_headers.get_header("WARC-Target-URI") or ""
         key = f"{item.key}#{record.rec_headers.get_header('WARC-Record-ID') or offset}"
         uri = url or f"{item.uri}#{offset}"
@@ -286,7 +270,7 @@ class RenderStats(beam.PTransform):
                 | "Sum" >> beam.CombinePerKey(SumCounts()) | "Value" >> beam.Values())
 
 
-def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, config: HtmlConfig,
+def build(pipeline, files: list[HtmlInput], output_dir: str, dataset: str, config: HtmlConfig,
           formats: list[str], samples_per_shard: int) -> None:
     pages, read_rejects = (pipeline
                            | "Inputs" >> beam.Create(files)
@@ -316,8 +300,6 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: HtmlConfig | N
     config = config or HtmlConfig()
     config.validate()
     files = expand_inputs(inputs)
-    if not files:
-        raise SystemExit(f"corpus html: no .html or .warc files in {inputs}")
     return run_pipeline(
         lambda pipeline: build(pipeline, files, output_dir, dataset, config,
                                formats or ["webdataset"], samples_per_shard),

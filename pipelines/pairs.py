@@ -16,7 +16,6 @@ that survive them; the paper's order is the default.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
+from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
 from corpus.shards import iter_tar_groups
 from filters.base import Reject
@@ -79,51 +79,6 @@ class PairsConfig:
 
 # ---- reading ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class InputFile:
-    path: str  # as opened
-    relative: str  # the part that names it inside the dataset: the sample-key prefix
-
-    @property
-    def uri(self) -> str:
-        return self.path
-
-
-def expand_inputs(patterns: list[str],
-                  extensions: tuple[str, ...] = INPUT_EXTENSIONS) -> list[InputFile]:
-    """Files, folders (searched recursively) and globs -> input files, each with the path
-    relative to its pattern's fixed part, so keys do not depend on where the data sits."""
-    files: dict[str, InputFile] = {}
-    for pattern in patterns:
-        if "://" in pattern:
-            fs, _, paths = fsspec.core.get_fs_token_paths(pattern)
-            protocol = pattern.split("://", 1)[0]
-            base = _fixed_prefix(pattern.split("://", 1)[1])
-            matched = [f"{protocol}://{p}" for p in paths]
-            base = f"{protocol}://{base}"
-        elif os.path.isdir(pattern):
-            base = pattern
-            matched = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True))
-        else:
-            base = _fixed_prefix(pattern)
-            matched = sorted(glob.glob(pattern, recursive=True))
-        for path in matched:
-            if path.endswith(extensions) and (("://" in path) or os.path.isfile(path)):
-                relative = os.path.relpath(path, base) if "://" not in path else \
-                    path[len(base):].lstrip("/")
-                if relative in ("", "."):
-                    relative = os.path.basename(path)
-                files.setdefault(path, InputFile(path, relative))
-    return sorted(files.values(), key=lambda f: f.relative)
-
-
-def _fixed_prefix(pattern: str) -> str:
-    """The folder part of a glob before its first wildcard."""
-    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
-    head = pattern[:cut]
-    return head if head.endswith("/") else os.path.dirname(head)
-
-
 class PairReader:
     """Turns one input file into Samples (image header probed, caption raw) and Rejects."""
 
@@ -131,11 +86,12 @@ class PairReader:
         self.dataset, self.config = dataset, config
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        if file.path.endswith(".tar"):
+        name = file.path.lower()
+        if name.endswith(".tar"):
             yield from self.read_tar(file)
-        elif file.path.endswith(".parquet"):
+        elif name.endswith(".parquet"):
             yield from self.read_parquet(file)
-        elif file.path.endswith(".tsv"):
+        elif name.endswith(".tsv"):
             yield from self.read_tsv(file)
         else:
             yield from self.read_jsonl(file)
@@ -644,9 +600,7 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | 
         samples_per_shard: int = 1000) -> dict[str, Any]:
     """Clean the pairs under `inputs` into `output_dir`; returns the report."""
     config = config or PairsConfig()
-    files = expand_inputs(inputs)
-    if not files:
-        raise FileNotFoundError(f"no .tar, .parquet, .tsv or .jsonl input under {inputs}")
+    files = expand_inputs(inputs, INPUT_EXTENSIONS)
     log.info("corpus pairs: %d input file(s); CLIP %s", len(files), describe_clip(config.clip))
     return run_pipeline(
         lambda p: build(p, files, output_dir, dataset, config, shard_formats or ["webdataset"],

@@ -32,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
+from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Region, Sample, Source
 from filters.base import Reject, rule_name
 from filters.pages import PDF_REASON_ORDER, PageRulesConfig, pdf_page_rules
@@ -76,12 +77,6 @@ class PdfConfig:
 # ---- inputs -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class InputFile:
-    uri: str
-    rel: str  # path relative to the input root it was found under: part of the sample key
-
-
-@dataclass(frozen=True)
 class DocumentRef:
     uri: str  # the file; for a zip member, the zip
     rel: str
@@ -113,44 +108,6 @@ class PageRange:
 
 
 INPUT_EXTENSIONS = (".pdf", ".zip")
-_GLOB_CHARS = set("*?[")
-
-
-def expand_inputs(patterns: list[str]) -> list[InputFile]:
-    """Files named by paths, folders (searched recursively for .pdf and .zip; a remote folder is
-    written with a trailing slash) and globs."""
-    found: dict[str, InputFile] = {}
-    for pattern in patterns:
-        if pattern.endswith("/") or ("://" not in pattern and os.path.isdir(pattern)):
-            root = pattern  # a folder, local or remote (`gs://bucket/pdfs/`)
-            matches = [m.path for m in FileSystems.match([pattern.rstrip("/") + "/**"])[0]
-                       .metadata_list if m.path.lower().endswith(INPUT_EXTENSIONS)]
-        else:
-            root = _static_prefix(pattern)
-            matches = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        if not matches:
-            raise FileNotFoundError(f"no input matched {pattern!r}")
-        for path in matches:
-            found.setdefault(path, InputFile(path, _relative(path, root)))
-    return sorted(found.values(), key=lambda f: f.uri)
-
-
-def _static_prefix(pattern: str) -> str:
-    """The folder part of a glob before its first wildcard (a plain file: its folder)."""
-    head = pattern
-    for index, char in enumerate(pattern):
-        if char in _GLOB_CHARS:
-            head = pattern[:index]
-            break
-    return head.rsplit("/", 1)[0] if "/" in head else ""
-
-
-def _relative(path: str, root: str) -> str:
-    if root and path.startswith(root.rstrip("/") + "/"):
-        return path[len(root.rstrip("/")) + 1:]
-    return path.rsplit("/", 1)[-1]
-
-
 def _open_file(uri: str):
     return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
@@ -168,17 +125,17 @@ class ListDocuments:
         self.dataset = dataset
 
     def __call__(self, item: InputFile):
-        if not item.uri.lower().endswith(".zip"):
-            return [DocumentRef(item.uri, item.rel)]
+        if not item.path.lower().endswith(".zip"):
+            return [DocumentRef(item.path, item.relative)]
         try:
-            with _open_file(item.uri) as f, zipfile.ZipFile(f) as archive:
+            with _open_file(item.path) as f, zipfile.ZipFile(f) as archive:
                 names = [i.filename for i in archive.infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError, EOFError) as error:
-            return [_reject(self.dataset, item.uri, item.rel,
+            return [_reject(self.dataset, item.path, item.relative,
                             PdfProblem("corrupt_zip", "errored", str(error)[:300]))]
         results, seen = [], set()
         for name in names:
-            ref = DocumentRef(item.uri, item.rel, name)
+            ref = DocumentRef(item.path, item.relative, name)
             if name in seen:  # only the last of equal names can be read back
                 results.append(_reject(self.dataset, ref.pdf_uri, f"{ref.key}#duplicate",
                                        PdfProblem("duplicate_zip_member", "errored")))
@@ -457,7 +414,7 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: PdfConfig | No
         samples_per_shard: int = 1000) -> dict:
     config = config or PdfConfig()
     config.validate()
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, INPUT_EXTENSIONS)
     return run_pipeline(
         lambda p: build(p, files, output_dir=output_dir, dataset=dataset, config=config,
                         formats=formats or ["webdataset"], samples_per_shard=samples_per_shard),

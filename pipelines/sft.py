@@ -20,13 +20,14 @@ import apache_beam as beam
 from corpus.config import load_config, to_mapping
 from corpus.formats import IMAGE_PLACEHOLDER
 from corpus.ids import sample_id
+from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Image, Sample, Source, Turn
 from filters.base import Reject
 from filters.dialogue import REASON_ORDER as RULE_REASONS
 from filters.dialogue import dialogue_rules
 from filters.grounding import IMAGE_PROBLEM
-from pipelines.annotations import IMAGE_EXTENSIONS, AnnotationRecord, ImageStore, decode_image, \
-    embedded_image_bytes, expand_inputs, image_problem_of, iter_records
+from pipelines.annotations import IMAGE_EXTENSIONS, RECORD_EXTENSIONS, AnnotationRecord, \
+    ImageStore, decode_image, embedded_image_bytes, image_problem_of, iter_records
 from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
     print_summary, run_pipeline
 from pipelines.sinks import write_run
@@ -91,9 +92,8 @@ class ReadDialogues:
         self.dataset, self.config = dataset, config
         self.store = ImageStore(images)
 
-    def __call__(self, element: tuple[str, str]) -> Iterator[Sample | Reject]:
-        path, name = element
-        for record in iter_records(path, name):
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        for record in iter_records(file.path, file.relative):
             if record.error:
                 yield record.reject(self.dataset)
                 continue
@@ -142,7 +142,7 @@ class ReadDialogues:
 def run(inputs: list[str], output_dir: str, dataset: str, config: SftConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
         samples_per_shard: int = 1000) -> dict[str, Any]:
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, RECORD_EXTENSIONS)
 
     def build(pipeline):
         samples, reader_rejects = apply_step(

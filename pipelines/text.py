@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
+from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
 from filters.base import Reject
 from filters.language import LanguageRule
@@ -31,7 +32,7 @@ from filters.text_docs import TextDocsConfig, chunk_text, control_characters, do
 from filters.text_rules import TextLength
 from pipelines.common import METRICS_NAMESPACE, RulesStep, add_common_arguments, apply_step, \
     count_elements, print_summary, run_pipeline
-from pipelines.pairs import InputFile, bounded_lines, expand_inputs
+from pipelines.pairs import bounded_lines
 from pipelines.sinks import write_run
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class TextReader:
         self.dataset, self.config = dataset, config
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        if file.path.endswith(".parquet"):
+        if file.path.lower().endswith(".parquet"):
             yield from self.read_parquet(file)
             return
         with fsspec.open(file.path, "rb") as f:
@@ -62,7 +63,7 @@ class TextReader:
                 yield self.reject(file, "<file>", "binary_file", "NUL byte in the first 8 KiB")
                 return
             f.seek(0)
-            if file.path.endswith(".jsonl"):
+            if file.path.lower().endswith(".jsonl"):
                 yield from self.read_jsonl(file, f)
             elif self.config.split == "file":
                 data = f.read(self.config.max_document_bytes + 1)
@@ -320,8 +321,6 @@ def run(inputs: list[str], output_dir: str, dataset: str = "text",
         shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
     config = config or TextDocsConfig()
     files = expand_inputs(inputs, TEXT_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no .txt, .jsonl or .parquet input under {inputs}")
     return run_pipeline(
         lambda p: build(p, files, output_dir, dataset, config,
                         shard_formats or ["webdataset"], samples_per_shard),

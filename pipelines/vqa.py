@@ -19,12 +19,13 @@ import apache_beam as beam
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
+from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
 from filters.base import Reject
 from filters.grounding import IMAGE_PROBLEM, image_problem
 from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, empty_question
-from pipelines.annotations import AnnotationRecord, ImageStore, LoadedImage, decode_image, \
-    embedded_image_bytes, expand_inputs, image_paths_of, image_problem_of, iter_records, \
+from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
+    decode_image, embedded_image_bytes, image_paths_of, image_problem_of, iter_records, \
     load_record_image
 from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
     print_summary, run_pipeline
@@ -67,9 +68,8 @@ class ReadVqa:
         self.dataset, self.config = dataset, config
         self.store = ImageStore(images)
 
-    def __call__(self, element: tuple[str, str]) -> Iterator[Sample | Reject]:
-        path, name = element
-        for record in iter_records(path, name):
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        for record in iter_records(file.path, file.relative):
             if record.error:
                 yield record.reject(self.dataset)
                 continue
@@ -211,7 +211,7 @@ def _is_join_part(sample: Sample) -> bool:
 def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
         samples_per_shard: int = 1000) -> dict[str, Any]:
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, RECORD_EXTENSIONS)
 
     def build(pipeline):
         reader = ReadVqa(dataset, config, images)

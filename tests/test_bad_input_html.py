@@ -161,19 +161,19 @@ def test_the_rejects_table_names_each_bad_input(outcome):
     out, measured, _ = outcome
     rows = rejects_table(out)
     check_rejects_match_report(measured.report, rows)
-    site = {k: v for k, v in reason_of(rows).items() if k.startswith("in/site/")}
-    assert site == {"in/site/empty.html": "too_few_characters",
-                    "in/site/spin.html": "load_timeout", "in/site/dom.html": "dom_too_large",
-                    "in/site/binary.html": "binary_content",
-                    "in/site/oversized.html": "page_too_large"}
-    warc = sorted(v for k, v in reason_of(rows).items() if k.startswith("in/warc/"))
+    site = {k: v for k, v in reason_of(rows).items() if k.startswith("site/")}
+    assert site == {"site/empty.html": "too_few_characters",
+                    "site/spin.html": "load_timeout", "site/dom.html": "dom_too_large",
+                    "site/binary.html": "binary_content",
+                    "site/oversized.html": "page_too_large"}
+    warc = sorted(v for k, v in reason_of(rows).items() if k.startswith("warc/"))
     assert warc == ["binary_content", "corrupt_warc", "load_timeout", "not_html"]
     kept = sorted(s.source.key for shard in measured.report["shards"]
                   for s in read_shard(str(out / shard["path"])))
-    assert [k for k in kept if k.startswith("in/site/")] == [
-        "in/site/bomb.html", "in/site/escape.html", "in/site/good.html",
-        "in/site/not-utf8.html", "in/site/reach-refresh.html", "in/site/reach-resources.html",
-        "in/site/reach-scripts.html"]
+    assert [k for k in kept if k.startswith("site/")] == [
+        "site/bomb.html", "site/escape.html", "site/good.html",
+        "site/not-utf8.html", "site/reach-refresh.html", "site/reach-resources.html",
+        "site/reach-scripts.html"]
 
 
 def test_memory_stays_bounded(outcome):

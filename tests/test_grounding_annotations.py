@@ -7,7 +7,8 @@ import pytest
 from PIL import Image as PILImage
 
 from conftest import make_image
-from pipelines.annotations import ImageNotFound, ImageStore, decode_image, expand_inputs, \
+from corpus.inputs import expand_inputs
+from pipelines.annotations import RECORD_EXTENSIONS, ImageNotFound, ImageStore, decode_image, \
     image_paths_of, iter_records, json_record_list
 
 
@@ -40,14 +41,15 @@ def test_unreadable_lines_and_files_become_error_records(tmp_path):
     assert [r.error for r in iter_records(str(truncated), "c.tar")] == ["truncated_tar"]
 
 
-def test_input_names_are_relative_to_the_inputs_common_folder(tmp_path):
+def test_input_names_are_relative_to_the_folder_given(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "a.json").write_text("[]")
     (tmp_path / "b.jsonl").write_text("")
     (tmp_path / "x" / "skip.jpg").write_bytes(b"")
-    assert [name for _, name in expand_inputs([str(tmp_path)])] == ["b.jsonl", "x/a.json"]
+    files = expand_inputs([str(tmp_path)], RECORD_EXTENSIONS)
+    assert [f.relative for f in files] == ["b.jsonl", "x/a.json"]
     with pytest.raises(FileNotFoundError):
-        expand_inputs([str(tmp_path / "none*.json")])
+        expand_inputs([str(tmp_path / "none*.json")], RECORD_EXTENSIONS)
 
 
 def test_image_paths_tried_in_order():

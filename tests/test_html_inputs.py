@@ -102,11 +102,11 @@ def test_expand_inputs_walks_folders_and_matches_globs(tmp_path):
     site = make_site(str(tmp_path / "site"))
     warc = make_warc(str(tmp_path / "w" / "pages.warc.gz"))
     files = expand_inputs([site])
-    assert {f.key for f in files} >= {"site/birds.html", "site/tea.html"}
+    assert {f.key for f in files} >= {"birds.html", "tea.html"}
     assert all(f.kind == "html" and f.root == site for f in files)
     globbed = expand_inputs([str(tmp_path / "site" / "b*.html"), warc])
-    assert [(f.kind, f.key) for f in globbed] == [("html", "site/birds.html"),
-                                                 ("warc", "w/pages.warc.gz")]
+    assert [(f.kind, f.key) for f in globbed] == [("html", "birds.html"),
+                                                 ("warc", "pages.warc.gz")]
 
 
 def test_warc_reader_yields_one_page_per_html_response(tmp_path):
@@ -118,7 +118,7 @@ def test_warc_reader_yields_one_page_per_html_response(tmp_path):
     assert [p.url for p in pages] == ["https://news.example.cn/today.html",
                                       "https://example.org/birds", "https://example.org/spin",
                                       "https://example.org/garbage"]
-    assert all(p.key.startswith("w/pages.warc.gz#<urn:uuid:") for p in pages)
+    assert all(p.key.startswith("pages.warc.gz#<urn:uuid:") for p in pages)
     assert pages[1].header_charset == "utf-8" and pages[0].header_charset is None
     assert rejects == ["http_error_status", "not_html"]
 

@@ -48,7 +48,7 @@ def test_shards_hold_ocr_samples_with_line_boxes(demo):
     assert birds.text.splitlines()[0] == "Field notes on river birds"
     assert "not displayed" not in birds.text
     assert all(r.kind == "line" and r.box[2] <= 800 and r.box[3] <= 1000 for r in birds.regions)
-    assert birds.source.key == "site/birds.html" and birds.source.sha256
+    assert birds.source.key == "birds.html" and birds.source.sha256
     text = render(format_sample(birds))
     assert OCR_PROMPT in text
     assert [t for t, _ in parse_quads(text)] == [r.text for r in birds.regions]

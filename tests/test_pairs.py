@@ -9,6 +9,7 @@ import pytest
 
 from corpus.samples.pairs import Pair, academic_rows, demo_pairs, write_image_folder, \
     write_img2dataset_parquet
+from corpus.inputs import expand_inputs
 from corpus.shards import read_shard
 from pipelines import pairs
 
@@ -114,9 +115,9 @@ def test_expand_inputs_relative_keys(tmp_path):
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    files = pairs.expand_inputs([str(tmp_path / "a")])
+    files = expand_inputs([str(tmp_path / "a")], pairs.INPUT_EXTENSIONS)
     assert [f.relative for f in files] == ["00000.tar", "b/00001.tar", "c.tsv"]
-    files = pairs.expand_inputs([str(tmp_path / "a" / "*.tar")])
+    files = expand_inputs([str(tmp_path / "a" / "*.tar")], pairs.INPUT_EXTENSIONS)
     assert [f.relative for f in files] == ["00000.tar"]
 
 

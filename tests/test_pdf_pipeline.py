@@ -9,16 +9,21 @@ import pytest
 
 from corpus.config import load_config
 from corpus.formats import OCR_PROMPT, format_sample, render
+from corpus.inputs import expand_inputs
 from corpus.samples import pdf as samples
 from corpus.shards import read_shard
 from filters.pages import PageRulesConfig
 import pipelines.pdf as pdf_pipeline
-from pipelines.pdf import (DocumentRef, ListDocuments, PdfConfig, PlanPageRanges, RenderPages,
-                           RenderProcess, expand_inputs, run, run_demo)
+from pipelines.pdf import (INPUT_EXTENSIONS, DocumentRef, ListDocuments, PdfConfig, PlanPageRanges,
+                           RenderPages, RenderProcess, run, run_demo)
 from renderers.pdf import DocumentPolicy, PageRequest, RenderOptions, VetRequest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+
+def pdf_inputs(patterns: list[str]):
+    return expand_inputs(patterns, INPUT_EXTENSIONS)
 
 def kept_samples(output_dir):
     shards = sorted(os.listdir(os.path.join(output_dir, "shards")))
@@ -108,15 +113,15 @@ def test_zip_members_are_listed_and_bad_archives_rejected(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("x/one.pdf", samples.math_pdf())
         z.writestr("x/", b"")
-    refs = ListDocuments("unit")(expand_inputs([str(archive)])[0])
+    refs = ListDocuments("unit")(pdf_inputs([str(archive)])[0])
     assert [(r.member, r.key) for r in refs] == [("x/one.pdf", "a.zip#x/one.pdf")]
     with zipfile.ZipFile(tmp_path / "twice.zip", "w") as z:
         z.writestr("same.pdf", samples.math_pdf())
         z.writestr("same.pdf", samples.math_pdf())
-    first, second = ListDocuments("unit")(expand_inputs([str(tmp_path / "twice.zip")])[0])
+    first, second = ListDocuments("unit")(pdf_inputs([str(tmp_path / "twice.zip")])[0])
     assert first.member == "same.pdf" and second.reason == "duplicate_zip_member"
     broken = write(tmp_path / "broken.zip", b"PK\x03\x04 not really a zip")
-    [reject] = ListDocuments("unit")(expand_inputs([broken])[0])
+    [reject] = ListDocuments("unit")(pdf_inputs([broken])[0])
     assert (reject.reason, reject.status) == ("corrupt_zip", "errored")
 
 
@@ -134,12 +139,12 @@ def test_expand_inputs_files_folders_and_globs(tmp_path):
     write(tmp_path / "a" / "one.pdf", b"%PDF-")
     write(tmp_path / "a" / "deep" / "two.PDF", b"%PDF-")
     write(tmp_path / "a" / "notes.txt", b"not an input")
-    folder = [f.rel for f in expand_inputs([str(tmp_path / "a")])]
+    folder = [f.relative for f in pdf_inputs([str(tmp_path / "a")])]
     assert folder == ["deep/two.PDF", "one.pdf"]
-    assert [f.rel for f in expand_inputs([str(tmp_path / "a") + "/"])] == folder
-    assert [f.rel for f in expand_inputs([str(tmp_path / "a" / "*.pdf")])] == ["one.pdf"]
+    assert [f.relative for f in pdf_inputs([str(tmp_path / "a") + "/"])] == folder
+    assert [f.relative for f in pdf_inputs([str(tmp_path / "a" / "*.pdf")])] == ["one.pdf"]
     with pytest.raises(FileNotFoundError):
-        expand_inputs([str(tmp_path / "nothing*.pdf")])
+        pdf_inputs([str(tmp_path / "nothing*.pdf")])
 
 
 def slow_pdf() -> bytes:
