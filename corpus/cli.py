@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from corpus.config import ConfigError
+
 # name -> (module, one-line help). Order is the order `corpus --help` lists them.
 COMMANDS = {
     "pairs": ("pipelines.pairs", "clean web image-text pairs into captioning shards (A.1)"),
@@ -58,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"corpus {name}", description=help_text)
     module.add_arguments(command_parser)
     args, extra = command_parser.parse_known_args(rest)
-    return module.main(args, extra) or 0
+    try:
+        return module.main(args, extra) or 0
+    except (FileNotFoundError, ConfigError) as error:  # the user's to fix: no traceback
+        print(f"corpus {name}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

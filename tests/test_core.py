@@ -137,3 +137,15 @@ def test_inspect_prints_and_draws(tmp_path):
     preview = Image.open(tmp_path / "png" / f"{sample.id}.png")
     assert preview.getpixel((10, 20)) == (255, 40, 40)  # the line box is drawn in red
     assert preview.getpixel((125, 50)) == (0, 160, 255)  # the word quad in blue
+
+
+def test_cli_reports_user_errors_without_a_traceback(tmp_path):
+    result = _corpus("text", "--input", str(tmp_path / "missing" / "*.txt"), "--output",
+                     str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "no input matched" in result.stderr and "Traceback" not in result.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("bogus_key: 1\n")
+    result = _corpus("vqa", "--input", str(tmp_path), "--dataset", "d", "--output",
+                     str(tmp_path / "out"), "--config", str(config))
+    assert result.returncode == 2 and "bogus_key" in result.stderr
