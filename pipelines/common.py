@@ -30,7 +30,6 @@ from corpus.schema import Sample
 from filters.base import Reject, Rule, apply_rules
 from pipelines.sinks import CountAll, GroupIntoBuckets, id_number, write_atomically
 
-REJECTS = "rejects"
 METRICS_NAMESPACE = "corpus"
 
 
