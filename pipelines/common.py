@@ -39,8 +39,10 @@ def pipeline_options(beam_argv: list[str]) -> PipelineOptions:
     `--direct_running_mode` or `--direct_num_workers` given on the line wins."""
     argv = list(beam_argv)
     if not any(a.startswith("--runner") for a in argv):
+        # The worker processes log every bundle at INFO; warnings are what a user needs to see.
         defaults = {"--runner": "DirectRunner", "--direct_running_mode": "multi_processing",
-                    "--direct_num_workers": str(os.cpu_count() or 1)}
+                    "--direct_num_workers": str(os.cpu_count() or 1),
+                    "--default_sdk_harness_log_level": "WARNING"}
         argv += [f"{flag}={value}" for flag, value in defaults.items()
                  if not any(a == flag or a.startswith(flag + "=") for a in argv)]
     return PipelineOptions(argv)
