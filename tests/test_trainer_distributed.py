@@ -1,4 +1,5 @@
-"""Two ranks under torchrun (gloo, CPU) train exactly as one rank with twice the micro-batch."""
+"""Two ranks under torchrun (gloo, CPU), DDP or FSDP, train exactly as one rank with twice the
+micro-batch (tests/test_trainer_fsdp.py covers FSDP's plan, frozen units and resume)."""
 import json
 import os
 import subprocess
@@ -11,10 +12,13 @@ from test_trainer import TINY, shards, stage_manifest  # noqa: F401  (shards is 
 from trainer.train import train
 
 
-def test_two_ranks_match_one_rank_with_twice_the_micro_batch(tmp_path, shards):  # noqa: F811
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_rank_with_twice_the_micro_batch(
+        tmp_path, shards, strategy):  # noqa: F811
     manifest = stage_manifest(tmp_path, shards, 2)
     config = tmp_path / "two-ranks.yaml"
-    config.write_text(yaml.safe_dump(dict(TINY, steps=2, micro_batch_size=1)))
+    config.write_text(yaml.safe_dump(dict(TINY, steps=2, micro_batch_size=1,
+                                          distributed=strategy)))
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(
@@ -25,7 +29,7 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(tmp_path, shards): 
     assert completed.returncode == 0, completed.stderr[-3000:]
     logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
     state = json.load(open(out / "checkpoints" / "step-00000002" / "state.json"))
-    assert state["world"] == 2
+    assert state["world"] == 2 and state["config"]["distributed"] == strategy
 
     single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2),
                    device="cpu")

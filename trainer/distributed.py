@@ -1,10 +1,15 @@
-"""Several processes under `torchrun`: DDP over the trained parameters, data split by pack.
+"""Several processes under `torchrun`: DDP or FSDP2 over the model, data split by pack.
 
 Every rank reads and tokenizes the same deterministic pack stream and decodes only its own packs
 (pack k goes to rank k mod world), so the data position is the same on every rank and a resume
 with the same world size continues exactly. Losses are normalised by the supervised tokens of the
 whole step across ranks, so N ranks with micro-batch B give the gradients one rank gives with
 micro-batch N·B. Rank 0 logs and writes checkpoints.
+
+`distributed: fsdp` shards the model with FSDP2 (`fully_shard`): one unit per ViT block and per
+decoder layer, one per remaining piece the model calls on its own (see `shard_plan`), then the
+root. Each unit's parameters are all of one component, so a freeze plan of Table 8 leaves every
+unit wholly trainable or wholly frozen.
 """
 from __future__ import annotations
 
@@ -14,7 +19,67 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
+
+from corpus.config import ConfigError
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def shard_plan(model: nn.Module) -> list[nn.Module]:
+    """The modules `fully_shard` wraps, innermost first, the root last. FSDP2 gathers a unit's
+    parameters in that module's forward, so every module the model calls directly (the
+    embeddings and the LM head, which `QwenVL` calls without going through `llm.forward`) is
+    a unit of its own."""
+    llm = model.llm
+    if llm.get_output_embeddings().weight is llm.get_input_embeddings().weight:
+        raise ConfigError("distributed: fsdp needs untied input and output embeddings")
+    layers = getattr(llm.base_model, "layers", None)
+    if layers is None:
+        raise ConfigError(f"distributed: fsdp needs the decoder layers at llm.base_model.layers "
+                          f"(the Qwen2 layout); {type(llm.base_model).__name__} has none")
+    return [*model.visual.transformer.resblocks, model.visual, model.adapter, *layers,
+            llm.get_input_embeddings(), llm.get_output_embeddings(), llm.base_model, model]
+
+
+def unit_parameters(plan: list[nn.Module]) -> list[list[tuple[str, nn.Parameter]]]:
+    """The parameters each unit of `plan` holds itself (those of no unit inside it)."""
+    claimed: set[int] = set()
+    units = []
+    for module in plan:  # innermost first: a unit's inner units have claimed theirs already
+        own = [(name, param) for name, param in module.named_parameters()
+               if id(param) not in claimed]
+        claimed.update(id(param) for _, param in own)
+        units.append(own)
+    return units
+
+
+def check_uniform(plan: list[nn.Module]) -> None:
+    """Each unit must be wholly trainable or wholly frozen. FSDP2 accepts a mixed unit (it
+    reduce-scatters only the parameters that require gradients), but a uniform one keeps a frozen
+    component out of the backward's reductions altogether; Table 8 freezes whole components,
+    so the plan is uniform, and this catches a model whose layout would break that."""
+    for module, own in zip(plan, unit_parameters(plan)):
+        flags = {param.requires_grad for _, param in own}
+        if len(flags) > 1:
+            frozen = [name for name, param in own if not param.requires_grad]
+            raise ConfigError(f"{type(module).__name__}: mixes trainable and frozen parameters "
+                             f"(frozen: {frozen[:4]})")
+
+
+def shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
+    plan = shard_plan(model)
+    check_uniform(plan)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    # bf16 weights in compute, fp32 gradient reduction and fp32 master weights
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if bf16 else MixedPrecisionPolicy())
+    for module in plan:
+        fully_shard(module, mesh=mesh, mp_policy=policy)
+    return model
 
 
 @dataclass
@@ -34,18 +99,25 @@ class World:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    def wrap(self, model: nn.Module, device: torch.device, strategy: str = "ddp",
+             bf16: bool = False) -> nn.Module:
+        """The module to call for training: `model` itself on one rank or under FSDP (sharded
+        in place), else a DDP wrapper around it."""
         if self.size == 1:
             return model
+        if strategy == "fsdp":
+            return shard(model, device, bf16)
         # a text-only micro-batch leaves the ViT and the adapter without gradients on one rank
         return DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
 
-    def no_sync(self, model: torch.nn.Module, last: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    def no_sync(self, model: nn.Module, last: bool):
+        """Skip the gradient reduction on all but the last micro-batch of a step."""
         if self.size == 1 or last:
             return contextlib.nullcontext()
+        if isinstance(model, FSDPModule):
+            return _fsdp_no_sync(model)
         return model.no_sync()
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
@@ -75,3 +147,12 @@ def join_world() -> World:
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return world
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: FSDPModule):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

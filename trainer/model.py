@@ -76,6 +76,10 @@ class QwenVL(nn.Module):
             self.visual.transformer.width, self.llm.config.hidden_size,
             queries=config.adapter.queries, width=config.adapter.width,
             heads=config.adapter.heads)
+        # FSDP gathers each unit's weights in its forward, a collective every rank must join:
+        # then a micro-batch without images still runs the ViT and the adapter (on one blank
+        # image whose output is added times zero)
+        self.encode_always = False
         self.register_buffer("pixel_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1),
@@ -109,6 +113,10 @@ class QwenVL(nn.Module):
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), visual)
         elif slots.any():
             raise ValueError("image slots without images")
+        elif self.encode_always:
+            blank = torch.zeros(1, self.image_size, self.image_size, 3, dtype=torch.uint8,
+                                device=input_ids.device)
+            embeds = embeds + 0 * self.encode_images(blank).sum().to(embeds.dtype)
         bounds = {}
         if self.llm.config._attn_implementation == VARLEN:
             cu, longest = sequence_bounds(position_ids)

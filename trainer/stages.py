@@ -95,6 +95,9 @@ class StageConfig:
     seed: int | None = None  # None = the manifest's
     tokenizer: str | None = None  # None = the manifest's, else the embedded default
     compile: bool = False  # torch.compile every ViT block and LLM layer (the first steps compile)
+    # under torchrun: "ddp" (a full replica per GPU) or "fsdp" (FSDP2: parameters, gradients and
+    # optimizer state sharded over the GPUs; for models whose replica does not fit one GPU)
+    distributed: str = "ddp"
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs
@@ -109,6 +112,8 @@ class StageConfig:
             raise ConfigError(f"trainable: unknown component(s) {unknown}; known: {COMPONENTS}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ConfigError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
         if not self.trainable:
             raise ConfigError("trainable: nothing to train")
         if self.steps < 1 or self.grad_accum < 1 or self.micro_batch_size < 1:

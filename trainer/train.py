@@ -3,7 +3,10 @@
 A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNNNN/` holding `model.pt`, `optimizer.pt`,
 `tokenizer.json` and `state.json` (step, scheduler, data position, resolved config, counters).
 It is written under a temporary name and renamed into place, then `checkpoints/latest` names it,
-so a reader never sees a half-written checkpoint. `--resume` restores all of it and continues
+so a reader never sees a half-written checkpoint. Both files hold full, unsharded state dicts in
+the layout of `torch.distributed.checkpoint.state_dict` (optimizer state keyed by parameter
+name), gathered to rank 0 under FSDP: a checkpoint is the same whether one process, DDP or FSDP
+wrote it, and any of them reads it. `--resume` restores all of it and continues
 with the same batches and the same learning rates; `--init` starts a new stage from a previous
 stage's checkpoint (the weights and the tokenizer; the ViT position grid is interpolated when the
 image size changes).
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                     set_optimizer_state_dict)
 from tqdm import tqdm
 
 from corpus.config import ConfigError, from_mapping
@@ -64,15 +69,33 @@ def read_state(checkpoint: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def save_checkpoint(output_dir: str, step: int, model: QwenVL, optimizer, scheduler,
-                    tokenizer: TextTokenizer, state: dict[str, Any], keep: int) -> str:
+def gather_state(model: QwenVL, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Full model and optimizer state dicts on the CPU; every rank calls it (under FSDP it
+    gathers the shards), and only rank 0's are complete."""
+    return get_state_dict(model, optimizer,
+                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer(model: QwenVL, optimizer, path: str) -> None:
+    """Restore a saved optimizer state into `optimizer`, sharded or not."""
+    saved = torch.load(path, map_location="cpu")
+    if any(isinstance(key, int) for key in saved["state"]):  # the id-keyed layout of older runs
+        optimizer.load_state_dict(saved)
+        return
+    set_optimizer_state_dict(model, optimizer, saved,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(output_dir: str, step: int, model_state: dict[str, Any],
+                    optimizer_state: dict[str, Any], scheduler, tokenizer: TextTokenizer,
+                    state: dict[str, Any], keep: int) -> str:
     root = os.path.join(output_dir, "checkpoints")
     name = f"step-{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    torch.save(model_state, os.path.join(tmp, "model.pt"))
+    torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
     tokenizer.save(os.path.join(tmp, "tokenizer.json"))
     state = dict(state, step=step, scheduler=scheduler.state_dict())
     with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
@@ -226,14 +249,16 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     model.to(device)
     if config.compile:
         compile_blocks(model)
+    fsdp = world.size > 1 and config.distributed == "fsdp"
+    model.encode_always = fsdp
+    trained = world.wrap(model, device, config.distributed, bf16)  # FSDP shards in place
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
                                   betas=tuple(config.betas), eps=config.eps,
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     step, counters, data_state = 0, {"tokens": 0, "samples": 0}, None
     if resume_from:
-        optimizer.load_state_dict(torch.load(os.path.join(resume_from, "optimizer.pt"),
-                                             map_location=device))
+        load_optimizer(model, optimizer, os.path.join(resume_from, "optimizer.pt"))
         scheduler.load_state_dict(saved["scheduler"])
         step, counters, data_state = saved["step"], saved["counters"], saved["data"]
         if saved.get("world", 1) != world.size:
@@ -253,10 +278,10 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
         print(f"stage {stage}: {sum(counts[k] for k in COMPONENTS) / 1e6:.1f} M parameters (ViT "
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
               f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
-              f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}; "
+              f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}"
+              f"{' fsdp' if fsdp else ''}; "
               f"step {step} of {config.steps}", flush=True)
 
-    trained = world.wrap(model, device)
     result = TrainResult(checkpoint=resume_from or "", steps=step)
     batches = iter(loader)
     show = world.main and (sys.stderr.isatty() if progress is None else progress)
@@ -307,9 +332,10 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                 metrics = _log(window, step, peak, log_path if world.main else None, bar)
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
+                model_state, optimizer_state = gather_state(model, optimizer)
                 if world.main:
                     result.checkpoint = save_checkpoint(
-                        output_dir, step, model, optimizer, scheduler, tokenizer,
+                        output_dir, step, model_state, optimizer_state, scheduler, tokenizer,
                         dict(run_state, data=micro[-1].state, counters=counters),
                         config.keep_checkpoints)
                 world.barrier()
