@@ -1,16 +1,21 @@
 """Helpers of the bad-input suite (`tests/test_bad_input_*.py`): run a pipeline in a fresh
-interpreter to measure its peak memory, and read back the rejects table."""
+interpreter to measure its peak memory, write tar members, and read back the rejects table and
+the kept samples."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
+
+from corpus.shards import read_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,3 +84,16 @@ def reason_of(rows: list[dict]) -> dict[str, str]:
     """Source key -> reason, for keys rejected once."""
     counts = Counter(row["key"] for row in rows)
     return {row["key"]: row["reason"] for row in rows if counts[row["key"]] == 1}
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add a member under any name, unsafe ones included (tarfile's `add` would refuse some)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def kept_samples(output_dir, report: dict) -> dict:
+    """Source key -> sample, for every sample the run's shards hold."""
+    return {sample.source.key: sample for shard in report["shards"]
+            for sample in read_shard(os.path.join(str(output_dir), shard["path"]))}

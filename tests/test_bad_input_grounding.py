@@ -9,7 +9,6 @@ expression in each of the two tasks; a file or record that cannot be read is one
 in each task. The run's peak memory is measured."""
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -17,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bad_input import check_rejects_match_report, reason_of, rejects_table, run_measured
+from bad_input import add_member, check_rejects_match_report, kept_samples, reason_of, \
+    rejects_table, run_measured
 from corpus.samples.grounding import draw_scene
 from corpus.samples.pairs import last_member_middle, png_bomb
-from corpus.shards import read_shard
 
 SQUARE = draw_scene(96, 64, [((10, 10, 60, 50), (200, 60, 60))])
 MEGABYTE_PHRASE = "the red square in the corner " * 36_000
@@ -34,12 +33,6 @@ def ref(ref_id: int, image: str, *sentences: str) -> dict:
 
 def line(record) -> bytes:
     return json.dumps(record).encode() + b"\n"
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def write_inputs(folder) -> None:
@@ -124,8 +117,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
 def test_the_good_refs_are_written(outcome):
     out, measured = outcome
     for task in TASKS:
-        kept = {s.source.key: s for shard in measured.report["tasks"][task]["shards"]
-                for s in read_shard(str(out / task / shard["path"]))}
+        kept = kept_samples(out / task, measured.report["tasks"][task])
         assert sorted(kept) == [f"{key}/{task}" for key in (
             "a-refs.jsonl#0", "a-refs.jsonl#1#0", "a-refs.jsonl#1#1", "a-refs.jsonl#7",
             "a-refs.jsonl#8", "e-refs.tar#t0")]

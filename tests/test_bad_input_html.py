@@ -18,10 +18,10 @@ import threading
 
 import pytest
 
-from bad_input import check_rejects_match_report, reason_of, rejects_table, run_measured
+from bad_input import check_rejects_match_report, kept_samples, reason_of, rejects_table, \
+    run_measured
 from corpus.samples.html import ENGLISH, STYLE_CSS, make_warc
 from corpus.samples.pairs import png_bomb
-from corpus.shards import read_shard
 
 pytestmark = pytest.mark.chromium
 
@@ -168,8 +168,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
                     "site/oversized.html": "page_too_large"}
     warc = sorted(v for k, v in reason_of(rows).items() if k.startswith("warc/"))
     assert warc == ["binary_content", "corrupt_warc", "load_timeout", "not_html"]
-    kept = sorted(s.source.key for shard in measured.report["shards"]
-                  for s in read_shard(str(out / shard["path"])))
+    kept = sorted(kept_samples(out, measured.report))
     assert [k for k in kept if k.startswith("site/")] == [
         "site/bomb.html", "site/escape.html", "site/good.html",
         "site/not-utf8.html", "site/reach-refresh.html", "site/reach-resources.html",

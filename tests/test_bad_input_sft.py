@@ -7,7 +7,6 @@ answer, malformed JSON Lines, 0-byte and truncated JSON, a truncated tar with `.
 absolute member names, a truncated Parquet file; and the run's peak memory."""
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -15,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bad_input import check_rejects_match_report, reason_of, rejects_table, run_measured
+from bad_input import add_member, check_rejects_match_report, kept_samples, reason_of, \
+    rejects_table, run_measured
 from corpus.samples.grounding import draw_scene
 from corpus.samples.pairs import last_member_middle, png_bomb
-from corpus.shards import read_shard
 
 SQUARE = draw_scene(96, 64, [((10, 10, 60, 50), (200, 60, 60))])
 MEGABYTE_ANSWER = "and then the square stayed red " * 33_000
@@ -36,12 +35,6 @@ def llava(image, answer: str | None = "It is red.", question="<image>\nWhat colo
 
 def line(record) -> bytes:
     return json.dumps(record).encode() + b"\n"
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def write_inputs(folder) -> None:
@@ -132,8 +125,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
 
 def test_the_good_dialogues_are_written_whole(outcome):
     out, measured = outcome
-    kept = {s.source.key: s for shard in measured.report["shards"]
-            for s in read_shard(str(out / shard["path"]))}
+    kept = kept_samples(out, measured.report)
     assert sorted(kept) == ["dialogues.jsonl#0", "dialogues.jsonl#1", "dialogues.jsonl#10",
                             "dialogues.jsonl#9", "dialogues.tar#t0", "embedded.parquet#0"]
     assert MEGABYTE_ANSWER in kept["dialogues.jsonl#9"].turns[1].content

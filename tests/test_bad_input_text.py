@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bad_input import check_rejects_match_report, reason_of, rejects_table, run_measured
+from bad_input import check_rejects_match_report, kept_samples, reason_of, rejects_table, \
+    run_measured
 from corpus.samples.text import CHINESE, ENGLISH
-from corpus.shards import read_shard
 
 HUNDRED_MB = 100 << 20
 
@@ -86,8 +86,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
         "table.parquet#1": "no_text_field",
         "cut.parquet#<file>": "unreadable_file",
         "empty.parquet#<file>": "unreadable_file"}
-    kept = sorted(s.source.key for shard in measured.report["shards"]
-                  for s in read_shard(str(out / shard["path"])))
+    kept = sorted(kept_samples(out, measured.report))
     assert kept == ["good.txt#0", "good.txt#2", "records.jsonl#0", "table.parquet#0"]
 
 

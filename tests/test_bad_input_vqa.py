@@ -7,7 +7,6 @@ JSON Lines, 0-byte, truncated and non-UTF-8 JSON, a truncated Parquet file, a tr
 tar members with `../` and absolute names, a 1 MB question; and the run's peak memory."""
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -15,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bad_input import check_rejects_match_report, reason_of, rejects_table, run_measured
+from bad_input import add_member, check_rejects_match_report, kept_samples, reason_of, \
+    rejects_table, run_measured
 from corpus.samples.grounding import draw_scene
 from corpus.samples.pairs import last_member_middle, png_bomb
-from corpus.shards import read_shard
 
 SQUARE = draw_scene(96, 64, [((10, 10, 60, 50), (200, 60, 60))])
 MEGABYTE_QUESTION = "is this question very long " * 40_000 + "?"
@@ -26,12 +25,6 @@ MEGABYTE_QUESTION = "is this question very long " * 40_000 + "?"
 
 def record(image: str, question: str = "What colour is the square?", answer="red") -> bytes:
     return json.dumps({"image": image, "question": question, "answer": answer}).encode() + b"\n"
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def write_inputs(folder) -> None:
@@ -123,8 +116,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
 
 def test_the_good_questions_are_written_whole(outcome):
     out, measured = outcome
-    kept = {s.source.key: s for shard in measured.report["shards"]
-            for s in read_shard(str(out / shard["path"]))}
+    kept = kept_samples(out, measured.report)
     assert sorted(kept) == ["questions.jsonl#0", "questions.jsonl#1", "questions.jsonl#10",
                             "questions.jsonl#9", "records.tar#t0"]
     assert "caf\ufffd?" in kept["questions.jsonl#9"].question
