@@ -28,7 +28,8 @@ from corpus.ids import sample_id
 from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_report
 from corpus.schema import Sample
 from filters.base import Reject, Rule, apply_rules
-from pipelines.sinks import CountAll, GroupIntoBuckets, id_number, write_atomically
+from corpus.ids import id_number
+from pipelines.sinks import CountAll, GroupIntoBuckets, write_atomically
 
 METRICS_NAMESPACE = "corpus"
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from corpus.ids import id_number
 from corpus.report import REPORT_NAME, build_report, dumps
 from corpus.schema import Sample
 from corpus.shards import SHARD_FORMATS, WRITERS, ShardInfo, tar_members, write_tar_members
@@ -133,15 +134,6 @@ def _verified(output_dir: str, written: WrittenFile) -> bool:
 
 
 # ---- grouping without side inputs -------------------------------------------------------------
-
-def id_number(element_id: str) -> int:
-    """The integer a bucket is taken from: the id's hex prefix (as `bucket_of`), or a hash of
-    any other id, so a reject with a free-form id still lands in a stable bucket."""
-    try:
-        return int(element_id[:12], 16)
-    except ValueError:
-        return int(hashlib.blake2b(element_id.encode("utf-8"), digest_size=6).hexdigest(), 16)
-
 
 @dataclass(frozen=True)
 class _Total:
@@ -444,7 +436,7 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
     `stats` an optional one-element PCollection of a JSON-able dict for the report. Returns the
     one-element PCollection of the kept count, produced once the report is written.
     """
-    # id_number(id) % n is corpus.ids.bucket_of(id, n) for the hex ids of corpus.ids.sample_id.
+    # GroupIntoBuckets takes id_number(id) % n: corpus.ids.bucket_of(id, n).
     shard_files = (samples
                    | "BucketSamples" >> GroupIntoBuckets(samples_per_shard,
                                                          lambda s: id_number(s.id))

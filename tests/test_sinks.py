@@ -16,12 +16,12 @@ import apache_beam as beam
 import pytest
 
 from conftest import IN_MEMORY, make_sample
-from corpus.ids import bucket_of, sample_id
+from corpus.ids import bucket_of, id_number, sample_id
 from corpus.report import REPORT_NAME
 from corpus.shards import read_shard
 from filters.base import Reject
 from pipelines.common import RulesStep, apply_step, count_elements, run_pipeline
-from pipelines.sinks import MARKER_DIR, CountAll, GroupIntoBuckets, id_number, write_run
+from pipelines.sinks import MARKER_DIR, CountAll, GroupIntoBuckets, write_run
 
 DATASET = "plumbing"
 REASON_ORDER = ["caption_too_short"]
