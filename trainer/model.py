@@ -12,13 +12,16 @@ across samples.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 import torch.nn.functional as F
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, create_model
 from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 from torch import nn
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from trainer.adapter import PositionAwareAdapter
 from trainer.attention import VARLEN, sequence_bounds
@@ -27,10 +30,15 @@ from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
 IGNORE = -100
 
 
-def build_visual(config: VisionConfig, image_size: int) -> VisionTransformer:
+def build_visual(config: VisionConfig, image_size: int, load: bool = True) -> VisionTransformer:
+    """The ViT; `load=False` builds the architecture `config.pretrained` names without reading
+    its weights (a rank that receives them from rank 0)."""
     if config.open_clip_model:
-        clip = create_model(config.open_clip_model, pretrained=config.pretrained,
-                            force_image_size=image_size, pretrained_text=False)
+        # without its weights open_clip warns of a random init, which here is not one
+        with contextlib.nullcontext() if load else _warnings_off():
+            clip = create_model(config.open_clip_model, pretrained=config.pretrained,
+                                load_weights=load, force_image_size=image_size,
+                                pretrained_text=False, device=torch.get_default_device())
         visual = clip.visual
         if not isinstance(visual, VisionTransformer):
             raise ValueError(f"{config.open_clip_model}: not an open_clip ViT")
@@ -44,14 +52,33 @@ def build_visual(config: VisionConfig, image_size: int) -> VisionTransformer:
     return visual
 
 
-def build_llm(config: LLMConfig, vocab_size: int) -> Qwen2ForCausalLM:
+@contextlib.contextmanager
+def _warnings_off():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def build_llm(config: LLMConfig, vocab_size: int, load: bool = True) -> Qwen2ForCausalLM:
+    """The causal LM; `load=False` builds the architecture of `config.pretrained` from its
+    config alone, without reading its weights (a rank that receives them from rank 0)."""
     if config.pretrained:
-        llm = AutoModelForCausalLM.from_pretrained(
-            config.pretrained, local_files_only=True, dtype=torch.float32,
-            attn_implementation=config.attn_implementation,
-            trust_remote_code=config.trust_remote_code)
+        options = dict(dtype=torch.float32, attn_implementation=config.attn_implementation,
+                       trust_remote_code=config.trust_remote_code)
+        if load:
+            llm = AutoModelForCausalLM.from_pretrained(config.pretrained, local_files_only=True,
+                                                       **options)
+        else:
+            llm = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(config.pretrained, local_files_only=True,
+                                           trust_remote_code=config.trust_remote_code),
+                **options)
         if llm.get_input_embeddings().num_embeddings < vocab_size:
-            llm.resize_token_embeddings(vocab_size)
+            # the values of new rows come with the weights; without them only the shape matters
+            llm.resize_token_embeddings(vocab_size, mean_resizing=load)
         return llm
     if config.vocab_size is not None and config.vocab_size < vocab_size:
         raise ValueError(f"model.llm.vocab_size {config.vocab_size} < tokenizer's {vocab_size}")
@@ -66,12 +93,13 @@ def build_llm(config: LLMConfig, vocab_size: int) -> Qwen2ForCausalLM:
 
 
 class QwenVL(nn.Module):
-    def __init__(self, config: ModelConfig, image_size: int, vocab_size: int, image_pad_id: int):
+    def __init__(self, config: ModelConfig, image_size: int, vocab_size: int, image_pad_id: int,
+                 load_pretrained: bool = True):
         super().__init__()
         self.config = config
         self.image_pad_id = image_pad_id
-        self.visual = build_visual(config.visual, image_size)
-        self.llm = build_llm(config.llm, vocab_size)
+        self.visual = build_visual(config.visual, image_size, load_pretrained)
+        self.llm = build_llm(config.llm, vocab_size, load_pretrained)
         self.adapter = PositionAwareAdapter(
             self.visual.transformer.width, self.llm.config.hidden_size,
             queries=config.adapter.queries, width=config.adapter.width,

@@ -36,7 +36,7 @@ from trainer.data import Batch, build_loader, corpus_texts, read_manifest
 from trainer.model import (QwenVL, apply_freeze_plan, compile_blocks, load_weights,
                            parameter_counts)
 from trainer.distributed import join_world
-from trainer.stages import COMPONENTS, StageConfig, model_config, stage_config
+from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 
 # Dense bf16 peak FLOP/s by device name, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
@@ -206,6 +206,21 @@ def load_tokenizer(config: StageConfig, manifest, checkpoint: str | None) -> Tex
     return TextTokenizer.load(path, trust_remote_code=config.llm.trust_remote_code)
 
 
+def build_model(config: ModelConfig, image_size: int, tokenizer: TextTokenizer,
+                device: torch.device, weights_from: str | None) -> QwenVL:
+    """The model with its initial weights: random (from the seeded generator), the pretrained
+    open_clip / Hugging Face checkpoints the config names, or `weights_from`'s `model.pt`. On
+    the meta device it is only shapes: nothing is allocated or read, the weights come later
+    from another rank (`trainer.distributed.shard`)."""
+    full = device.type != "meta"
+    with torch.device(device):  # initialise in place: large models build fast on a GPU
+        model = QwenVL(config, image_size, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD),
+                       load_pretrained=full)
+    if weights_from and full:
+        load_weights(model, torch.load(os.path.join(weights_from, "model.pt"), map_location="cpu"))
+    return model.to(device) if full else model
+
+
 def train(manifest_path: str, stage: int, output_dir: str, config_path: str | None = None,
           init: str | None = None, resume: bool = False, overrides: dict[str, Any] | None = None,
           device: str | None = None, progress: bool | None = None,
@@ -232,26 +247,22 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     seq_len = config.seq_len or manifest.seq_len
     seed = manifest.seed if config.seed is None else config.seed
     world = join_world()
-    torch.manual_seed(seed)  # the same initial weights on every rank
+    torch.manual_seed(seed)  # the same initial weights on every rank that draws them
     device = world.device(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
     tokenizer = load_tokenizer(config, manifest, resume_from or init_from)
-    with torch.device(device):  # initialise in place: large models build fast on a GPU
-        model = QwenVL(config.model, image_size, tokenizer.vocab_size,
-                       tokenizer.token_id(IMAGE_PAD))
-    weights_from = resume_from or init_from
-    if weights_from:
-        load_weights(model, torch.load(os.path.join(weights_from, "model.pt"), map_location="cpu"))
+    fsdp = world.size > 1 and config.distributed == "fsdp"
+    model = build_model(config.model, image_size, tokenizer, world.build_device(device, fsdp),
+                        resume_from or init_from)
     apply_freeze_plan(model, config.trainable)
-    model.to(device)
     if config.compile:
         compile_blocks(model)
-    fsdp = world.size > 1 and config.distributed == "fsdp"
     model.encode_always = fsdp
-    trained = world.wrap(model, device, config.distributed, bf16)  # FSDP shards in place
+    # FSDP shards in place, then sends rank 0's weights to every rank's shards
+    trained = world.wrap(model, device, config.distributed, bf16)
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
                                   betas=tuple(config.betas), eps=config.eps,
                                   fused=device.type == "cuda")
