@@ -29,7 +29,7 @@ from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_
 from corpus.schema import Sample
 from filters.base import Reject, Rule, apply_rules
 from corpus.ids import id_number
-from pipelines.sinks import CountAll, GroupIntoBuckets, write_atomically
+from pipelines.sinks import CountAll, GroupIntoBuckets, read_spilled, write_atomically
 
 METRICS_NAMESPACE = "corpus"
 
@@ -155,7 +155,7 @@ class RulesStep:
 
 
 def count_elements(label: str, *pcolls):
-    """One-element PCollection: how many elements the given PCollections hold together."""
+    """How many elements the given PCollections hold together: one int, or nothing for none."""
     return tuple(pcolls) | label >> CountAll()
 
 
@@ -165,23 +165,28 @@ class Batches(beam.PTransform):
     sorted by id and cut. For model inference (RunInference with `with_no_batching()`) where
     `beam.BatchElements` cannot be used: it emits its last batch from `finish_bundle`, which
     the Dask runner drops. Costs two shuffles of the elements; batching inside one step over an
-    input file, where a file holds many elements, costs none."""
+    input file, where a file holds many elements, costs none.
 
-    def __init__(self, batch_size: int, id_of: Callable[[Any], str] = lambda element: element.id):
+    With `spilled=True` the input is spill chunks (`sinks.SpillFile`) and the batches are of
+    the samples read back from them: only the chunks travel through the shuffles."""
+
+    def __init__(self, batch_size: int, id_of: Callable[[Any], str] = lambda element: element.id,
+                 spilled: bool = False):
         super().__init__()
-        self.batch_size, self.id_of = batch_size, id_of
+        self.batch_size, self.id_of, self.spilled = batch_size, id_of, spilled
 
     def expand(self, pcoll):
-        size, id_of = self.batch_size, self.id_of
+        size, id_of, spilled = self.batch_size, self.id_of, self.spilled
 
         def cut(group):
             _, _, elements = group
-            elements = sorted(elements, key=id_of)
+            elements = sorted(read_spilled(elements) if spilled else elements, key=id_of)
             for start in range(0, len(elements), size):
                 yield elements[start:start + size]
 
-        return (pcoll | "Bucket" >> GroupIntoBuckets(size, lambda e: id_number(id_of(e)))
-                | "Cut" >> beam.FlatMap(cut))
+        bucket = GroupIntoBuckets(size, spilled=True) if spilled else \
+            GroupIntoBuckets(size, lambda e: id_number(id_of(e)))
+        return pcoll | "Bucket" >> bucket | "Cut" >> beam.FlatMap(cut)
 
 
 class _LeafCollector(beam.pipeline.PipelineVisitor):

@@ -5,10 +5,13 @@ Flow (each arrow a labelled Beam step; rejects of every step go to the rejects t
   input files -> Read (img2dataset tars / Parquet, or tables of image path + caption; image
   size from the header only) -> 1 aspect ratio, 2 image too small -> 3 CLIP score (batches
   grouped by sample id, RunInference) -> 4 English/Chinese characters, 5 emoji, 6 length, 7 HTML
-  cleaner, 8 pattern cleaner, length again, language, academic tags -> longest caption per image
-  (GroupByKey on the image hash) -> shards + rejects + report.
+  cleaner, 8 pattern cleaner, length again, language, academic tags -> shards + rejects +
+  report, the longest caption per image chosen as each shard bucket is written (pairs are
+  bucketed by their image's content hash, so all captions of one image meet there).
 
-The rules before step 3 (all of them when CLIP is off or runs last) run inside the read step.
+The rules before step 3 (all of them when CLIP is off or runs last) run inside the read step,
+which also writes the samples to the sink's spill files itself (pipelines/sinks.py): the CLIP
+batches and the shard buckets are formed from their places, not by moving the images.
 
 `clip.after_text_rules: true` moves step 3 after the text rules, so the model scores only pairs
 that survive them; the paper's order is the default.
@@ -42,8 +45,8 @@ from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner,
     TextRulesConfig, html_cleaner, no_emoji
 from pipelines.clip import ClipConfig, ClipExample, OpenClipModelHandler, model_input_size
 from pipelines.common import METRICS_NAMESPACE, Batches, RulesStep, SplitRejects, StepFn, \
-    add_common_arguments, apply_step, count_elements, print_summary, run_pipeline
-from pipelines.sinks import write_run
+    add_common_arguments, apply_step, print_summary, run_pipeline
+from pipelines.sinks import CountAll, SpillFile, write_run
 
 log = logging.getLogger(__name__)
 
@@ -309,36 +312,59 @@ def bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | None]:
 
 
 class ReadPairs(beam.DoFn):
-    """Streams one file's pairs and applies the first rules to each sample in the same step:
-    one hand-off between steps fewer per pair, and each pair still leaves as exactly one
-    element (a sample or a reject), so the output counts the inputs. Unlike `common.StepFn`,
-    it does not collect a file's results in a list first (a tar may hold gigabytes); a failure
-    of the reader partway becomes one errored unit, and a rule's exception (caught by
-    `StepFn.process`, per sample) an errored reject of that sample. Samples and rejects leave as
-    one output, split by type afterwards (no tagged outputs, which not every runner supports)."""
+    """Streams one file's pairs and applies the first rules to each sample in the same step.
+    Unlike `common.StepFn`, it does not collect a file's results in a list first (a tar may
+    hold gigabytes); a failure of the reader partway becomes one errored unit, and a rule's
+    exception (caught by `StepFn.process`, per sample) an errored reject of that sample.
 
-    def __init__(self, reader: PairReader, rules: list | None = None):
+    Samples and rejects leave as one output, split by type afterwards (no tagged outputs, which
+    not every runner supports). With `spill_to` (nothing runs between these rules and the
+    shards), the surviving samples are decoded once to catch corrupt bodies and appended to a
+    spill file of the sink (`sinks.SpillFile`): the file's samples then leave as one spill
+    chunk, and only rejects leave one by one."""
+
+    def __init__(self, reader: PairReader, rules: list | None = None,
+                 spill_to: str | None = None, verify_decode: bool = False):
         self.reader = reader
         self.rules = StepFn(RulesStep(rules), reader.dataset) if rules else None
+        self.spill_to, self.verify_decode = spill_to, verify_decode
 
     def setup(self):
         if self.rules is not None:
             self.rules.setup()
 
     def process(self, file: InputFile):
+        spill, places = None, []
         try:
-            for result in self.reader(file):
-                if isinstance(result, Reject):
-                    Metrics.counter(METRICS_NAMESPACE, f"errored_{result.reason}").inc()
+            for result in self.checked(file):
+                if isinstance(result, Reject) or self.spill_to is None:
                     yield result
-                elif self.rules is None:
-                    yield result
-                else:
-                    yield from self.rules.process(result)
+                    continue
+                if spill is None:
+                    spill = SpillFile(self.spill_to)
+                places.append(spill.add(result, image_number(result)))
         except (OSError, ValueError) as error:
             Metrics.counter(METRICS_NAMESPACE, "errored_unreadable_file").inc()
             yield self.reader.reject(file, "<file>", "unreadable_file",
                                      f"{type(error).__name__}: {error}")
+        finally:
+            if spill is not None:
+                spill.close()
+        if places:
+            yield spill.path, places
+
+    def checked(self, file: InputFile) -> Iterator[Sample | Reject]:
+        """The file's samples through the rules (and the decode check), and its rejects."""
+        for result in self.reader(file):
+            if isinstance(result, Reject):
+                Metrics.counter(METRICS_NAMESPACE, f"errored_{result.reason}").inc()
+                yield result
+                continue
+            results = [result] if self.rules is None else self.rules.process(result)
+            for checked in results:
+                if self.verify_decode and not isinstance(checked, Reject):
+                    (checked,) = VerifyDecode()(checked)
+                yield checked
 
 
 # ---- CLIP --------------------------------------------------------------------------------------
@@ -442,14 +468,25 @@ def histogram_stats(counts: list[int], threshold: float) -> dict[str, Any]:
 
 # ---- longest caption per image -------------------------------------------------------------------
 
-def longest_caption(element):
+def image_number(sample: Sample) -> int:
+    """The shard bucket number of a pair: from its image's content hash, so all captions of one
+    image meet in one bucket, where `longest_caption` chooses among them."""
+    return int(sample.source.sha256[:16], 16)
+
+
+def longest_caption(samples: list[Sample]) -> tuple[list[Sample], list[Reject]]:
     """Of the pairs sharing one image (same content hash), keep the longest caption; ties go
     to the smallest id, so the choice does not depend on arrival order."""
-    _, samples = element
-    ranked = sorted(samples, key=lambda s: (-len(s.text), s.id))
-    kept = ranked[0]
-    return [kept] + [Reject.of(s, "shorter_caption_same_image", detail=f"kept {kept.id}")
-                     for s in ranked[1:]]
+    by_image: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_image.setdefault(sample.source.sha256, []).append(sample)
+    kept, rejects = [], []
+    for same_image in by_image.values():
+        ranked = sorted(same_image, key=lambda s: (-len(s.text), s.id))
+        kept.append(ranked[0])
+        rejects += [Reject.of(s, "shorter_caption_same_image", detail=f"kept {ranked[0].id}")
+                    for s in ranked[1:]]
+    return kept, rejects
 
 
 # ---- the rules, in the paper's order ------------------------------------------------------------
@@ -506,43 +543,52 @@ def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, confi
           shard_formats: list[str], samples_per_shard: int) -> None:
     clip_between_rules = config.clip.enabled and not config.clip.after_text_rules
     # The rules before CLIP (all of them when nothing sits between the image and text rules)
-    # run inside the read step; every pair leaves it as one sample or one reject.
+    # run inside the read step; every pair leaves it as a reject or a sample. Without CLIP the
+    # samples go from there straight to the sink's spill files, one chunk per input file.
     first_rules = image_rules(config.image) if clip_between_rules else \
         image_rules(config.image) + text_rules(config.text)
+    # The read step writes its samples to the sink's spill files itself (one chunk per file)
+    # unless a per-sample step needs them first: only the chunks travel through the shuffles.
+    spill_to = None if config.clip.score_field else output_dir
+    reader = ReadPairs(PairReader(dataset, config), first_rules, spill_to,
+                       verify_decode=not config.clip.enabled and config.image.verify_decode)
     read = (pipeline
             | "Files" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndRules" >> beam.ParDo(ReadPairs(PairReader(dataset, config), first_rules)))
-    input_count = count_elements("CountInput", read)
+            | "ReadAndRules" >> beam.ParDo(reader))
+    input_count = read | "CountInput" >> CountAll(_units)
     samples, read_rejects = read | "SplitRead" >> SplitRejects()
-    rejects = [read_rejects]
-
-    scores = None
-    if clip_between_rules:
-        samples, scores = _clip_step(samples, config.clip, dataset, rejects)
-        samples, dropped = apply_step(samples, "TextRules", RulesStep(text_rules(config.text)),
-                                      dataset)
-        rejects.append(dropped)
-    elif config.clip.enabled:
-        samples, scores = _clip_step(samples, config.clip, dataset, rejects)
-    if not config.clip.checkpoint and config.image.verify_decode:
+    rejects, spilled, scores = [read_rejects], None, None
+    if config.clip.enabled:
+        samples, scores = _clip_step(samples, config.clip, dataset, rejects,
+                                     spilled=spill_to is not None)
+        if clip_between_rules:
+            samples, dropped = apply_step(samples, "TextRules",
+                                          RulesStep(text_rules(config.text)), dataset)
+            rejects.append(dropped)
+    else:
+        samples, spilled = None, samples
+    if config.clip.score_field and config.image.verify_decode:
         samples, dropped = apply_step(samples, "VerifyDecode", VerifyDecode(), dataset)
         rejects.append(dropped)
-    if config.longest_caption_per_image:
-        grouped = (samples | "KeyByImageHash" >> beam.Map(lambda s: (s.source.sha256, s))
-                   | "GroupByImage" >> beam.GroupByKey())
-        samples, dropped = apply_step(grouped, "LongestCaption", longest_caption, dataset)
-        rejects.append(dropped)
 
-    stats = _stats(pipeline, samples, scores, config)
+    stats = _stats(scores, config)
     write_run(pipeline, samples, rejects, input_count, output_dir=output_dir,
               pipeline_name=PIPELINE, dataset=dataset, task=TASK,
               reason_order=reason_order(config), formats=shard_formats,
-              samples_per_shard=samples_per_shard, config=to_mapping(config), stats=stats)
+              samples_per_shard=samples_per_shard, config=to_mapping(config), stats=stats,
+              spilled=spilled, bucket_number=image_number,
+              select=longest_caption if config.longest_caption_per_image else None,
+              tally=("kept_languages", lambda s: s.language or "und"))
 
 
-def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list):
-    """Step 3; returns (samples, scores or None)."""
+def _units(element) -> int:
+    """Input units an element of the read step stands for: a spill chunk one per sample."""
+    return len(element[1]) if isinstance(element, tuple) else 1
+
+
+def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list, spilled: bool):
+    """Step 3 on samples (or spill chunks of them); returns (samples, scores or None)."""
     if config.score_field:
         samples, dropped = apply_step(samples, "InputScore",
                                       InputScore(config.score_field, config.threshold), dataset)
@@ -553,7 +599,7 @@ def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list):
     # told not to batch: its own BatchElements emits the last batch from finish_bundle, which
     # the Dask runner drops (docs/running-at-scale.md). Samples are grouped before decoding:
     # their JPEG bytes are smaller than the decoded pixels.
-    batches = samples | "ClipBatches" >> Batches(config.batch_size)
+    batches = samples | "ClipBatches" >> Batches(config.batch_size, spilled=spilled)
     examples, dropped = apply_step(batches, "ClipDecode", ClipPreprocess(model_input_size(config)),
                                    dataset)
     rejects.append(dropped)
@@ -566,33 +612,20 @@ def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list):
     return samples, scores
 
 
-def _stats(pipeline, samples, scores, config: PairsConfig):
-    """One dict: CLIP status, the score histogram, languages of the kept samples. Gathered by a
-    GroupByKey on one constant key (no side inputs, no CombineGlobally: see pipelines.common)."""
-    pieces = [pipeline | "StatsBase" >> beam.Create([(0, ("base", None))]),
-              samples | "KeptLanguage" >> beam.Map(lambda s: ((s.language or "und"), 1))
-              | "CountLanguages" >> beam.CombinePerKey(sum)
-              | "TagLanguages" >> beam.Map(lambda kv: (0, ("language", kv)))]
-    if scores is not None:
-        pieces.append(scores | "KeyScores" >> beam.Map(lambda score: (0, score))
-                      | "ScoreHistogram" >> beam.CombinePerKey(ScoreHistogram())
-                      | "TagHistogram" >> beam.Map(lambda kv: (0, ("histogram", kv[1]))))
+def _stats(scores, config: PairsConfig):
+    """CLIP's status, and the score histogram when a model or an input field scored the pairs
+    (the sink adds the languages of the kept samples)."""
     clip, threshold = describe_clip(config.clip), config.clip.threshold
+    if scores is None:
+        return {"clip": clip}
 
-    def merge(element):
-        _, values = element
-        stats: dict[str, Any] = {"clip": clip, "kept_languages": {}}
-        for kind, value in values:
-            if kind == "language":
-                stats["kept_languages"][value[0]] = value[1]
-            elif kind == "histogram":
-                stats["histogram"] = histogram_stats(value, threshold)
-                stats["clip_scored"] = sum(value)
-        stats["kept_languages"] = dict(sorted(stats["kept_languages"].items()))
-        return stats
+    def to_stats(histogram):
+        return {"clip": clip, "histogram": histogram_stats(histogram, threshold),
+                "clip_scored": sum(histogram)}
 
-    return (tuple(pieces) | "GatherStats" >> beam.Flatten()
-            | "GroupStats" >> beam.GroupByKey() | "Stats" >> beam.Map(merge))
+    return (scores | "KeyScores" >> beam.Map(lambda score: (0, score))
+            | "ScoreHistogram" >> beam.CombinePerKey(ScoreHistogram())
+            | "Stats" >> beam.Map(lambda kv: to_stats(kv[1])))
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | None = None,

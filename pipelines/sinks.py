@@ -1,5 +1,13 @@
 """Where a pipeline's results land: shards, the rejects table and `report.json`.
 
+Samples do not travel through the runner's shuffle: each worker appends the samples it produces
+to a spill file of its own under `_spill/` in the output directory, and only their places (file,
+offset, length, bucket number) are grouped. The writer of a bucket reads its samples back. A
+runner's shuffle then moves a few dozen bytes per sample instead of its image, the DirectRunner,
+which holds a shuffle in memory, keeps memory flat, and a pipeline that already writes its
+samples to files as it reads (`corpus pairs`) hands the sink one element per input file. The
+spill files are deleted when the report is written.
+
 Why not Beam's `WriteToText`/`fileio`: they do temp-then-finalize, but spread records over
 shards in an order that depends on the runner and its bundling, so re-runs differ byte for byte.
 Here the shard of a sample is a function of its id (`corpus.ids.bucket_of`), the number of
@@ -23,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -44,6 +53,7 @@ REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in
 REJECTS_PER_FILE = 200_000
 MAX_SHARD_BYTES = 1 << 30  # a bucket larger than this is split into parts
 MARKER_DIR = "_done"
+SPILL_DIR = "_spill"
 JOIN_KEYS = 256  # how many groups carry the total count to the elements (see GroupIntoBuckets)
 TMP_INFIX = ".tmp-"
 
@@ -140,20 +150,29 @@ class _Total:
     count: int
 
 
-class CountAll(beam.PTransform):
-    """Exactly one int: how many elements the input PCollection(s) hold, 0 when empty.
+def _one(_) -> int:
+    return 1
 
-    Formulated as a sum per constant int key over the elements plus one zero, instead of
-    `CombineGlobally`, whose empty-input default is injected through a side input."""
+
+class CountAll(beam.PTransform):
+    """At most one int: how many elements the input PCollection(s) hold, nothing when they are
+    empty (consumers read a missing count as 0); with `size`, the sum of `size(element)` (an
+    element standing for several units).
+
+    Formulated as a sum per constant int key, instead of `CombineGlobally`, whose empty-input
+    default is injected through a side input."""
+
+    def __init__(self, size: Callable[[Any], int] = _one):
+        super().__init__()
+        self.size = size
 
     def expand(self, pcolls):
         if isinstance(pcolls, beam.pvalue.PCollection):
             pcolls = (pcolls,)
-        pipeline = pcolls[0].pipeline
-        ones = [pc | f"Ones{i}" >> beam.Map(lambda _: (0, 1)) for i, pc in enumerate(pcolls)]
-        zero = pipeline | "Zero" >> beam.Create([(0, 0)])
-        return ((*ones, zero) | "Flatten" >> beam.Flatten()
-                | "Sum" >> beam.CombinePerKey(sum) | "Value" >> beam.Values())
+        size = self.size
+        sizes = [pc | f"Ones{i}" >> beam.Map(lambda e: (0, size(e))) for i, pc in enumerate(pcolls)]
+        sizes = sizes[0] if len(sizes) == 1 else tuple(sizes) | "Flatten" >> beam.Flatten()
+        return sizes | "Sum" >> beam.CombinePerKey(sum) | "Value" >> beam.Values()
 
 
 def _spread_total(count: int):
@@ -171,14 +190,20 @@ class GroupIntoBuckets(beam.PTransform):
     The total reaches the elements by a join, not a side input: it is copied to JOIN_KEYS keys,
     grouped with the elements keyed the same way, and each group then keys its elements by
     bucket for the final grouping. This costs one more shuffle than a side input would, and
-    works the same on every runner."""
+    works the same on every runner.
 
-    def __init__(self, per_bucket: int, number: Callable[[Any], int]):
+    With `spilled=True` the elements are spill chunks (`SpillChunk`: a file and the places of
+    several samples in it); each counts as its samples, is cut by bucket, and a bucket's
+    elements are the pieces of chunks holding its samples."""
+
+    def __init__(self, per_bucket: int, number: Callable[[Any], int] = None,
+                 spilled: bool = False):
         super().__init__()
-        self.per_bucket, self.number = per_bucket, number
+        self.per_bucket, self.number, self.spilled = per_bucket, number, spilled
 
     def expand(self, pcoll):
-        number, per_bucket = self.number, self.per_bucket
+        per_bucket, spilled = self.per_bucket, self.spilled
+        number = _chunk_number if spilled else self.number
 
         def to_buckets(joined):
             # Two passes over the group rather than a list: runners that page large groups from
@@ -189,10 +214,15 @@ class GroupIntoBuckets(beam.PTransform):
                 raise AssertionError(f"expected one total per join key, got {totals}")
             buckets = _num_buckets(totals[0], per_bucket)
             for value in values:
-                if not isinstance(value, _Total):
+                if isinstance(value, _Total):
+                    continue
+                if spilled:
+                    for bucket, piece in cut_chunk(value, buckets):
+                        yield (bucket, buckets), piece
+                else:
                     yield (number(value) % buckets, buckets), value
 
-        total = pcoll | "Count" >> CountAll()
+        total = pcoll | "Count" >> CountAll(_chunk_size if spilled else _one)
         spread = total | "Spread" >> beam.FlatMap(_spread_total)
         keyed = pcoll | "JoinKey" >> beam.Map(lambda e: (number(e) % JOIN_KEYS, e))
         return ((spread, keyed) | "Gather" >> beam.Flatten()
@@ -200,6 +230,89 @@ class GroupIntoBuckets(beam.PTransform):
                 | "KeyByBucket" >> beam.FlatMap(to_buckets)
                 | "Group" >> beam.GroupByKey()
                 | "Unpack" >> beam.MapTuple(lambda key, items: (key[0], key[1], list(items))))
+
+
+# ---- spill files --------------------------------------------------------------------------------
+
+# A spill chunk: (path of a spill file, [(bucket number, offset, length), ...]), plain tuples so
+# that every runner encodes them with its fast coder.
+SpillChunk = tuple
+
+
+def _chunk_size(chunk: SpillChunk) -> int:
+    return len(chunk[1])
+
+
+def _chunk_number(chunk: SpillChunk) -> int:
+    return chunk[1][0][0]
+
+
+def cut_chunk(chunk: SpillChunk, buckets: int):
+    """(bucket, piece of the chunk holding that bucket's samples) for each bucket it touches."""
+    path, places = chunk
+    by_bucket: dict[int, list] = {}
+    for place in places:
+        by_bucket.setdefault(place[0] % buckets, []).append(place)
+    for bucket, bucket_places in sorted(by_bucket.items()):
+        yield bucket, (path, bucket_places)
+
+
+class SpillFile:
+    """An append-only file of pickled samples under the run's `_spill/` folder, private to the
+    worker that writes it (a name of its own per attempt, so a retried bundle never mixes its
+    bytes with the failed attempt's); `add` returns where the sample went."""
+
+    def __init__(self, output_dir: str):
+        self.path = FileSystems.join(output_dir, SPILL_DIR, f"{uuid.uuid4().hex}.pkl")
+        self._file = FileSystems.create(self.path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._size = 0
+
+    def add(self, sample: Sample, number: int) -> tuple[int, int, int]:
+        data = pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL)
+        self._file.write(data)
+        place = (number, self._size, len(data))
+        self._size += len(data)
+        return place
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_spilled(pieces) -> list[Sample]:
+    """The samples of some spill chunk pieces, each file opened once and read in order."""
+    places_by_path: dict[str, list] = {}
+    for path, places in pieces:
+        places_by_path.setdefault(path, []).extend(places)
+    samples = []
+    for path in sorted(places_by_path):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for _, offset, length in sorted(places_by_path[path], key=lambda p: p[1]):
+                f.seek(offset)
+                samples.append(pickle.loads(f.read(length)))
+    return samples
+
+
+class SpillSamples(beam.DoFn):
+    """Samples -> spill chunks of one sample each, in one spill file per bundle (closed when
+    the bundle finishes, before any reader can see the chunks: a bundle's outputs reach the
+    next grouping only once it is done)."""
+
+    def __init__(self, output_dir: str, number: Callable[[Sample], int]):
+        self.output_dir, self.number = output_dir, number
+        self._spill = None
+
+    def start_bundle(self):
+        self._spill = None
+
+    def process(self, sample: Sample):
+        if self._spill is None:
+            self._spill = SpillFile(self.output_dir)
+        yield self._spill.path, [self._spill.add(sample, self.number(sample))]
+
+    def finish_bundle(self):
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
 # ---- shards ---------------------------------------------------------------------------------
@@ -244,20 +357,44 @@ def _marker_name(task: str, bucket: int, num_buckets: int) -> str:
     return f"{MARKER_DIR}/{task}-{bucket:05d}-of-{num_buckets:05d}.json"
 
 
-class WriteShardBucket(beam.DoFn):
-    """Writes one bucket of samples, sorted by id, as one or more files per format, then its
-    completion marker; or keeps the files of an earlier run when its marker verifies."""
+@dataclass(frozen=True)
+class _Tally:
+    """Counts of a value over the kept samples of one bucket (`write_run`'s `tally`)."""
 
-    def __init__(self, output_dir: str, task: str, formats: list[str]):
+    counts: dict
+
+
+Select = Callable[[list[Sample]], tuple[list[Sample], list[Reject]]]
+
+
+class WriteShardBucket(beam.DoFn):
+    """Reads one bucket's samples back from the spill files, lets `select` drop some (a choice
+    among samples sharing a bucket key), and writes the rest sorted by id as one or more files
+    per format, then its completion marker; or keeps the files of an earlier run when its
+    marker verifies."""
+
+    def __init__(self, output_dir: str, task: str, formats: list[str],
+                 select: Select | None = None, tally: Callable[[Sample], str] | None = None):
         self.output_dir, self.task, self.formats = output_dir, task, formats
+        self.select, self.tally = select, tally
 
     def process(self, element):
-        bucket, num_buckets, samples = element
+        bucket, num_buckets, pieces = element
+        samples = read_spilled(pieces)
+        if self.select is not None:
+            samples, dropped = self.select(samples)
+            yield from dropped
         samples = sorted(samples, key=lambda s: (s.id, s.text))
         samples, members, rejects, content = _writable(samples, self.formats)
         yield from rejects
         if not samples:
             return
+        if self.tally is not None:
+            counts: dict[str, int] = {}
+            for sample in samples:
+                value = self.tally(sample)
+                counts[value] = counts.get(value, 0) + 1
+            yield _Tally(counts)
         marker_name = _marker_name(self.task, bucket, num_buckets)
         done = self._completed(marker_name, content)
         if done is None:
@@ -388,6 +525,17 @@ def _stale_files(output_dir: str, task: str, produced: set[str]) -> list[str]:
     return sorted(stale)
 
 
+def _remove_spill(output_dir: str) -> None:
+    """The spill files, then their folder where the file system has folders (object stores
+    have none left once the files are gone)."""
+    spilled = [FileSystems.join(output_dir, name) for name in _list_names(output_dir, SPILL_DIR)]
+    if spilled:
+        FileSystems.delete(spilled)
+    folder = FileSystems.join(output_dir, SPILL_DIR)
+    if FileSystems.exists(folder):
+        FileSystems.delete([folder])
+
+
 class WriteReport(beam.DoFn):
     """Gets every piece of the report in one group (no side inputs), removes stale files of
     earlier runs, and writes `report.json` last."""
@@ -400,17 +548,25 @@ class WriteReport(beam.DoFn):
         by_kind: dict[str, list] = {}
         for kind, value in pieces:
             by_kind.setdefault(kind, []).append(value)
-        (input_count,) = by_kind["input"]
+        (input_count,) = by_kind.get("input", [0])  # no count: no input
         stats_list = by_kind.get("stats", [{}])
         if len(stats_list) != 1:
             raise AssertionError(f"stats must be one element, got {len(stats_list)}")
+        stats = {**self.header["static_stats"], **stats_list[0]}
+        if self.header.get("tally_name"):
+            kept_counts: dict[str, int] = {}
+            for tally in by_kind.get("tally", []):
+                for value, count in tally.counts.items():
+                    kept_counts[value] = kept_counts.get(value, 0) + count
+            stats[self.header["tally_name"]] = dict(sorted(kept_counts.items()))
         shards = by_kind.get("shard", [])
         primary = self.header["primary"]
         report = build_report(input_count=input_count,
                               outcome_counts=dict(by_kind.get("outcome", [])),
                               shards=[s for s in shards if s.path.endswith(primary)],
-                              stats=stats_list[0],
-                              **{k: v for k, v in self.header.items() if k != "primary"})
+                              stats=stats, **{k: v for k, v in self.header.items()
+                                              if k not in ("primary", "tally_name",
+                                                           "static_stats")})
         report["other_shards"] = [asdict(s) for s in sorted(shards, key=lambda s: s.path)
                                   if not s.path.endswith(primary)]
         produced = {s.path for s in shards} | {f.name for f in by_kind.get("file", [])}
@@ -418,6 +574,7 @@ class WriteReport(beam.DoFn):
         if stale:
             _LOG.info("removing %d file(s) of earlier runs: %s", len(stale), stale[:5])
             FileSystems.delete([FileSystems.join(self.output_dir, name) for name in stale])
+        _remove_spill(self.output_dir)  # every bucket is written by now
         write_atomically(self.output_dir, REPORT_NAME,
                          lambda f: f.write(dumps(report).encode("utf-8")))
         yield report["kept"]
@@ -429,20 +586,33 @@ def _tagged(pcoll, label: str, kind: str):
 
 def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str, pipeline_name: str,
               dataset: str, task: str, reason_order: list[str], formats: list[str],
-              samples_per_shard: int, config: dict[str, Any] | None = None, stats=None):
+              samples_per_shard: int, config: dict[str, Any] | None = None, stats=None,
+              spilled=None, bucket_number: Callable[[Sample], int] | None = None,
+              select: Select | None = None, tally: tuple[str, Callable[[Sample], str]] | None = None):
     """Write shards, the rejects table and the report of one run.
 
-    `input_count` is a one-element PCollection counted where inputs entered the pipeline;
-    `stats` an optional one-element PCollection of a JSON-able dict for the report. Returns the
-    one-element PCollection of the kept count, produced once the report is written.
+    `samples` is a PCollection of samples (or None); `spilled` an optional PCollection of spill
+    chunks a pipeline wrote itself (`SpillFile`, numbered with the same `bucket_number`).
+    `input_count` is a PCollection of the count taken where inputs entered (`CountAll`);
+    `stats` a JSON-able dict for the report, or a one-element PCollection of one.
+    `bucket_number(sample)` decides the bucket (default: from the id, `corpus.ids.bucket_of`);
+    `select(samples of a bucket) -> (kept, rejects)` runs before a bucket is written, for choices
+    among samples that share the bucket key; `tally = (name, value_of)` counts `value_of` over
+    the kept samples into `stats[name]`. Returns the one-element PCollection of the kept count,
+    produced once the report is written.
     """
-    # GroupIntoBuckets takes id_number(id) % n: corpus.ids.bucket_of(id, n).
-    shard_files = (samples
-                   | "BucketSamples" >> GroupIntoBuckets(samples_per_shard,
-                                                         lambda s: id_number(s.id))
-                   | "WriteShards" >> beam.ParDo(WriteShardBucket(output_dir, task, formats)))
+    number = bucket_number or _id_number_of
+    chunks = [spilled] if spilled is not None else []
+    if samples is not None:
+        chunks.append(samples | "SpillSamples" >> beam.ParDo(SpillSamples(output_dir, number)))
+    chunks = chunks[0] if len(chunks) == 1 else tuple(chunks) | "GatherChunks" >> beam.Flatten()
+    shard_files = (chunks
+                   | "BucketSamples" >> GroupIntoBuckets(samples_per_shard, spilled=True)
+                   | "WriteShards" >> beam.ParDo(WriteShardBucket(
+                       output_dir, task, formats, select, tally[1] if tally else None)))
     shard_infos = shard_files | "ShardInfos" >> beam.Filter(lambda x: isinstance(x, ShardInfo))
     markers = shard_files | "Markers" >> beam.Filter(lambda x: isinstance(x, _OutputFile))
+    tallies = shard_files | "Tallies" >> beam.Filter(lambda x: isinstance(x, _Tally))
     unwritable = shard_files | "Unwritable" >> beam.Filter(lambda x: isinstance(x, Reject))
 
     all_rejects = (*rejects, unwritable) | "FlattenRejects" >> beam.Flatten()
@@ -455,14 +625,21 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
 
     header = {"pipeline": pipeline_name, "dataset": dataset, "task": task,
               "reason_order": reason_order, "config": config or {},
-              "primary": "." + SHARD_FORMATS[formats[0]]}
+              "primary": "." + SHARD_FORMATS[formats[0]],
+              "tally_name": tally[0] if tally else None,
+              "static_stats": stats if isinstance(stats, dict) else {}}
     pieces = [_tagged(input_count, "TagInput", "input"),
               _tagged(outcome_counts, "TagOutcomes", "outcome"),
               _tagged(shard_infos, "TagShards", "shard"),
               _tagged(markers, "TagMarkers", "file"),
+              _tagged(tallies, "TagTallies", "tally"),
               _tagged(reject_files, "TagRejectFiles", "file")]
-    if stats is not None:
+    if stats is not None and not isinstance(stats, dict):
         pieces.append(_tagged(stats, "TagStats", "stats"))
     return (tuple(pieces) | "GatherReport" >> beam.Flatten()
             | "GroupReport" >> beam.GroupByKey()
             | "WriteReport" >> beam.ParDo(WriteReport(output_dir, header)))
+
+
+def _id_number_of(sample: Sample) -> int:
+    return id_number(sample.id)

@@ -87,6 +87,7 @@ def test_img2dataset_parquet_and_jsonl_folder_without_clip(tmp_path, beam_argv, 
     assert report["errored"] == {"missing_image": 1}
     assert "histogram" not in report["stats"]
     assert report["stats"]["clip"].startswith("off")
+    assert sum(report["stats"]["kept_languages"].values()) == expected_kept
     kept = kept_by_key(tmp_path / "out")
     assert kept["coco/captions.jsonl#1"].text == "a man riding a red bike down a city street"
     assert all(s.clip_score is None for s in kept.values())
@@ -214,3 +215,30 @@ def test_clip_decode_takes_a_batch_and_rejects_only_the_bad_images():
     assert (reject.id, reject.reason, reject.status) == (bad.id, "corrupt_image", "errored")
     only_bad = pairs.ClipPreprocess(32)([bad])
     assert [r.reason for r in only_bad] == ["corrupt_image"]  # no empty batch goes on
+
+
+def test_same_image_in_two_tars_keeps_the_longest_caption_once(tmp_path, beam_argv):
+    """Captions of one image meet in one shard bucket wherever they were read; the read step
+    hands its samples to the sink as one spill chunk per tar."""
+    from corpus.samples.pairs import make_photo, write_img2dataset_tar
+
+    photo, other = make_photo(240, 240, 1), make_photo(240, 240, 2)
+    os.makedirs(tmp_path / "in")
+    write_img2dataset_tar(str(tmp_path / "in" / "00000.tar"), [
+        Pair("000000000", photo, "a red kite", "shorter_caption_same_image"),
+        Pair("000000001", other, "a green field in spring", "kept")])
+    write_img2dataset_tar(str(tmp_path / "in" / "00001.tar"), [
+        Pair("000000002", photo, "a red kite over a green field", "kept")])
+    report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web", None, beam_argv)
+    assert (report["input"], report["kept"]) == (3, 2)
+    assert report["dropped"] == {"shorter_caption_same_image": 1}
+    assert sorted(s.text for s in kept_by_key(tmp_path / "out").values()) == \
+        ["a green field in spring", "a red kite over a green field"]
+    assert not (tmp_path / "out" / "_spill").exists()
+
+    reader = pairs.ReadPairs(pairs.PairReader("web", pairs.PairsConfig()), None,
+                             spill_to=str(tmp_path / "spill"))
+    (chunk,) = list(reader.process(pairs.InputFile(str(tmp_path / "in" / "00000.tar"),
+                                                   "00000.tar")))
+    path, places = chunk
+    assert len(places) == 2 and os.path.dirname(path) == str(tmp_path / "spill" / "_spill")

@@ -21,7 +21,8 @@ from corpus.report import REPORT_NAME
 from corpus.shards import read_shard
 from filters.base import Reject
 from pipelines.common import RulesStep, apply_step, count_elements, run_pipeline
-from pipelines.sinks import MARKER_DIR, CountAll, GroupIntoBuckets, write_run
+from pipelines.sinks import MARKER_DIR, SPILL_DIR, CountAll, GroupIntoBuckets, SpillFile, \
+    cut_chunk, read_spilled, write_run
 
 DATASET = "plumbing"
 REASON_ORDER = ["caption_too_short"]
@@ -145,6 +146,7 @@ def test_plumbing_accounts_for_every_input(tmp_path, beam_argv):
     assert sorted(os.listdir(tmp_path / MARKER_DIR)) == sorted(
         s["path"].split("/")[1].replace(".tar", ".json") for s in report["shards"])
     assert not [n for n in os.listdir(tmp_path / "shards") if ".tmp-" in n]
+    assert not (tmp_path / SPILL_DIR).exists()  # the spill files go once every bucket is written
 
 
 def test_empty_input_writes_a_report_and_no_shards(tmp_path, beam_argv):
@@ -153,14 +155,15 @@ def test_empty_input_writes_a_report_and_no_shards(tmp_path, beam_argv):
     assert not (tmp_path / "shards").exists()
 
 
-def test_count_all_is_zero_for_nothing_and_sums_several(beam_argv):
+def test_count_all_is_nothing_for_nothing_and_sums_several(beam_argv):
     from apache_beam.testing.util import assert_that, equal_to
 
     with beam.Pipeline(argv=beam_argv) as pipeline:
         empty = pipeline | "Empty" >> beam.Create([])
         three = pipeline | "Three" >> beam.Create([1, 2, 3])
-        assert_that(empty | "CountEmpty" >> CountAll(), equal_to([0]), label="Zero")
+        assert_that(empty | "CountEmpty" >> CountAll(), equal_to([]), label="Nothing")
         assert_that((empty, three, three) | "CountMany" >> CountAll(), equal_to([6]), label="Six")
+        assert_that(three | "Sizes" >> CountAll(lambda e: e), equal_to([6]), label="Sizes")
 
 
 def test_group_into_buckets_follows_bucket_of(beam_argv):
@@ -348,3 +351,48 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_spill_chunks_cut_by_bucket_read_back_every_sample(tmp_path):
+    samples = [make_sample(key=f"k{i}", text=f"caption {i}") for i in range(9)]
+    spill = SpillFile(str(tmp_path))
+    chunk = (spill.path, [spill.add(s, id_number(s.id)) for s in samples])
+    spill.close()
+    pieces = dict(cut_chunk(chunk, 4))
+    assert set(pieces) == {bucket_of(s.id, 4) for s in samples}
+    for bucket, piece in pieces.items():
+        assert [s.id for s in read_spilled([piece])] == \
+            [s.id for s in samples if bucket_of(s.id, 4) == bucket]
+    assert read_spilled([chunk]) == samples
+
+
+def test_select_and_tally_run_per_bucket(tmp_path, beam_argv):
+    """`select` sees every sample of a bucket (here keyed by caption, so equal captions meet)
+    and its rejects are counted; `tally` counts over the kept samples only."""
+    texts = ["a cat", "a dog", "a cat", "a bird", "a dog", "a cat"]
+    samples = [make_sample(key=f"k{i}", text=t, dataset=DATASET) for i, t in enumerate(texts)]
+
+    def first_per_text(bucket):
+        kept, rejects, seen = [], [], set()
+        for sample in sorted(bucket, key=lambda s: s.id):
+            if sample.text in seen:
+                rejects.append(Reject.of(sample, "same_text"))
+            else:
+                seen.add(sample.text)
+                kept.append(sample)
+        return kept, rejects
+
+    def text_number(sample):
+        return int(hashlib.sha256(sample.text.encode()).hexdigest()[:8], 16)
+
+    def build(pipeline):
+        created = pipeline | beam.Create(samples)
+        write_run(pipeline, created, [], count_elements("Count", created),
+                  output_dir=str(tmp_path), pipeline_name="unit", dataset=DATASET, task="unit",
+                  reason_order=["same_text"], formats=["webdataset"], samples_per_shard=2,
+                  stats={"fixed": 1}, bucket_number=text_number, select=first_per_text,
+                  tally=("kept_texts", lambda s: s.text))
+
+    report = run_pipeline(build, beam_argv, str(tmp_path))
+    assert (report["input"], report["kept"], report["dropped"]) == (6, 3, {"same_text": 3})
+    assert report["stats"] == {"fixed": 1, "kept_texts": {"a bird": 1, "a cat": 1, "a dog": 1}}
