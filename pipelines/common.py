@@ -29,7 +29,8 @@ from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_
 from corpus.schema import Sample
 from filters.base import Reject, Rule, apply_rules
 from corpus.ids import id_number
-from pipelines.sinks import CountAll, GroupIntoBuckets, read_spilled, write_atomically
+from pipelines.sinks import ById, BySpill, CountAll, GroupIntoBuckets, read_spilled, \
+    write_atomically
 
 METRICS_NAMESPACE = "corpus"
 
@@ -184,9 +185,8 @@ class Batches(beam.PTransform):
             for start in range(0, len(elements), size):
                 yield elements[start:start + size]
 
-        bucket = GroupIntoBuckets(size, spilled=True) if spilled else \
-            GroupIntoBuckets(size, lambda e: id_number(id_of(e)))
-        return pcoll | "Bucket" >> bucket | "Cut" >> beam.FlatMap(cut)
+        bucketing = BySpill(size) if spilled else ById(size, lambda e: id_number(id_of(e)))
+        return pcoll | "Bucket" >> GroupIntoBuckets(bucketing) | "Cut" >> beam.FlatMap(cut)
 
 
 class _LeafCollector(beam.pipeline.PipelineVisitor):

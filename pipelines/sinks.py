@@ -11,7 +11,9 @@ spill files are deleted when the report is written.
 Why not Beam's `WriteToText`/`fileio`: they do temp-then-finalize, but spread records over
 shards in an order that depends on the runner and its bundling, so re-runs differ byte for byte.
 Here the shard of a sample is a function of its id (`corpus.ids.bucket_of`), the number of
-shards a function of the kept count, and samples are sorted by id inside a shard; each file is
+shards a function of the kept count, and samples are sorted by id inside a shard; the rejects
+travel with the samples, keyed by their ids into the same buckets, and each bucket writes its
+part of the rejects table beside its shard (one grouping for both); each file is
 written under a temporary name of its own and renamed into place, so a reader never sees half a
 shard and two attempts at the same bucket (a retry, a speculative copy) cannot mix their bytes.
 
@@ -147,6 +149,7 @@ def _verified(output_dir: str, written: WrittenFile) -> bool:
 
 @dataclass(frozen=True)
 class _Total:
+    kind: str
     count: int
 
 
@@ -175,57 +178,111 @@ class CountAll(beam.PTransform):
         return sizes | "Sum" >> beam.CombinePerKey(sum) | "Value" >> beam.Values()
 
 
-def _spread_total(count: int):
-    return [(j, _Total(count)) for j in range(JOIN_KEYS)]
+def _buckets_for(count: int, per_bucket: int) -> int:
+    return math.ceil(count / per_bucket)
 
 
-def _num_buckets(count: int, per_bucket: int) -> int:
-    return max(1, math.ceil(count / per_bucket))
+class ById:
+    """Bucketing of plain elements: `ceil(count / per_bucket)` buckets (at least one),
+    `bucket = number(element) % num_buckets`."""
+
+    def __init__(self, per_bucket: int, number: Callable[[Any], int]):
+        self.per_bucket, self.number = per_bucket, number
+
+    def kind_size(self, element) -> tuple[str, int]:
+        return "elements", 1
+
+    def num_buckets(self, totals: dict[str, int]) -> int:
+        return max(1, _buckets_for(totals.get("elements", 0), self.per_bucket))
+
+    def join_number(self, element) -> int:
+        return self.number(element)
+
+    def cut(self, element, buckets: int):
+        yield self.number(element) % buckets, element
+
+
+class BySpill(ById):
+    """Bucketing of spill chunks (`SpillChunk`: a file and the places of several samples in
+    it): each counts as its samples and is cut by bucket, so a bucket's elements are the pieces
+    of chunks holding its samples."""
+
+    def __init__(self, per_bucket: int):
+        super().__init__(per_bucket, _chunk_number)
+
+    def kind_size(self, chunk) -> tuple[str, int]:
+        return "elements", len(chunk[1])
+
+    def cut(self, chunk, buckets: int):
+        yield from cut_chunk(chunk, buckets)
+
+
+class ByRun(BySpill):
+    """Bucketing of a run: spill chunks of its samples and its rejects together, so that each
+    bucket writes its shard and its part of the rejects table in one step. The bucket count
+    follows the samples, and the rejects where they would make a part larger than
+    `rejects_per_bucket`."""
+
+    def __init__(self, per_bucket: int, rejects_per_bucket: int):
+        super().__init__(per_bucket)
+        self.rejects_per_bucket = rejects_per_bucket
+
+    def kind_size(self, element) -> tuple[str, int]:
+        if isinstance(element, Reject):
+            return "rejects", 1
+        return super().kind_size(element)
+
+    def num_buckets(self, totals: dict[str, int]) -> int:
+        return max(1, super().num_buckets(totals),
+                   _buckets_for(totals.get("rejects", 0), self.rejects_per_bucket))
+
+    def join_number(self, element) -> int:
+        return id_number(element.id) if isinstance(element, Reject) else _chunk_number(element)
+
+    def cut(self, element, buckets: int):
+        if isinstance(element, Reject):
+            yield id_number(element.id) % buckets, element
+        else:
+            yield from cut_chunk(element, buckets)
 
 
 class GroupIntoBuckets(beam.PTransform):
-    """(bucket, num_buckets, elements): `num_buckets = ceil(count / per_bucket)` and
-    `bucket = number(element) % num_buckets`.
+    """(bucket, num_buckets, elements), the buckets as `bucketing` (`ById`, `BySpill`, `ByRun`)
+    derives them from the totals of the input.
 
-    The total reaches the elements by a join, not a side input: it is copied to JOIN_KEYS keys,
-    grouped with the elements keyed the same way, and each group then keys its elements by
-    bucket for the final grouping. This costs one more shuffle than a side input would, and
-    works the same on every runner.
+    The totals reach the elements by a join, not a side input: they are copied to JOIN_KEYS
+    keys, grouped with the elements keyed the same way, and each group then keys its elements
+    by bucket for the final grouping. This costs one more shuffle than a side input would, and
+    works the same on every runner."""
 
-    With `spilled=True` the elements are spill chunks (`SpillChunk`: a file and the places of
-    several samples in it); each counts as its samples, is cut by bucket, and a bucket's
-    elements are the pieces of chunks holding its samples."""
-
-    def __init__(self, per_bucket: int, number: Callable[[Any], int] = None,
-                 spilled: bool = False):
+    def __init__(self, bucketing):
         super().__init__()
-        self.per_bucket, self.number, self.spilled = per_bucket, number, spilled
+        self.bucketing = bucketing
 
     def expand(self, pcoll):
-        per_bucket, spilled = self.per_bucket, self.spilled
-        number = _chunk_number if spilled else self.number
+        bucketing = self.bucketing
+
+        def spread(kind_total):
+            return [(j, _Total(*kind_total)) for j in range(JOIN_KEYS)]
 
         def to_buckets(joined):
             # Two passes over the group rather than a list: runners that page large groups from
             # their shuffle (Dataflow, Flink, Spark) then never hold one in memory.
             _, values = joined
-            totals = [v.count for v in values if isinstance(v, _Total)]
-            if len(totals) != 1:
-                raise AssertionError(f"expected one total per join key, got {totals}")
-            buckets = _num_buckets(totals[0], per_bucket)
+            totals = [v for v in values if isinstance(v, _Total)]
+            by_kind = {t.kind: t.count for t in totals}
+            if len(by_kind) != len(totals):
+                raise AssertionError(f"expected one total per kind and join key, got {totals}")
+            buckets = bucketing.num_buckets(by_kind)
             for value in values:
-                if isinstance(value, _Total):
-                    continue
-                if spilled:
-                    for bucket, piece in cut_chunk(value, buckets):
+                if not isinstance(value, _Total):
+                    for bucket, piece in bucketing.cut(value, buckets):
                         yield (bucket, buckets), piece
-                else:
-                    yield (number(value) % buckets, buckets), value
 
-        total = pcoll | "Count" >> CountAll(_chunk_size if spilled else _one)
-        spread = total | "Spread" >> beam.FlatMap(_spread_total)
-        keyed = pcoll | "JoinKey" >> beam.Map(lambda e: (number(e) % JOIN_KEYS, e))
-        return ((spread, keyed) | "Gather" >> beam.Flatten()
+        totals = (pcoll | "Sizes" >> beam.Map(bucketing.kind_size)
+                  | "Count" >> beam.CombinePerKey(sum) | "Spread" >> beam.FlatMap(spread))
+        keyed = pcoll | "JoinKey" >> beam.Map(lambda e: (bucketing.join_number(e) % JOIN_KEYS, e))
+        return ((totals, keyed) | "Gather" >> beam.Flatten()
                 | "Join" >> beam.GroupByKey()
                 | "KeyByBucket" >> beam.FlatMap(to_buckets)
                 | "Group" >> beam.GroupByKey()
@@ -237,10 +294,6 @@ class GroupIntoBuckets(beam.PTransform):
 # A spill chunk: (path of a spill file, [(bucket number, offset, length), ...]), plain tuples so
 # that every runner encodes them with its fast coder.
 SpillChunk = tuple
-
-
-def _chunk_size(chunk: SpillChunk) -> int:
-    return len(chunk[1])
 
 
 def _chunk_number(chunk: SpillChunk) -> int:
@@ -368,10 +421,11 @@ Select = Callable[[list[Sample]], tuple[list[Sample], list[Reject]]]
 
 
 class WriteShardBucket(beam.DoFn):
-    """Reads one bucket's samples back from the spill files, lets `select` drop some (a choice
-    among samples sharing a bucket key), and writes the rest sorted by id as one or more files
-    per format, then its completion marker; or keeps the files of an earlier run when its
-    marker verifies."""
+    """Writes one bucket of a run: reads its samples back from the spill files, lets `select`
+    drop some (a choice among samples sharing a bucket key), writes the rest sorted by id as
+    one or more files per format and then its completion marker (or keeps the files of an
+    earlier run when its marker verifies), and writes the bucket's part of the rejects table.
+    Emits shard infos, the files it produced, tallies and the rejects it made itself."""
 
     def __init__(self, output_dir: str, task: str, formats: list[str],
                  select: Select | None = None, tally: Callable[[Sample], str] | None = None):
@@ -380,15 +434,22 @@ class WriteShardBucket(beam.DoFn):
 
     def process(self, element):
         bucket, num_buckets, pieces = element
-        samples = read_spilled(pieces)
+        rejects = [piece for piece in pieces if isinstance(piece, Reject)]
+        samples = read_spilled([piece for piece in pieces if not isinstance(piece, Reject)])
+        made = []
         if self.select is not None:
-            samples, dropped = self.select(samples)
-            yield from dropped
+            samples, made = self.select(samples)
         samples = sorted(samples, key=lambda s: (s.id, s.text))
-        samples, members, rejects, content = _writable(samples, self.formats)
-        yield from rejects
-        if not samples:
-            return
+        samples, members, unwritable, content = _writable(samples, self.formats)
+        made += unwritable
+        yield from made
+        if rejects or made:
+            yield _OutputFile(_write_rejects(self.output_dir, bucket, num_buckets,
+                                             rejects + made))
+        if samples:
+            yield from self._write_samples(bucket, num_buckets, samples, members, content)
+
+    def _write_samples(self, bucket, num_buckets, samples, members, content):
         if self.tally is not None:
             counts: dict[str, int] = {}
             for sample in samples:
@@ -486,19 +547,14 @@ def _reject_row_key(row: dict) -> tuple:
     return tuple(row[name] for name in REJECT_SCHEMA.names)
 
 
-class WriteRejectBucket(beam.DoFn):
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
-
-    def process(self, element):
-        bucket, num_buckets, rejects = element
-        # The full row is the sort key, so rejects sharing an id and reason still come out in
-        # one order whatever order the runner delivered them in.
-        rows = sorted((_reject_row(r) for r in rejects), key=_reject_row_key)
-        name = f"rejects/rejects-{bucket:05d}-of-{num_buckets:05d}.parquet"
-        write_atomically(self.output_dir, name, lambda f: pq.write_table(
-            pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), f, compression="zstd"))
-        yield _OutputFile(name)
+def _write_rejects(output_dir: str, bucket: int, num_buckets: int, rejects: list[Reject]) -> str:
+    # The full row is the sort key, so rejects sharing an id and reason still come out in
+    # one order whatever order the runner delivered them in.
+    rows = sorted((_reject_row(r) for r in rejects), key=_reject_row_key)
+    name = f"rejects/rejects-{bucket:05d}-of-{num_buckets:05d}.parquet"
+    write_atomically(output_dir, name, lambda f: pq.write_table(
+        pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), f, compression="zstd"))
+    return name
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -602,38 +658,36 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
     produced once the report is written.
     """
     number = bucket_number or _id_number_of
-    chunks = [spilled] if spilled is not None else []
+    items = [spilled] if spilled is not None else []
     if samples is not None:
-        chunks.append(samples | "SpillSamples" >> beam.ParDo(SpillSamples(output_dir, number)))
-    chunks = chunks[0] if len(chunks) == 1 else tuple(chunks) | "GatherChunks" >> beam.Flatten()
-    shard_files = (chunks
-                   | "BucketSamples" >> GroupIntoBuckets(samples_per_shard, spilled=True)
-                   | "WriteShards" >> beam.ParDo(WriteShardBucket(
-                       output_dir, task, formats, select, tally[1] if tally else None)))
-    shard_infos = shard_files | "ShardInfos" >> beam.Filter(lambda x: isinstance(x, ShardInfo))
-    markers = shard_files | "Markers" >> beam.Filter(lambda x: isinstance(x, _OutputFile))
-    tallies = shard_files | "Tallies" >> beam.Filter(lambda x: isinstance(x, _Tally))
-    unwritable = shard_files | "Unwritable" >> beam.Filter(lambda x: isinstance(x, Reject))
-
-    all_rejects = (*rejects, unwritable) | "FlattenRejects" >> beam.Flatten()
-    outcome_counts = (all_rejects | "OutcomeKey" >> beam.Map(lambda r: ((r.status, r.reason), 1))
+        items.append(samples | "SpillSamples" >> beam.ParDo(SpillSamples(output_dir, number)))
+    pipeline_rejects = (tuple(rejects) | "FlattenRejects" >> beam.Flatten() if rejects
+                        else pipeline | "NoRejects" >> beam.Create([]))
+    items.append(pipeline_rejects)
+    written = (tuple(items) | "GatherRunItems" >> beam.Flatten()
+               | "RunBuckets" >> GroupIntoBuckets(ByRun(samples_per_shard, REJECTS_PER_FILE))
+               | "WriteRunBuckets" >> beam.ParDo(WriteShardBucket(
+                   output_dir, task, formats, select, tally[1] if tally else None)))
+    shard_infos = written | "ShardInfos" >> beam.Filter(lambda x: isinstance(x, ShardInfo))
+    files = written | "RunFiles" >> beam.Filter(lambda x: isinstance(x, _OutputFile))
+    tallies = written | "Tallies" >> beam.Filter(lambda x: isinstance(x, _Tally))
+    made_rejects = written | "MadeRejects" >> beam.Filter(lambda x: isinstance(x, Reject))
+    outcome_counts = ((pipeline_rejects, made_rejects) | "AllRejects" >> beam.Flatten()
+                      | "OutcomeKey" >> beam.Map(lambda r: ((r.status, r.reason), 1))
                       | "CountOutcomes" >> beam.CombinePerKey(sum))
-    reject_files = (all_rejects
-                    | "BucketRejects" >> GroupIntoBuckets(REJECTS_PER_FILE,
-                                                          lambda r: id_number(r.id))
-                    | "WriteRejects" >> beam.ParDo(WriteRejectBucket(output_dir)))
 
     header = {"pipeline": pipeline_name, "dataset": dataset, "task": task,
               "reason_order": reason_order, "config": config or {},
               "primary": "." + SHARD_FORMATS[formats[0]],
               "tally_name": tally[0] if tally else None,
               "static_stats": stats if isinstance(stats, dict) else {}}
-    pieces = [_tagged(input_count, "TagInput", "input"),
+    # One piece that is always there: the report is written for an empty input too.
+    pieces = [pipeline | "ReportBase" >> beam.Create([(0, ("base", None))]),
+              _tagged(input_count, "TagInput", "input"),
               _tagged(outcome_counts, "TagOutcomes", "outcome"),
               _tagged(shard_infos, "TagShards", "shard"),
-              _tagged(markers, "TagMarkers", "file"),
-              _tagged(tallies, "TagTallies", "tally"),
-              _tagged(reject_files, "TagRejectFiles", "file")]
+              _tagged(files, "TagFiles", "file"),
+              _tagged(tallies, "TagTallies", "tally")]
     if stats is not None and not isinstance(stats, dict):
         pieces.append(_tagged(stats, "TagStats", "stats"))
     return (tuple(pieces) | "GatherReport" >> beam.Flatten()

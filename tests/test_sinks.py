@@ -21,7 +21,7 @@ from corpus.report import REPORT_NAME
 from corpus.shards import read_shard
 from filters.base import Reject
 from pipelines.common import RulesStep, apply_step, count_elements, run_pipeline
-from pipelines.sinks import MARKER_DIR, SPILL_DIR, CountAll, GroupIntoBuckets, SpillFile, \
+from pipelines.sinks import MARKER_DIR, SPILL_DIR, ById, CountAll, GroupIntoBuckets, SpillFile, \
     cut_chunk, read_spilled, write_run
 
 DATASET = "plumbing"
@@ -177,7 +177,7 @@ def test_group_into_buckets_follows_bucket_of(beam_argv):
         assert all(bucket_of(i, 5) == g[0] for g in groups for i in g[2])
 
     with beam.Pipeline(argv=beam_argv) as pipeline:
-        groups = (pipeline | beam.Create(ids) | GroupIntoBuckets(5, id_number))
+        groups = (pipeline | beam.Create(ids) | GroupIntoBuckets(ById(5, id_number)))
         assert_that(groups, check)
 
 
