@@ -5,7 +5,7 @@
 The same generated PDFs (text, photo, chart and Chinese pages in turn) go through:
   bare      open + per page: render, extract words, encode JPEG (Pillow); nothing else
   steps     the pipeline's own step functions in a plain loop (vet the PDF and plan ranges,
-            render in the render processes, build samples, apply the A.4 rules)
+            render in the render process, build samples, apply the A.4 rules)
   beam xN   the whole Beam pipeline, multi-processing DirectRunner with N workers, shards and
             report included; its fixed start-up cost is measured on a one-page run and
             subtracted ("marginal"), and also shown included ("end to end")
@@ -14,6 +14,7 @@ Ratios are pages/s of one path over the other, on the same machine in the same r
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import sys
@@ -29,13 +30,14 @@ from PIL import Image as PILImage  # noqa: E402
 from corpus.samples.pdf import CHINESE, CJK_FONT, ENGLISH, LATIN_FONT  # noqa: E402
 from filters.base import apply_rules  # noqa: E402
 from filters.pages import pdf_page_rules  # noqa: E402
-from pipelines.pdf import (DocumentRef, PdfConfig, PlanPageRanges, RenderPages,  # noqa: E402
-                           run)
+from pipelines.pdf import (RENDER_PROCESSES, DocumentRef, PdfConfig, PlanPageRanges,  # noqa: E402
+                           RenderPages, run)
 
 
-def make_pdf(pages: int) -> bytes:
+def make_pdf(pages: int, name: str = "") -> bytes:
     """Pages cycling through the kinds a crawl holds: two-column text, a photo with a caption,
-    a vector chart with labels, Chinese text."""
+    a vector chart with labels, Chinese text. `name` goes into every page's first text, so that
+    documents differ (equal bytes would let a render process reuse the open document)."""
     photo = _photo()
     doc = pymupdf.open()
     for number in range(pages):
@@ -43,13 +45,13 @@ def make_pdf(pages: int) -> bytes:
         page.insert_font(fontname="dv", fontfile=LATIN_FONT)
         kind = number % 4
         if kind == 0:
-            text = f"Page {number + 1}. " + " ".join([ENGLISH] * 6)
+            text = f"{name} page {number + 1}. " + " ".join([ENGLISH] * 6)
             for left in (54, 318):
                 page.insert_textbox(pymupdf.Rect(left, 72, left + 240, 720), text, fontsize=10,
                                     fontname="dv")
         elif kind == 1:
             page.insert_image(pymupdf.Rect(72, 72, 540, 423), stream=photo)
-            page.insert_textbox(pymupdf.Rect(72, 440, 540, 720), " ".join([ENGLISH] * 3),
+            page.insert_textbox(pymupdf.Rect(72, 440, 540, 720), " ".join([name] + [ENGLISH] * 3),
                                 fontsize=11, fontname="dv")
         elif kind == 2:
             shape = page.new_shape()
@@ -61,15 +63,16 @@ def make_pdf(pages: int) -> bytes:
             for tick in range(0, 60, 6):
                 page.insert_text((72 + tick * 7.5, 515), f"Q{tick // 6 + 1}", fontsize=8,
                                  fontname="dv")
-            page.insert_textbox(pymupdf.Rect(72, 540, 540, 720), ENGLISH, fontsize=11,
-                                fontname="dv")
+            page.insert_textbox(pymupdf.Rect(72, 540, 540, 720), f"{name} {ENGLISH}",
+                                fontsize=11, fontname="dv")
         else:
             page.insert_font(fontname="cjk", fontfile=CJK_FONT)
-            page.insert_textbox(pymupdf.Rect(72, 72, 540, 720), "".join(CHINESE * 12),
+            page.insert_textbox(pymupdf.Rect(72, 72, 540, 720), name + "".join(CHINESE * 12),
                                 fontsize=14, fontname="cjk")
     return doc.tobytes()
 
 
+@functools.lru_cache(maxsize=1)
 def _photo() -> bytes:
     """A 1200x900 photo-like JPEG: smooth colour gradients plus grain."""
     rng = np.random.default_rng(0)
@@ -124,13 +127,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def render_process_cpu() -> float:
+    """CPU seconds of the render processes (which also vet) so far."""
+    return sum(process_cpu_seconds(worker.process.pid) for worker in RENDER_PROCESSES.started
+               if worker.process is not None)
+
+
 def cpu_now(steps: tuple | None) -> float:
-    """CPU seconds of this process and of the steps' vetting and render processes."""
-    cpu = time.process_time()
-    for step in steps or ():
-        if step.worker is not None and step.worker.process is not None:
-            cpu += process_cpu_seconds(step.worker.process.pid)
-    return cpu
+    """CPU seconds of this process, and of the render processes when the steps run."""
+    return time.process_time() + (render_process_cpu() if steps is not None else 0.0)
 
 
 def timed(fn, *args, steps: tuple | None = None) -> tuple[float, float, int]:
@@ -153,17 +158,18 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=8)
     parser.add_argument("--pages", type=int, default=8, help="pages per document")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the bare loop and the steps (seconds instead of a minute)")
     args = parser.parse_args()
     config = PdfConfig(pages_per_range=4)
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_pdf(args.pages)
         docs = os.path.join(tmp, "docs")
         os.makedirs(docs)
         paths = []
         for index in range(args.docs):
             paths.append(os.path.join(docs, f"doc{index:03d}.pdf"))
             with open(paths[-1], "wb") as f:
-                f.write(data)
+                f.write(make_pdf(args.pages, f"Document {index + 1}"))
         single = os.path.join(tmp, "single.pdf")
         with open(single, "wb") as f:
             f.write(make_pdf(1))
@@ -172,21 +178,27 @@ def main() -> int:
         # The machine is shared: alternate the two in-process paths and keep each one's best
         # of three, and count CPU seconds (pages/s/core), which other load disturbs far less.
         steps = (PlanPageRanges(config, "bench"), RenderPages(config, "bench"))
-        for step in steps:  # once per worker in a pipeline, so not part of the per-page cost
-            step.worker.start()
+        # started once per worker in a pipeline, so not part of the per-page cost
+        with RENDER_PROCESSES.borrow(config.memory_limit_mb) as worker:
+            worker.start()
+        split = {}
         for _ in range(3):
             for name, fn in (("bare", bare_loop), ("steps", step_loop)):
+                children = render_process_cpu()
                 result = timed(fn, paths, config, steps=steps if name == "steps" else None)
+                if name == "steps" and result < rows.get(name, (float("inf"),)):
+                    split = {"render processes": render_process_cpu() - children}
+                    split["this process"] = result[1] - split["render processes"]
                 rows[name] = min(rows.get(name, result), result)
-        for step in steps:
-            step.worker.stop()
-        rows["bare mupdf-jpeg"] = timed(bare_loop, paths, config, True)
+        RENDER_PROCESSES.stop()
         startup = {}
-        for workers in sorted({1, args.workers}):
+        for workers in [] if args.steps_only else sorted({1, args.workers}):
             startup[workers] = beam_run([single], os.path.join(tmp, f"s{workers}"), workers,
                                         config)[0]
             rows[f"beam x{workers}"] = beam_run([docs], os.path.join(tmp, f"b{workers}"),
                                                 workers, config)
+        if not args.steps_only:
+            rows["bare mupdf-jpeg"] = timed(bare_loop, paths, config, True)
 
     print(f"{args.docs} PDFs x {args.pages} pages, {config.render.dpi:g} dpi "
           f"{config.render.image_format} q{config.render.quality}, cpu_count={os.cpu_count()}")
@@ -205,9 +217,15 @@ def main() -> int:
             line += (f"  (one-page run {startup[workers]:.2f} s; marginal "
                      f"{rate[name + ' marginal']:.1f} pages/s)")
         print(line)
+    steps_pages = rows["steps"][2]
+    print("  steps CPU per page: " + ", ".join(
+        f"{name} {seconds / steps_pages * 1000:.2f} ms" for name, seconds in split.items())
+        + f" (bare loop {rows['bare'][1] / rows['bare'][2] * 1000:.2f} ms)")
     print(f"steps / bare, pages/s/core        {per_core['steps'] / per_core['bare']:.2f}x  "
           f"(goal >= 0.8)")
     print(f"steps / bare, wall                {rate['steps'] / rate['bare']:.2f}x")
+    if args.steps_only:
+        return 0
     encoders = per_core["bare"] / per_core["bare mupdf-jpeg"]
     print(f"Pillow / MuPDF JPEG encoder       {encoders:.2f}x")
     print(f"beam x1 marginal / bare, wall     {rate['beam x1 marginal'] / rate['bare']:.2f}x")

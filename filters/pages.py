@@ -6,6 +6,7 @@ Each rule reads the sample's rendered image size and its full text (`sample.text
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from corpus.schema import Sample
@@ -34,6 +35,11 @@ def is_private_use(char: str) -> bool:
     return 0xE000 <= code <= 0xF8FF or 0xF0000 <= code <= 0xFFFFD or 0x100000 <= code <= 0x10FFFD
 
 
+# the same ranges as the two functions above, searched in C: a page holds thousands of characters
+LATIN_EXTENDED = re.compile("[\u0100-\u024f]")
+PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
+
+
 class ImageTooSmall:
     name = "image_too_small"
 
@@ -54,7 +60,7 @@ class CharacterCount:
         self.min_chars, self.max_chars = min_chars, max_chars
 
     def __call__(self, sample: Sample):
-        count = sum(1 for c in sample.text if not c.isspace())
+        count = len("".join(sample.text.split()))  # split() drops exactly what isspace() marks
         if count < self.min_chars:
             return "too_few_characters"
         if count > self.max_chars:
@@ -63,11 +69,11 @@ class CharacterCount:
 
 
 def latin_extended(sample: Sample):
-    return "latin_extended" if any(map(is_latin_extended, sample.text)) else None
+    return "latin_extended" if LATIN_EXTENDED.search(sample.text) else None
 
 
 def private_use_area(sample: Sample):
-    return "private_use_area" if any(map(is_private_use, sample.text)) else None
+    return "private_use_area" if PRIVATE_USE.search(sample.text) else None
 
 
 def pdf_page_rules(config: PageRulesConfig) -> list:

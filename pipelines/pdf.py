@@ -14,12 +14,16 @@ restarted for the rest.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import math
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -41,7 +45,7 @@ from pipelines.common import (RulesStep, add_common_arguments, apply_step, count
 from pipelines.sinks import write_run
 from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
                            PdfProblem, RenderedPage, RenderOptions, VetRequest, open_pdf,
-                           render_pages)
+                           receive_result, render_pages, send_request)
 
 PIPELINE = "pdf"
 TASK = "ocr"
@@ -50,6 +54,7 @@ INPUT_REASONS = ["corrupt_zip", "encrypted_zip_member", "duplicate_zip_member", 
 RENDER_PROCESS_MAIN = ("import sys; from renderers.pdf import serve_socket; "
                        "serve_socket(int(sys.argv[1]), int(sys.argv[2]))")
 STARTUP_LIMIT_S = 120  # spawning the render process and importing PyMuPDF, on a busy machine
+READ_CHUNK_BYTES = 16 << 20  # f.read(limit) would allocate the whole limit up front
 REASON_ORDER = DOCUMENT_REASONS + INPUT_REASONS + PAGE_REASONS + PDF_REASON_ORDER
 
 
@@ -150,7 +155,7 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
     try:
         with _open_file(doc.uri) as f:
             if doc.member is None:
-                data = f.read(max_bytes + 1)
+                data = _read_at_most(f, max_bytes + 1)
             else:
                 with zipfile.ZipFile(f) as archive:
                     info = archive.getinfo(doc.member)
@@ -159,7 +164,7 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
                     if info.file_size > max_bytes:
                         raise PdfProblem("pdf_too_large", "errored", f"{info.file_size} bytes")
                     with archive.open(info) as member:
-                        data = member.read(max_bytes + 1)
+                        data = _read_at_most(member, max_bytes + 1)
     except (zipfile.BadZipFile, KeyError, EOFError, zlib.error, NotImplementedError) as error:
         # NotImplementedError: a compression method zipfile cannot read (Deflate64, …)
         raise PdfProblem("corrupt_zip", "errored", str(error)[:300]) from error
@@ -168,6 +173,17 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise PdfProblem("pdf_too_large", "errored", f"over {max_bytes} bytes")
     return data
+
+
+def _read_at_most(f, limit: int) -> bytes:
+    parts, size = [], 0
+    while size < limit:
+        part = f.read(min(READ_CHUNK_BYTES, limit - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # ---- the render process ----------------------------------------------------------------------
@@ -180,7 +196,7 @@ class RenderProcess:
 
     def __init__(self, memory_limit_mb: int = 0):
         self.memory_limit_mb = memory_limit_mb
-        self.process = self.conn = None
+        self.process = self.conn = self.poller = None
         self.held_sha = None
 
     def start(self) -> None:
@@ -192,8 +208,11 @@ class RenderProcess:
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(ours.detach())
+        # one poll object for the life of the process: Connection.poll builds a selector per call
+        self.poller = select.poll()
+        self.poller.register(self.conn.fileno(), select.POLLIN)
         self.held_sha = None
-        if not self.conn.poll(STARTUP_LIMIT_S) or self.conn.recv() != READY:
+        if not self._ready(STARTUP_LIMIT_S) or self.conn.recv() != READY:
             self.stop()
             raise RuntimeError(f"the render process did not start within {STARTUP_LIMIT_S} s")
 
@@ -202,7 +221,11 @@ class RenderProcess:
             self.process.kill()
             self.process.wait()
             self.conn.close()
-        self.process = self.conn = None
+        self.process = self.conn = self.poller = None
+
+    def _ready(self, time_limit: float) -> bool:
+        """Whether an answer (or the end of the process) arrives within `time_limit` seconds."""
+        return bool(self.poller.poll(math.ceil(time_limit * 1000)))
 
     def __del__(self):
         try:
@@ -215,15 +238,19 @@ class RenderProcess:
         and a PDF that crashes MuPDF while opening costs only itself."""
         if self.process is None:
             self.start()
+        self.held_sha = None
         try:
-            self.conn.send(request)
-            if not self.conn.poll(time_limit):
+            send_request(self.conn, request)
+            if not self._ready(time_limit):
                 self.stop()
                 return PdfProblem("open_timeout", "errored", f"over {time_limit} s")
-            return self.conn.recv()
+            result = receive_result(self.conn)
         except (EOFError, OSError) as error:  # BrokenPipeError is an OSError
             self.stop()
             return PdfProblem("open_crashed", "errored", str(error) or "the process died")
+        if not isinstance(result, PdfProblem):
+            self.held_sha = request.sha256  # the process keeps the vetted PDF open
+        return result
 
     def render(self, request: PageRequest, load: Callable[[], bytes], time_limit: float):
         """Yield (page index, RenderedPage | PdfProblem) for every requested page, in order.
@@ -241,7 +268,7 @@ class RenderProcess:
                     yield index, problem
                 return
             try:
-                self.conn.send(request)
+                send_request(self.conn, request)
             except (BrokenPipeError, OSError) as error:  # the process died: fail this page
                 self.stop()
                 yield remaining.pop(0), PdfProblem("render_crashed", "errored", str(error))
@@ -251,14 +278,14 @@ class RenderProcess:
             try:
                 while remaining:
                     index = remaining[0]
-                    if not self.conn.poll(time_limit):
+                    if not self._ready(time_limit):
                         self.stop()
                         remaining.pop(0)
                         yield index, PdfProblem("render_timeout", "errored",
                                                 f"over {time_limit} s")
                         break
                     try:
-                        result = self.conn.recv()
+                        result = receive_result(self.conn)
                     except (EOFError, OSError):
                         self.stop()
                         remaining.pop(0)
@@ -266,11 +293,53 @@ class RenderProcess:
                                                 "the render process died")
                         break
                     remaining.pop(0)
+                    if isinstance(result, PdfProblem) and result.reason in DOCUMENT_REASONS + [
+                            "out_of_memory"]:
+                        self.held_sha = None  # possibly failed to open it: send it again
                     yield index, result
                 finished = True
             finally:
                 if not finished and self.process is not None and remaining:
                     self.stop()  # abandoned midway: its unread results must not leak
+
+
+class RenderProcesses:
+    """The render processes of this Python process, shared by PlanPageRanges and RenderPages.
+    The process that vetted a PDF still holds it open, so when the same worker renders that
+    PDF's ranges it is not read, hashed, sent or opened again. A caller borrows a process for one
+    PDF or one range; concurrent callers (Beam may run bundles on several threads) get one each,
+    and a process is started only when every existing one is busy."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list[RenderProcess] = []
+        self.started: list[RenderProcess] = []
+
+    @contextlib.contextmanager
+    def borrow(self, memory_limit_mb: int, sha256: str | None = None):
+        with self._lock:
+            fitting = [p for p in self._idle if p.memory_limit_mb == memory_limit_mb]
+            holding = [p for p in fitting if sha256 is not None and p.held_sha == sha256]
+            chosen = (holding or fitting or [None])[-1]
+            if chosen is None:
+                chosen = RenderProcess(memory_limit_mb)
+                self.started.append(chosen)
+            else:
+                self._idle.remove(chosen)
+        try:
+            yield chosen
+        finally:
+            with self._lock:
+                self._idle.append(chosen)
+
+    def stop(self) -> None:
+        """End every idle process (a busy one is ended by its borrower's stop, if at all)."""
+        with self._lock:
+            for process in self._idle:
+                process.stop()
+
+
+RENDER_PROCESSES = RenderProcesses()
 
 
 # ---- planning and rendering --------------------------------------------------------------------
@@ -280,25 +349,24 @@ class PlanPageRanges:
 
     def __init__(self, config: PdfConfig, dataset: str):
         self.config, self.dataset = config, dataset
-        self.worker = RenderProcess(config.memory_limit_mb) if config.isolate else None
 
     def __call__(self, doc: DocumentRef):
         try:
             data = read_document(doc, self.config.max_pdf_bytes)
-            page_count = self._page_count(data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            page_count = self._page_count(data, sha256)
         except PdfProblem as problem:
             return [_reject(self.dataset, doc.pdf_uri, doc.key, problem)]
-        sha256 = hashlib.sha256(data).hexdigest()
         step = self.config.pages_per_range
         return [PageRange(doc, sha256, tuple(range(first, min(first + step, page_count))),
                           page_count) for first in range(0, page_count, step)]
 
-
-    def _page_count(self, data: bytes) -> int:
-        if self.worker is None:
+    def _page_count(self, data: bytes, sha256: str) -> int:
+        if not self.config.isolate:
             return open_pdf(data, self.config.documents).page_count
-        result = self.worker.vet(VetRequest(data, self.config.documents),
-                                 self.config.page_time_limit_s)
+        with RENDER_PROCESSES.borrow(self.config.memory_limit_mb) as worker:
+            result = worker.vet(VetRequest(data, self.config.documents, sha256),
+                                self.config.page_time_limit_s)
         if isinstance(result, PdfProblem):
             raise result
         return result
@@ -309,12 +377,21 @@ class RenderPages:
 
     def __init__(self, config: PdfConfig, dataset: str):
         self.config, self.dataset = config, dataset
-        self.worker = RenderProcess(config.memory_limit_mb) if config.isolate else None
         self.held: tuple[str, object] | None = None  # (sha256, open document) without isolation
 
     def __call__(self, page_range: PageRange):
+        load = functools.partial(self._read, page_range)
+        if not self.config.isolate:
+            return self._results(page_range, self._render_here(page_range, load))
+        with RENDER_PROCESSES.borrow(self.config.memory_limit_mb, page_range.sha256) as worker:
+            request = PageRequest(page_range.sha256, None, list(page_range.pages),
+                                  self.config.render)
+            return self._results(page_range, worker.render(request, load,
+                                                           self.config.page_time_limit_s))
+
+    def _results(self, page_range: PageRange, rendered) -> list:
         results = []
-        for index, result in self._render(page_range, functools.partial(self._read, page_range)):
+        for index, result in rendered:
             if isinstance(result, PdfProblem):
                 results.append(self._page_reject(page_range, index, result))
             else:
@@ -327,11 +404,8 @@ class RenderPages:
             raise PdfProblem("input_changed", "errored", "the file changed during the run")
         return data
 
-    def _render(self, page_range: PageRange, load: Callable[[], bytes]):
+    def _render_here(self, page_range: PageRange, load: Callable[[], bytes]):
         pages = list(page_range.pages)
-        if self.worker is not None:
-            request = PageRequest(page_range.sha256, None, pages, self.config.render)
-            return self.worker.render(request, load, self.config.page_time_limit_s)
         if self.held is None or self.held[0] != page_range.sha256:
             try:
                 self.held = (page_range.sha256, open_pdf(load(), None))  # vetted when planned
@@ -347,7 +421,9 @@ class RenderPages:
 
     def _sample(self, page_range: PageRange, page: RenderedPage) -> Sample:
         key = self._page_key(page_range, page.index)
-        regions = [Region(kind="word", text=w.text, box=w.box) for w in page.words]
+        # positional: a page has hundreds of words, and keywords cost half as much again
+        regions = [Region("word", text, box)
+                   for text, box in zip(page.word_texts, page.word_boxes)]
         regions += [Region(kind="line", text=line.text, box=line.box, quad=line.quad)
                     for line in page.lines]
         return Sample(

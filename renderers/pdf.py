@@ -26,7 +26,7 @@ import io
 import math
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -172,17 +172,29 @@ def has_javascript(doc: pymupdf.Document) -> bool:
     return False
 
 
-class Word(NamedTuple):  # a tuple: hundreds per page cross the pipe from the render process
+class Word(NamedTuple):
     text: str
     box: Box
     line: tuple[int, int]  # (block, line) number from MuPDF, to group words into lines
 
 
+class Line(NamedTuple):
+    text: str
+    box: Box
+    quad: Quad | None  # corners in reading order, when that is not the box's TL, TR, BR, BL
+
+
 @dataclass
 class RenderedPage:
+    """One rendered page. Its words are kept as columns: hundreds per page cross the pipe from
+    the render process, and lists of strings and of box tuples pickle far faster than as many
+    objects."""
+
     index: int  # 0-based
     image: Image
-    words: list[Word]
+    word_texts: list[str]
+    word_boxes: list[Box]
+    word_lines: list[tuple[int, int]]  # (block, line) number from MuPDF
     lines: list[Line]
     text: str
     width_pt: float
@@ -191,14 +203,19 @@ class RenderedPage:
     zoom: float
     inkless_lines: int = 0  # lines left out because their box shows no ink
 
-    def __reduce__(self):  # crosses the pipe: plain tuples pickle ~3x faster than NamedTuples
-        return _rebuild_page, (self.index, self.image, [tuple(w) for w in self.words],
-                               [tuple(line) for line in self.lines], self.text, self.width_pt,
-                               self.height_pt, self.rotation, self.zoom, self.inkless_lines)
+    @property
+    def words(self) -> list[Word]:
+        return list(map(Word, self.word_texts, self.word_boxes, self.word_lines))
+
+    def __reduce__(self):  # plain tuples pickle ~3x faster than NamedTuples
+        return _rebuild_page, (self.index, self.image, self.word_texts, self.word_boxes,
+                               self.word_lines, [tuple(line) for line in self.lines], self.text,
+                               self.width_pt, self.height_pt, self.rotation, self.zoom,
+                               self.inkless_lines)
 
 
-def _rebuild_page(index, image, words, lines, *rest) -> "RenderedPage":
-    return RenderedPage(index, image, [Word(*w) for w in words], [Line(*line) for line in lines],
+def _rebuild_page(index, image, texts, boxes, word_lines, lines, *rest) -> "RenderedPage":
+    return RenderedPage(index, image, texts, boxes, word_lines, [Line(*line) for line in lines],
                         *rest)
 
 
@@ -223,123 +240,191 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
             raise PdfProblem("page_geometry_mismatch", "dropped",
                              f"pixmap {pixmap.width}x{pixmap.height} vs page {width:.1f}x"
                              f"{height:.1f}")
-        to_pixels = page.rotation_matrix * scale * pymupdf.Matrix(1, 0, 0, 1, -pixmap.x,
-                                                                   -pixmap.y)
+        # rotation, then zoom, then the pixmap's origin (MuPDF rounds it outward)
+        a, b, c, d, e, f = page.rotation_matrix
+        to_pixels = (a * zoom, b * zoom, c * zoom, d * zoom, e * zoom - pixmap.x,
+                     f * zoom - pixmap.y)
         textpage = page.get_textpage(flags=options.text_flags())
         raw_words = page.get_text("words", textpage=textpage)
-        line_dicts = {(b, n): line for b, block in enumerate(textpage.extractDICT()["blocks"])
-                      for n, line in enumerate(block["lines"])}
+        directions = line_directions(textpage)
     except PdfProblem:
         raise
     except MUPDF_ERRORS as error:  # MuPDF's own errors while drawing the page
         raise PdfProblem("page_render_failed", "errored", str(error)[:300]) from error
     words = place_words(raw_words, to_pixels, pixmap.width, pixmap.height,
                         expand_ligatures=options.ligatures == "expand")
+    runs, line_boxes = line_runs(words)
     inkless = 0
-    if options.min_ink_contrast > 0 and words:
-        words, inkless = drop_inkless_lines(words, pixmap, options.min_ink_contrast)
-    if any(UNMAPPED in w.text for w in words):  # only text the image shows matters
+    if options.min_ink_contrast > 0 and runs:
+        kept_runs, line_boxes = drop_inkless_lines(runs, line_boxes, pixmap,
+                                                   options.min_ink_contrast)
+        inkless = len(runs) - len(kept_runs)
+        if inkless:
+            words, runs = words.of_runs(kept_runs)
+    if UNMAPPED in "".join(words.texts):  # only text the image shows matters
         raise PdfProblem("unmapped_glyphs", "dropped")
-    lines = group_lines(words, line_dicts, to_pixels, pixmap.width, pixmap.height)
-    return RenderedPage(index=index, image=encode(pixmap, options), words=words, lines=lines,
+    try:
+        lines = group_lines(words, runs, line_boxes, directions, textpage, to_pixels,
+                            pixmap.width, pixmap.height)
+    except MUPDF_ERRORS as error:
+        raise PdfProblem("page_render_failed", "errored", str(error)[:300]) from error
+    return RenderedPage(index=index, image=encode(pixmap, options), word_texts=words.texts,
+                        word_boxes=list(map(tuple, words.boxes.tolist())),
+                        word_lines=words.lines, lines=lines,
                         text="\n".join(line.text for line in lines), width_pt=rect.width,
                         height_pt=rect.height, rotation=page.rotation, zoom=zoom,
                         inkless_lines=inkless)
 
 
-def place_words(raw_words, to_pixels: pymupdf.Matrix, width: int, height: int,
-                expand_ligatures: bool) -> list[Word]:
-    """Words in pixels, clipped to the image. Words mostly off the image are left out, and a word
-    drawn twice in the same place (fake bold) is kept once. Plain float arithmetic: PyMuPDF's
-    Rect objects cost more than the rendering on text-heavy pages."""
+class PlacedWords(NamedTuple):
+    """A page's words as columns, in MuPDF's order."""
+
+    texts: list[str]
+    boxes: np.ndarray  # (n, 4) float64: x1, y1, x2, y2 in pixels
+    lines: list[tuple[int, int]]  # (block, line) number from MuPDF
+
+    def of_runs(self, runs: list[tuple[int, int]]) -> tuple["PlacedWords", list[tuple[int, int]]]:
+        """Only the words of `runs`, and the runs renumbered over them."""
+        kept, renumbered = [], []
+        for start, end in runs:
+            renumbered.append((len(kept), len(kept) + end - start))
+            kept.extend(range(start, end))
+        return PlacedWords([self.texts[i] for i in kept], self.boxes[kept],
+                           [self.lines[i] for i in kept]), renumbered
+
+
+def place_words(raw_words, to_pixels: tuple, width: int, height: int,
+                expand_ligatures: bool) -> PlacedWords:
+    """Words in pixels, clipped to the image. Words mostly off the image are left out, and a
+    word drawn twice in the same place (fake bold) is kept once. Computed for all words of the
+    page at once: per word, even plain float arithmetic costs more than the rendering on
+    text-heavy pages."""
+    if not raw_words:
+        return PlacedWords([], np.zeros((0, 4)), [])
+    x0, y0, x1, y1, texts, blocks, lines, _ = zip(*raw_words)
+    x0, y0, x1, y1 = (np.array(v, dtype=np.float64) for v in (x0, y0, x1, y1))
     a, b, c, d, e, f = to_pixels
-    words, seen = [], set()
-    for x0, y0, x1, y1, text, block, line, _ in raw_words:
-        if expand_ligatures:
-            text = text.translate(LIGATURES)
-        text = text.strip()
-        if not text:
-            continue
-        # /Rotate is a multiple of 90 degrees: two opposite corners still span the box
-        u0, v0 = a * x0 + c * y0 + e, b * x0 + d * y0 + f
-        u1, v1 = a * x1 + c * y1 + e, b * x1 + d * y1 + f
-        left, right = (u0, u1) if u0 <= u1 else (u1, u0)
-        top, bottom = (v0, v1) if v0 <= v1 else (v1, v0)
-        area = (right - left) * (bottom - top)
-        left, top = max(left, 0.0), max(top, 0.0)
-        right, bottom = min(right, float(width)), min(bottom, float(height))
-        if right <= left or bottom <= top or (right - left) * (bottom - top) < (
-                MIN_INSIDE_FRACTION * area):
-            continue
-        rounded = (text, round(left), round(top), round(right), round(bottom))
-        if rounded in seen:
-            continue
-        seen.add(rounded)
-        words.append(Word(text, (left, top, right, bottom), (block, line)))
-    return words
+    # /Rotate is a multiple of 90 degrees: two opposite corners still span the box
+    u0, v0 = a * x0 + c * y0 + e, b * x0 + d * y0 + f
+    u1, v1 = a * x1 + c * y1 + e, b * x1 + d * y1 + f
+    left, right = np.minimum(u0, u1), np.maximum(u0, u1)
+    top, bottom = np.minimum(v0, v1), np.maximum(v0, v1)
+    area = (right - left) * (bottom - top)
+    left, top = np.maximum(left, 0.0), np.maximum(top, 0.0)
+    right, bottom = np.minimum(right, float(width)), np.minimum(bottom, float(height))
+    inside = (right > left) & (bottom > top) & (
+        (right - left) * (bottom - top) >= MIN_INSIDE_FRACTION * area)
+    kept = np.flatnonzero(inside)
+    boxes = np.stack([left, top, right, bottom], axis=1)[kept]
+    kept = kept.tolist()
+    texts = [texts[i] for i in kept]
+    if expand_ligatures:
+        texts = [t if t.isascii() else t.translate(LIGATURES) for t in texts]
+    texts = [t.strip() for t in texts]
+    keys = list(zip(texts, *np.rint(boxes).astype(np.int64).T.tolist()))
+    if "" in texts or len(set(keys)) < len(keys):  # empty words, or one drawn twice
+        seen: set = set()
+        unique = [i for i, key in enumerate(keys)
+                  if key[0] and key not in seen and not seen.add(key)]
+        texts, boxes, kept = [texts[i] for i in unique], boxes[unique], [kept[i] for i in unique]
+    return PlacedWords(texts, boxes, [(blocks[i], lines[i]) for i in kept])
 
 
-def _by_line(words: list[Word]) -> dict[tuple[int, int], list[Word]]:
-    grouped: dict[tuple[int, int], list[Word]] = {}
-    for word in words:
-        grouped.setdefault(word.line, []).append(word)
-    return grouped
+def line_runs(words: PlacedWords) -> tuple[list[tuple[int, int]], list[Box]]:
+    """MuPDF's lines as (start, end) runs of `words`, and the union of each run's boxes. MuPDF
+    lists words line by line, so the words of a line are consecutive."""
+    keys = words.lines
+    if not keys:
+        return [], []
+    starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    low = np.minimum.reduceat(words.boxes[:, :2], starts, axis=0)
+    high = np.maximum.reduceat(words.boxes[:, 2:], starts, axis=0)
+    return (list(zip(starts, starts[1:] + [len(keys)])),
+            [tuple(box) for box in np.hstack([low, high]).tolist()])
 
 
-def _union(words: list[Word]) -> Box:
-    return (min(w.box[0] for w in words), min(w.box[1] for w in words),
-            max(w.box[2] for w in words), max(w.box[3] for w in words))
+def line_directions(textpage: pymupdf.TextPage) -> dict[tuple[int, int], tuple[float, float]]:
+    """The writing direction (page space) of every line that does not run along +x, keyed by
+    (block, line) as the words number them. Read from MuPDF's structured text directly: its
+    dict export builds every span of the page, which costs more than the page's words."""
+    directions = {}
+    block, block_number = textpage.this.m_internal.first_block, 0
+    while block is not None:  # MuPDF's linked lists: its Python iterators cost ~3x more
+        if block.type == pymupdf.mupdf.FZ_STEXT_BLOCK_TEXT:
+            lines = pymupdf.mupdf.FzStextBlock(block)
+            first = lines.begin()
+            line = first.__ref__().m_internal if first != lines.end() else None
+            line_number = 0
+            while line is not None:
+                direction = line.dir
+                dx, dy = direction.x, direction.y
+                if dx != 1 or dy != 0:
+                    directions[block_number, line_number] = (dx, dy)
+                line, line_number = line.next, line_number + 1
+        block, block_number = block.next, block_number + 1
+    return directions
 
 
-class Line(NamedTuple):
-    text: str
-    box: Box
-    quad: Quad | None  # corners in reading order, when that is not the box's TL, TR, BR, BL
-
-
-def group_lines(words: list[Word], line_dicts: dict, to_pixels: pymupdf.Matrix, width: int,
+def group_lines(words: PlacedWords, runs: list[tuple[int, int]], line_boxes: list[Box],
+                directions: dict, textpage: pymupdf.TextPage, to_pixels: tuple, width: int,
                 height: int) -> list[Line]:
     """MuPDF's lines, in its reading order: words joined by a space, the union of their boxes,
     and a quad for a line that does not run left to right on the image (rotated pages, vertical
     labels, a diagonal watermark), so its corners say where the text starts."""
-    lines = []
-    for key, members in _by_line(words).items():
-        box = _union(members)
-        line = line_dicts.get(key)
-        quad = None if line is None else line_quad(line, box, to_pixels, width, height)
-        lines.append(Line(" ".join(w.text for w in members), box, quad))
+    lines, spans = [], None
+    for (start, end), box in zip(runs, line_boxes):
+        key = words.lines[start]
+        direction = image_direction(directions.get(key, (1.0, 0.0)), to_pixels)
+        if direction[0] > 1 - AXIS_TOLERANCE:
+            quad = None  # left to right: the box's own corners
+        elif abs(direction[0]) < AXIS_TOLERANCE or abs(direction[1]) < AXIS_TOLERANCE:
+            quad = axis_line_quad(direction, box, width, height)
+        else:  # at an angle: its fonts and spans are needed, from MuPDF's dict export
+            if spans is None:
+                # numbered as the words number them: blocks by MuPDF's own count
+                spans = {(block["number"], n): line
+                         for block in textpage.extractDICT()["blocks"]
+                         for n, line in enumerate(block["lines"])}
+            line = spans.get(key)
+            quad = None if line is None else tilted_line_quad(line, to_pixels)
+        lines.append(Line(" ".join(words.texts[start:end]), box, quad))
     return lines
 
 
-def line_quad(line: dict, box: Box, to_pixels: pymupdf.Matrix, width: int,
-              height: int) -> Quad | None:
+def image_direction(direction: tuple[float, float], to_pixels: tuple) -> tuple[float, float]:
+    """A writing direction in page space as a unit vector on the image."""
     a, b, c, d, _, _ = to_pixels
-    dx, dy = line["dir"]
-    dx, dy = a * dx + c * dy, b * dx + d * dy  # the writing direction on the image
+    dx, dy = direction
+    dx, dy = a * dx + c * dy, b * dx + d * dy
     norm = math.hypot(dx, dy) or 1.0
-    dx, dy = dx / norm, dy / norm
-    if dx > 1 - AXIS_TOLERANCE:
-        return None  # left to right: the box's own corners
-    if abs(dx) < AXIS_TOLERANCE or abs(dy) < AXIS_TOLERANCE:
-        # along an axis: the box's corners, starting where the text starts. Glyphs point
-        # "up" along (dy, -dx) in image coordinates (y down).
-        x0, y0, x1, y1 = box
-        corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return dx / norm, dy / norm
 
-        def along_up(corner):
-            x, y = corner
-            return x * dx + y * dy, x * dy - y * dx
 
-        start_top = min(corners, key=lambda p: along_up(p)[0] - along_up(p)[1])
-        end_top = max(corners, key=lambda p: along_up(p)[0] + along_up(p)[1])
-        end_bottom = max(corners, key=lambda p: along_up(p)[0] - along_up(p)[1])
-        start_bottom = min(corners, key=lambda p: along_up(p)[0] + along_up(p)[1])
-        points = [start_top, end_top, end_bottom, start_bottom]
-        return tuple(v for x, y in points
-                     for v in (min(max(x, 0.0), width), min(max(y, 0.0), height)))
-    # at an angle; not clipped to the image, which would bend the quad (the formatter clamps)
-    points = [pymupdf.Point(p) * to_pixels for p in tilted_line_corners(line)]
-    return tuple(v for point in points for v in (point.x, point.y))
+def axis_line_quad(direction: tuple[float, float], box: Box, width: int, height: int) -> Quad:
+    """The box's corners, starting where the text starts, for a line along an axis of the image.
+    Glyphs point "up" along (dy, -dx) in image coordinates (y down)."""
+    dx, dy = direction
+    x0, y0, x1, y1 = box
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+    def along_up(corner):
+        x, y = corner
+        return x * dx + y * dy, x * dy - y * dx
+
+    start_top = min(corners, key=lambda p: along_up(p)[0] - along_up(p)[1])
+    end_top = max(corners, key=lambda p: along_up(p)[0] + along_up(p)[1])
+    end_bottom = max(corners, key=lambda p: along_up(p)[0] - along_up(p)[1])
+    start_bottom = min(corners, key=lambda p: along_up(p)[0] + along_up(p)[1])
+    points = [start_top, end_top, end_bottom, start_bottom]
+    return tuple(v for x, y in points
+                 for v in (min(max(x, 0.0), width), min(max(y, 0.0), height)))
+
+
+def tilted_line_quad(line: dict, to_pixels: tuple) -> Quad:
+    """Not clipped to the image, which would bend the quad (the formatter clamps)."""
+    a, b, c, d, e, f = to_pixels
+    return tuple(v for x, y in tilted_line_corners(line)
+                 for v in (a * x + c * y + e, b * x + d * y + f))
 
 
 def tilted_line_corners(line: dict) -> list[tuple[float, float]]:
@@ -369,24 +454,49 @@ def tilted_line_corners(line: dict) -> list[tuple[float, float]]:
     return [at(start, ascent), at(end, ascent), at(end, descent), at(start, descent)]
 
 
-def drop_inkless_lines(words: list[Word], pixmap: pymupdf.Pixmap,
-                       min_contrast: int) -> tuple[list[Word], int]:
-    """Leave out the words of every line whose box shows no ink: hidden text, white on white,
-    text clipped away or under a flat fill. Its label would name something the image does not
-    show. Contrast is measured on the darkest channel of each pixel, so coloured text counts and
-    a flat coloured patch does not; checked per line, as hiding applies to whole runs of text
-    and one check per line costs far less than one per word."""
+def drop_inkless_lines(runs: list[tuple[int, int]], line_boxes: list[Box],
+                       pixmap: pymupdf.Pixmap, min_contrast: int):
+    """Leave out every line whose box shows no ink: hidden text, white on white, text clipped
+    away or under a flat fill. Its label would name something the image does not show. Contrast
+    is measured on the darkest channel of each pixel, so coloured text counts and a flat
+    coloured patch does not; checked per line, as hiding applies to whole runs of text and one
+    check per line costs far less than one per word. Returns the runs and boxes kept.
+
+    The contrast of a box is at least (darkest channel of a corner pixel, usually background)
+    minus (lowest value of any channel in one row), so a line is settled by its corners,
+    taken for all lines at once, and its middle row, which crosses the strokes of its
+    letters; only a line that is not gets the whole box measured."""
+    if not line_boxes:
+        return [], []
     samples = np.frombuffer(pixmap.samples_mv, np.uint8).reshape(
         pixmap.height, pixmap.stride)[:, :pixmap.width * 3].reshape(
         pixmap.height, pixmap.width, 3)
-    inkless = set()
-    for line, members in _by_line(words).items():
-        x0, y0, x1, y1 = _union(members)
-        crop = samples[int(y0):int(y1) + 1, int(x0):int(x1) + 1]
-        darkest = np.minimum(np.minimum(crop[..., 0], crop[..., 1]), crop[..., 2])
-        if not darkest.size or int(darkest.max()) - int(darkest.min()) < min_contrast:
-            inkless.add(line)
-    return [w for w in words if w.line not in inkless], len(inkless)
+    boxes = np.array(line_boxes).astype(np.int64)  # truncated like int(): boxes are >= 0
+    left, top = boxes[:, 0], boxes[:, 1]
+    right = np.minimum(boxes[:, 2], pixmap.width - 1)
+    bottom = np.minimum(boxes[:, 3], pixmap.height - 1)
+    corners = samples[[top, top, bottom, bottom], [left, right, left, right]]
+    backgrounds = corners.min(axis=2).max(axis=0).tolist()
+    kept_runs, kept_boxes = [], []
+    for run, box, x0, y0, x1, y1, background in zip(
+            runs, line_boxes, left.tolist(), top.tolist(), right.tolist(), bottom.tolist(),
+            backgrounds):
+        if x0 > x1 or y0 > y1:
+            continue  # no pixel
+        middle = samples[(y0 + y1) // 2, x0:x1 + 1]
+        if (background - int(middle.min()) >= min_contrast
+                or has_ink(samples[y0:y1 + 1, x0:x1 + 1], min_contrast)):
+            kept_runs.append(run)
+            kept_boxes.append(box)
+    return kept_runs, kept_boxes
+
+
+def has_ink(crop: np.ndarray, min_contrast: int) -> bool:
+    """Whether the darkest channel of an RGB crop varies by `min_contrast` or more."""
+    if not crop.size:
+        return False
+    darkest = np.minimum(np.minimum(crop[..., 0], crop[..., 1]), crop[..., 2])
+    return int(darkest.max()) - int(darkest.min()) >= min_contrast
 
 
 def encode(pixmap: pymupdf.Pixmap, options: RenderOptions) -> Image:
@@ -406,10 +516,13 @@ def encode(pixmap: pymupdf.Pixmap, options: RenderOptions) -> Image:
 
 @dataclass
 class VetRequest:
-    """Open and vet a PDF; the answer is its page count or a PdfProblem."""
+    """Open and vet a PDF; the answer is its page count or a PdfProblem. With `sha256`, the
+    process keeps the vetted PDF open under that hash, so that its pages render without the PDF
+    being sent and opened again."""
 
     data: bytes
     policy: DocumentPolicy
+    sha256: str | None = None
 
 
 @dataclass
@@ -435,23 +548,84 @@ def render_pages(doc: pymupdf.Document, pages: list[int], options: RenderOptions
         yield result
 
 
+def send_message(conn, message, payload: bytes | bytearray | None = None) -> None:
+    """A message, then its payload (a PDF, or a page's encoded image) straight over the socket.
+    Pickling megabytes costs a copy on each side, and multiprocessing's receive allocates a
+    buffer of the remaining size for every chunk the socket hands over."""
+    conn.send((message, None if payload is None else len(payload)))
+    if payload is not None:
+        sock = socket.socket(fileno=conn.fileno())
+        try:
+            sock.sendall(payload)
+        finally:
+            sock.detach()  # the connection still owns the descriptor
+
+
+def receive_message(conn) -> tuple[object, bytearray | None]:
+    message, size = conn.recv()
+    if size is None:
+        return message, None
+    payload = bytearray(size)
+    view, received = memoryview(payload), 0
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        while received < size:
+            count = sock.recv_into(view[received:])
+            if not count:
+                raise EOFError("the connection closed within a message")
+            received += count
+    finally:
+        sock.detach()
+    return message, payload
+
+
+def send_request(conn, request: VetRequest | PageRequest) -> None:
+    send_message(conn, replace(request, data=None), request.data)
+
+
+def receive_request(conn) -> VetRequest | PageRequest:
+    request, data = receive_message(conn)
+    request.data = data
+    return request
+
+
+def send_result(conn, result) -> None:
+    """A page count, a PdfProblem or a RenderedPage, whose image travels as the payload."""
+    if isinstance(result, RenderedPage):
+        send_message(conn, replace(result, image=replace(result.image, data=b"")),
+                     result.image.data)
+    else:
+        send_message(conn, result)
+
+
+def receive_result(conn):
+    result, image = receive_message(conn)
+    if image is not None:
+        result.image = replace(result.image, data=bytes(image))
+    return result
+
+
 def serve(conn) -> None:
     """Loop of the render process: answer a VetRequest with a page count or a problem, and a
-    PageRequest with one result per page, in order."""
+    PageRequest with one result per page, in order. It holds one PDF open: the last one vetted
+    (with a hash) or rendered. Ends when the connection closes."""
     held_sha, held_doc = None, None
     conn.send(READY)  # imports are done: time limits count from here
     while True:
         try:
-            request = conn.recv()
+            request = receive_request(conn)
         except EOFError:
             return
-        if request is None:
-            return
         if isinstance(request, VetRequest):
+            held_sha, held_doc = None, None
             try:
-                conn.send(open_pdf(request.data, request.policy).page_count)
+                doc = open_pdf(request.data, request.policy)
             except PdfProblem as problem:
-                conn.send(problem)
+                send_result(conn, problem)
+                continue
+            if request.sha256 is not None:
+                held_sha, held_doc = request.sha256, doc
+            send_result(conn, doc.page_count)
             continue
         if request.data is not None or request.sha256 != held_sha:
             try:
@@ -460,10 +634,10 @@ def serve(conn) -> None:
             except PdfProblem as problem:
                 held_sha, held_doc = None, None
                 for _ in request.pages:
-                    conn.send(problem)
+                    send_result(conn, problem)
                 continue
         for result in render_pages(held_doc, request.pages, request.options):
-            conn.send(result)
+            send_result(conn, result)
 
 
 def serve_socket(fd: int, memory_limit_mb: int = 0) -> None:

@@ -198,21 +198,49 @@ def test_example_config_loads(tmp_path):
     assert hires.render.dpi == 144 and hires.rules == PageRulesConfig()
 
 
-@pytest.mark.parametrize("isolate", [False, True])
-def test_consecutive_ranges_of_one_pdf_read_it_once(tmp_path, monkeypatch, isolate):
+@pytest.mark.parametrize("isolate, expected_reads", [(False, 2), (True, 1)])
+def test_consecutive_ranges_of_one_pdf_read_it_once(tmp_path, monkeypatch, isolate,
+                                                    expected_reads):
+    """Without isolation the PDF is read to plan and once more for all its ranges; isolated,
+    the render process that vetted it holds it open, so it is read only to plan."""
     path = write(tmp_path / "rotated.pdf", samples.rotated_pdf())
-    config = PdfConfig(pages_per_range=1, isolate=isolate)
-    ranges = PlanPageRanges(config, "unit")(DocumentRef(path, "rotated.pdf"))
     reads = []
     real_read = pdf_pipeline.read_document
     monkeypatch.setattr(pdf_pipeline, "read_document", lambda *a: reads.append(a) or real_read(*a))
+    config = PdfConfig(pages_per_range=1, isolate=isolate)
+    ranges = PlanPageRanges(config, "unit")(DocumentRef(path, "rotated.pdf"))
     step = RenderPages(config, "unit")
-    try:
-        pages = [result for page_range in ranges for result in step(page_range)]
-    finally:
-        if step.worker is not None:
-            step.worker.stop()
+    pages = [result for page_range in ranges for result in step(page_range)]
+    assert [p.source.page for p in pages] == [1, 2, 3] and len(reads) == expected_reads
+
+
+def test_ranges_rendered_after_another_pdf_was_vetted_read_it_again(tmp_path, monkeypatch):
+    rotated = write(tmp_path / "rotated.pdf", samples.rotated_pdf())
+    english = write(tmp_path / "english.pdf", samples.english_pdf())
+    config = PdfConfig(pages_per_range=2)
+    plan, render = PlanPageRanges(config, "unit"), RenderPages(config, "unit")
+    first, second = plan(DocumentRef(rotated, "rotated.pdf"))
+    plan(DocumentRef(english, "english.pdf"))  # the render process now holds this one
+    reads = []
+    real_read = pdf_pipeline.read_document
+    monkeypatch.setattr(pdf_pipeline, "read_document", lambda *a: reads.append(a) or real_read(*a))
+    pages = render(first) + render(second)
     assert [p.source.page for p in pages] == [1, 2, 3] and len(reads) == 1
+    with open(rotated, "rb") as f:
+        assert {p.source.sha256 for p in pages} == {hashlib.sha256(f.read()).hexdigest()}
+
+
+def test_render_processes_are_shared_and_one_per_concurrent_caller():
+    pool = pdf_pipeline.RenderProcesses()
+    with pool.borrow(0) as first:
+        with pool.borrow(0) as second:
+            assert first is not second
+    first.held_sha = "a"
+    with pool.borrow(0, "a") as again:
+        assert again is first
+    with pool.borrow(700) as other:
+        assert other not in (first, second)
+    assert len(pool.started) == 3
 
 
 def test_a_file_changed_after_planning_is_refused(tmp_path):

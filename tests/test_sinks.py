@@ -13,6 +13,7 @@ import sys
 import time
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import IN_MEMORY, make_sample
@@ -147,6 +148,15 @@ def test_plumbing_accounts_for_every_input(tmp_path, beam_argv):
         s["path"].split("/")[1].replace(".tar", ".json") for s in report["shards"])
     assert not [n for n in os.listdir(tmp_path / "shards") if ".tmp-" in n]
     assert not (tmp_path / SPILL_DIR).exists()  # the spill files go once every bucket is written
+    # each bucket writes its part of the rejects table: the rejects whose ids fall in it
+    rows = 0
+    for name in os.listdir(tmp_path / "rejects"):
+        bucket, of = int(name.split("-")[1]), int(name.split("-")[3].split(".")[0])
+        table = pq.read_table(tmp_path / "rejects" / name).to_pylist()
+        assert of == len(report["shards"])
+        assert all(bucket_of(row["id"], of) == bucket for row in table)
+        rows += len(table)
+    assert rows == report["dropped_total"] + report["errored_total"]
 
 
 def test_empty_input_writes_a_report_and_no_shards(tmp_path, beam_argv):
