@@ -170,6 +170,9 @@ class PairReader:
             inline = next((c for c in INLINE_IMAGE_COLUMNS if c in names
                            and str(parquet.schema_arrow.field(c).type) in ("binary",
                                                                            "large_binary")), None)
+            if inline is None and self.is_img2dataset_sidecar(file, names):
+                yield from self.read_sidecar(file, parquet)
+                return
             if inline is None:
                 columns = self.table_columns(names)
                 if isinstance(columns, str):
@@ -193,6 +196,27 @@ class PairReader:
                                                row.get(caption_column), meta)
                     else:
                         yield self.table_row(file, key, row, columns)
+
+    # -- img2dataset's WebDataset output: NNNNN.tar beside NNNNN.parquet, the status of every URL
+    @staticmethod
+    def is_img2dataset_sidecar(file: InputFile, names: list[str]) -> bool:
+        """A Parquet without images that lists a download status per key, next to a tar of the
+        same name: the tar holds the pairs that downloaded, this file all of them."""
+        if not {"key", "status", "url"} <= set(names) or not file.path.endswith(".parquet"):
+            return False
+        tar = file.path[:-len(".parquet")] + ".tar"
+        return fsspec.core.url_to_fs(tar)[0].exists(tar)
+
+    def read_sidecar(self, file: InputFile, parquet) -> Iterator[Reject]:
+        """The failed downloads, each an errored unit; the rest are read from the tar."""
+        tar = InputFile(file.path[:-len(".parquet")] + ".tar",
+                        file.relative[:-len(".parquet")] + ".tar", file.root)
+        for batch in parquet.iter_batches(batch_size=1024,
+                                          columns=["key", "status", "error_message"]):
+            for row in batch.to_pylist():
+                if row["status"] != "success":
+                    yield self.reject(tar, str(row["key"]), "download_failed",
+                                      f"{row['status']}: {row.get('error_message') or ''}")
 
     # -- tables of (image path, caption)
     def table_columns(self, names: list[str]) -> tuple[str, str] | str:

@@ -242,3 +242,28 @@ def test_same_image_in_two_tars_keeps_the_longest_caption_once(tmp_path, beam_ar
                                                    "00000.tar")))
     path, places = chunk
     assert len(places) == 2 and os.path.dirname(path) == str(tmp_path / "spill" / "_spill")
+
+
+def test_img2dataset_folder_counts_failed_downloads_from_the_sidecar(tmp_path, beam_argv):
+    """img2dataset writes NNNNN.tar (the pairs that downloaded) beside NNNNN.parquet (every
+    URL with its status): the tar gives the pairs, the Parquet the failed downloads, each an
+    errored unit, so the report accounts for every URL and nothing is counted twice."""
+    import pyarrow as pa
+    from corpus.samples.pairs import make_photo, write_img2dataset_tar
+
+    os.makedirs(tmp_path / "in")
+    write_img2dataset_tar(str(tmp_path / "in" / "00000.tar"), [
+        Pair("000000000", make_photo(240, 240, 1), "a red kite over a field", "kept"),
+        Pair("000000002", make_photo(240, 240, 2), "a green field in spring", "kept")])
+    pq.write_table(pa.table({
+        "caption": ["a red kite over a field", "a lost image", "a green field in spring"],
+        "url": ["http://a/0.jpg", "http://a/1.jpg", "http://a/2.jpg"],
+        "key": ["000000000", "000000001", "000000002"],
+        "status": ["success", "failed_to_download", "success"],
+        "error_message": [None, "HTTP Error 404: Not Found", None]}),
+        str(tmp_path / "in" / "00000.parquet"))
+    (tmp_path / "in" / "00000_stats.json").write_text("{}")
+    report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web", None, beam_argv)
+    assert (report["input"], report["kept"], report["errored"]) == (3, 2, {"download_failed": 1})
+    failed = rejects_by_key(tmp_path / "out")["00000.tar#000000001"]
+    assert failed["detail"] == "failed_to_download: HTTP Error 404: Not Found"
