@@ -170,8 +170,9 @@ class PairReader:
             inline = next((c for c in INLINE_IMAGE_COLUMNS if c in names
                            and str(parquet.schema_arrow.field(c).type) in ("binary",
                                                                            "large_binary")), None)
-            if inline is None and self.is_img2dataset_sidecar(file, names):
-                yield from self.read_sidecar(file, parquet)
+            img2dataset_pairs = None if inline else self.img2dataset_pairs(file, names)
+            if img2dataset_pairs:
+                yield from self.read_img2dataset_metadata(file, parquet, img2dataset_pairs)
                 return
             if inline is None:
                 columns = self.table_columns(names)
@@ -197,26 +198,44 @@ class PairReader:
                     else:
                         yield self.table_row(file, key, row, columns)
 
-    # -- img2dataset's WebDataset output: NNNNN.tar beside NNNNN.parquet, the status of every URL
+    # -- img2dataset's own metadata: NNNNN.parquet, the status of every URL, beside the pairs
+    #    that downloaded: NNNNN.tar (its webdataset format) or a folder NNNNN/ (its files format)
     @staticmethod
-    def is_img2dataset_sidecar(file: InputFile, names: list[str]) -> bool:
-        """A Parquet without images that lists a download status per key, next to a tar of the
-        same name: the tar holds the pairs that downloaded, this file all of them."""
+    def img2dataset_pairs(file: InputFile, names: list[str]) -> str | None:
+        """For such a Parquet (`key`, `url`, `status`, no images): the tar or folder beside it
+        that holds its pairs, else None."""
         if not {"key", "status", "url"} <= set(names) or not file.path.endswith(".parquet"):
-            return False
-        tar = file.path[:-len(".parquet")] + ".tar"
-        return fsspec.core.url_to_fs(tar)[0].exists(tar)
+            return None
+        stem = file.path[:-len(".parquet")]
+        fs = fsspec.core.url_to_fs(stem)[0]
+        return next((path for path in (stem + ".tar", stem) if fs.exists(path)), None)
 
-    def read_sidecar(self, file: InputFile, parquet) -> Iterator[Reject]:
-        """The failed downloads, each an errored unit; the rest are read from the tar."""
-        tar = InputFile(file.path[:-len(".parquet")] + ".tar",
-                        file.relative[:-len(".parquet")] + ".tar", file.root)
-        for batch in parquet.iter_batches(batch_size=1024,
-                                          columns=["key", "status", "error_message"]):
+    def read_img2dataset_metadata(self, file: InputFile, parquet, pairs: str):
+        """The failed downloads, each an errored unit; the pairs that downloaded come from the
+        tar (read as a tar input of its own) or, for a folder, from KEY.jpg + KEY.txt +
+        KEY.json files, read here."""
+        relative = file.relative[:-len(".parquet")]
+        folder = None if pairs.endswith(".tar") else InputFile(pairs, relative, file.root)
+        keyed_to = folder or InputFile(pairs, relative + ".tar", file.root)
+        for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():
+                key = str(row["key"])
                 if row["status"] != "success":
-                    yield self.reject(tar, str(row["key"]), "download_failed",
+                    yield self.reject(keyed_to, key, "download_failed",
                                       f"{row['status']}: {row.get('error_message') or ''}")
+                elif folder is not None:
+                    yield self.folder_pair(folder, key, row)
+
+    def folder_pair(self, folder: InputFile, key: str, row: dict) -> Sample | Reject:
+        fs = fsspec.core.url_to_fs(folder.path)[0]
+        base = f"{folder.path.rstrip('/')}/{key}"
+        image = next((fs.cat_file(f"{base}.{e}") for e in TAR_IMAGE_EXTENSIONS
+                      if fs.exists(f"{base}.{e}")), None)
+        caption = fs.cat_file(f"{base}.txt") if fs.exists(f"{base}.txt") else row.get("caption")
+        meta = _json_meta(fs.cat_file(f"{base}.json")) if fs.exists(f"{base}.json") else \
+            _scalar_meta(row, exclude={"caption"})
+        meta.pop("caption", None)
+        return self.make_sample(folder, key, image, caption, meta)
 
     # -- tables of (image path, caption)
     def table_columns(self, names: list[str]) -> tuple[str, str] | str:

@@ -244,17 +244,27 @@ def test_same_image_in_two_tars_keeps_the_longest_caption_once(tmp_path, beam_ar
     assert len(places) == 2 and os.path.dirname(path) == str(tmp_path / "spill" / "_spill")
 
 
-def test_img2dataset_folder_counts_failed_downloads_from_the_sidecar(tmp_path, beam_argv):
-    """img2dataset writes NNNNN.tar (the pairs that downloaded) beside NNNNN.parquet (every
-    URL with its status): the tar gives the pairs, the Parquet the failed downloads, each an
-    errored unit, so the report accounts for every URL and nothing is counted twice."""
+@pytest.mark.parametrize("output_format", ["webdataset", "files"])
+def test_img2dataset_output_folder_accounts_for_every_url(tmp_path, beam_argv, output_format):
+    """img2dataset writes, per shard, the pairs that downloaded (NNNNN.tar, or a folder NNNNN/
+    of KEY.jpg + KEY.txt + KEY.json) beside NNNNN.parquet, which lists every URL with its
+    status: the failed downloads become errored units, so the report accounts for every URL and
+    nothing is counted twice."""
     import pyarrow as pa
     from corpus.samples.pairs import make_photo, write_img2dataset_tar
 
+    pairs_in = [Pair("000000000", make_photo(240, 240, 1), "a red kite over a field", "kept"),
+                Pair("000000002", make_photo(240, 240, 2), "a green field in spring", "kept")]
     os.makedirs(tmp_path / "in")
-    write_img2dataset_tar(str(tmp_path / "in" / "00000.tar"), [
-        Pair("000000000", make_photo(240, 240, 1), "a red kite over a field", "kept"),
-        Pair("000000002", make_photo(240, 240, 2), "a green field in spring", "kept")])
+    if output_format == "webdataset":
+        write_img2dataset_tar(str(tmp_path / "in" / "00000.tar"), pairs_in)
+    else:
+        os.makedirs(tmp_path / "in" / "00000")
+        for pair in pairs_in:
+            (tmp_path / "in" / "00000" / f"{pair.key}.jpg").write_bytes(pair.image)
+            (tmp_path / "in" / "00000" / f"{pair.key}.txt").write_text(pair.caption)
+            (tmp_path / "in" / "00000" / f"{pair.key}.json").write_text(
+                json.dumps({"key": pair.key, "url": f"http://a/{pair.key}.jpg"}))
     pq.write_table(pa.table({
         "caption": ["a red kite over a field", "a lost image", "a green field in spring"],
         "url": ["http://a/0.jpg", "http://a/1.jpg", "http://a/2.jpg"],
@@ -265,5 +275,10 @@ def test_img2dataset_folder_counts_failed_downloads_from_the_sidecar(tmp_path, b
     (tmp_path / "in" / "00000_stats.json").write_text("{}")
     report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web", None, beam_argv)
     assert (report["input"], report["kept"], report["errored"]) == (3, 2, {"download_failed": 1})
-    failed = rejects_by_key(tmp_path / "out")["00000.tar#000000001"]
+    prefix = "00000.tar" if output_format == "webdataset" else "00000"
+    failed = rejects_by_key(tmp_path / "out")[f"{prefix}#000000001"]
     assert failed["detail"] == "failed_to_download: HTTP Error 404: Not Found"
+    kept = kept_by_key(tmp_path / "out")
+    assert kept[f"{prefix}#000000002"].text == "a green field in spring"
+    if output_format == "files":  # the metadata comes from KEY.json
+        assert kept["00000#000000000"].extra["url"] == "http://a/000000000.jpg"
