@@ -50,6 +50,16 @@ class ClipConfig:
     score_field: str | None = None  # use a score the input carries (img2dataset json `similarity`)
     # True: score only the pairs the text rules keep (cheaper; not the paper's order).
     after_text_rules: bool = False
+    # One model per machine, in a process of its own that every worker sends its batches to
+    # (Beam's shared model), instead of one per worker. None: shared on CUDA, where a copy per
+    # worker process would fill the GPU's memory and make the workers queue for it.
+    share_model_across_processes: bool | None = None
+
+    @property
+    def shared_model(self) -> bool:
+        if self.share_model_across_processes is None:
+            return self.device.startswith("cuda")
+        return self.share_model_across_processes
 
     @property
     def enabled(self) -> bool:
@@ -102,9 +112,25 @@ class LoadedClip:
     device: str
     dtype: Any
 
+    def score(self, pixels: list[np.ndarray], texts: list[str]) -> np.ndarray:
+        """Cosine similarity of each (image, text) pair. One call in, numpy out: a shared
+        model (in a process of its own) is called through a proxy, which pickles the arguments
+        and the result, never a tensor on the device."""
+        import torch
+
+        with torch.inference_mode():
+            images = torch.from_numpy(np.stack(pixels)).to(self.device, non_blocking=True)
+            images = images.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
+            tokens = self.tokenizer(texts).to(self.device)
+            image_features = self.model.encode_image(images.to(self.dtype), normalize=True)
+            text_features = self.model.encode_text(tokens, normalize=True)
+            return (image_features * text_features).sum(dim=-1).float().cpu().numpy()
+
 
 class OpenClipModelHandler(ModelHandler[ClipExample, PredictionResult, LoadedClip]):
-    """Beam loads the model once per worker process and feeds it batches of ClipExamples."""
+    """Beam loads the model once per worker process (or once per machine, shared by its worker
+    processes: `ClipConfig.share_model_across_processes`) and feeds it batches of
+    ClipExamples."""
 
     def __init__(self, config: ClipConfig):
         # With Beam's own batching, min = max: every batch is full-sized (bar the last of a
@@ -133,27 +159,17 @@ class OpenClipModelHandler(ModelHandler[ClipExample, PredictionResult, LoadedCli
 
     def run_inference(self, batch: Sequence[ClipExample], model: LoadedClip,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        scores = score_batch(model, [e.pixels for e in batch], [e.text for e in batch])
+        scores = model.score([e.pixels for e in batch], [e.text for e in batch])
         return [PredictionResult(example, float(score)) for example, score in zip(batch, scores)]
+
+    def share_model_across_processes(self) -> bool:
+        return self.config.shared_model
 
     def get_num_bytes(self, batch: Sequence[ClipExample]) -> int:
         return sum(e.pixels.nbytes + len(e.text) for e in batch)  # not a pickle of the samples
 
     def get_metrics_namespace(self) -> str:
         return "corpus_clip"
-
-
-def score_batch(loaded: LoadedClip, pixels: list[np.ndarray], texts: list[str]) -> np.ndarray:
-    """Cosine similarity of each (image, text) pair."""
-    import torch
-
-    with torch.inference_mode():
-        images = torch.from_numpy(np.stack(pixels)).to(loaded.device, non_blocking=True)
-        images = images.permute(0, 3, 1, 2).float().div_(255).sub_(loaded.mean).div_(loaded.std)
-        tokens = loaded.tokenizer(texts).to(loaded.device)
-        image_features = loaded.model.encode_image(images.to(loaded.dtype), normalize=True)
-        text_features = loaded.model.encode_text(tokens, normalize=True)
-        return (image_features * text_features).sum(dim=-1).float().cpu().numpy()
 
 
 def write_tiny_checkpoint(directory: str, seed: int = 0) -> tuple[str, str]:
