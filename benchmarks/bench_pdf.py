@@ -1,11 +1,13 @@
 """`corpus pdf` throughput against a bare PyMuPDF loop, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_pdf.py [--docs 8] [--pages 8] [--workers 2]
+    .venv/bin/python benchmarks/bench_pdf.py [--docs 8] [--pages 8] [--workers 2] [--steps-only]
 
-The same generated PDFs (text, photo, chart and Chinese pages in turn) go through:
+The same generated PDFs (text, photo, chart and Chinese pages in turn; each document's text
+differs, so no two have the same bytes) go through:
   bare      open + per page: render, extract words, encode JPEG (Pillow); nothing else
-  steps     the pipeline's own step functions in a plain loop (vet the PDF and plan ranges,
-            render in the render process, build samples, apply the A.4 rules)
+  steps     the pipeline's own step functions in a plain loop (read, hash and vet the PDF and
+            plan ranges, render in the render process, build samples, apply the A.4 rules);
+            its CPU time is that of this process and of the render process, shown split
   beam xN   the whole Beam pipeline, multi-processing DirectRunner with N workers, shards and
             report included; its fixed start-up cost is measured on a one-page run and
             subtracted ("marginal"), and also shown included ("end to end")

@@ -7,10 +7,11 @@ One PDF fans out into page ranges of `pages_per_range` pages, and the ranges are
 a 900-page PDF keeps many workers busy instead of pinning one. Input is counted in pages after
 the fan-out; a PDF that cannot be read at all is one errored unit with its reason.
 
-PDFs are opened, vetted and rendered in a separate process per step and worker (`isolate:
-true`): MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
+PDFs are read (local files), hashed, vetted and rendered in render processes (`isolate: true`):
+MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
 `page_time_limit_s` (or one that crashes MuPDF) is ended by killing that process, which is then
-restarted for the rest.
+restarted for the rest. The processes are shared by the plan and render steps of a worker
+(`RenderProcesses`), so a PDF vetted by one is rendered from the copy it holds open.
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ from pipelines.common import (RulesStep, add_common_arguments, apply_step, count
                               print_summary, run_pipeline)
 from pipelines.sinks import write_run
 from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
-                           PdfProblem, RenderedPage, RenderOptions, VetRequest, open_pdf,
-                           receive_result, render_pages, send_request)
+                           PdfProblem, RenderedPage, RenderOptions, VetRequest, Vetted, open_pdf,
+                           read_at_most, receive_result, render_pages, send_request)
 
 PIPELINE = "pdf"
 TASK = "ocr"
@@ -54,7 +55,6 @@ INPUT_REASONS = ["corrupt_zip", "encrypted_zip_member", "duplicate_zip_member", 
 RENDER_PROCESS_MAIN = ("import sys; from renderers.pdf import serve_socket; "
                        "serve_socket(int(sys.argv[1]), int(sys.argv[2]))")
 STARTUP_LIMIT_S = 120  # spawning the render process and importing PyMuPDF, on a busy machine
-READ_CHUNK_BYTES = 16 << 20  # f.read(limit) would allocate the whole limit up front
 REASON_ORDER = DOCUMENT_REASONS + INPUT_REASONS + PAGE_REASONS + PDF_REASON_ORDER
 
 
@@ -155,7 +155,7 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
     try:
         with _open_file(doc.uri) as f:
             if doc.member is None:
-                data = _read_at_most(f, max_bytes + 1)
+                data = read_at_most(f, max_bytes + 1)
             else:
                 with zipfile.ZipFile(f) as archive:
                     info = archive.getinfo(doc.member)
@@ -164,7 +164,7 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
                     if info.file_size > max_bytes:
                         raise PdfProblem("pdf_too_large", "errored", f"{info.file_size} bytes")
                     with archive.open(info) as member:
-                        data = _read_at_most(member, max_bytes + 1)
+                        data = read_at_most(member, max_bytes + 1)
     except (zipfile.BadZipFile, KeyError, EOFError, zlib.error, NotImplementedError) as error:
         # NotImplementedError: a compression method zipfile cannot read (Deflate64, …)
         raise PdfProblem("corrupt_zip", "errored", str(error)[:300]) from error
@@ -175,15 +175,10 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
     return data
 
 
-def _read_at_most(f, limit: int) -> bytes:
-    parts, size = [], 0
-    while size < limit:
-        part = f.read(min(READ_CHUNK_BYTES, limit - size))
-        if not part:
-            break
-        parts.append(part)
-        size += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+def local_path(doc: DocumentRef) -> str | None:
+    """The path of a PDF that the render process can read itself: a plain local file (not a
+    zip member, not a remote URI)."""
+    return doc.uri if doc.member is None and FileSystems.get_scheme(doc.uri) is None else None
 
 
 # ---- the render process ----------------------------------------------------------------------
@@ -233,9 +228,9 @@ class RenderProcess:
         except (OSError, AttributeError):  # interpreter shutdown
             pass
 
-    def vet(self, request: VetRequest, time_limit: float) -> int | PdfProblem:
-        """The page count of a PDF, or why it is refused; opening it also has a time limit,
-        and a PDF that crashes MuPDF while opening costs only itself."""
+    def vet(self, request: VetRequest, time_limit: float) -> Vetted | PdfProblem:
+        """The page count and sha256 of a PDF, or why it is refused; reading and opening it
+        also have a time limit, and a PDF that crashes MuPDF while opening costs only itself."""
         if self.process is None:
             self.start()
         self.held_sha = None
@@ -248,14 +243,15 @@ class RenderProcess:
         except (EOFError, OSError) as error:  # BrokenPipeError is an OSError
             self.stop()
             return PdfProblem("open_crashed", "errored", str(error) or "the process died")
-        if not isinstance(result, PdfProblem):
-            self.held_sha = request.sha256  # the process keeps the vetted PDF open
+        if isinstance(result, Vetted):
+            self.held_sha = result.sha256  # the process keeps the vetted PDF open
         return result
 
     def render(self, request: PageRequest, load: Callable[[], bytes], time_limit: float):
         """Yield (page index, RenderedPage | PdfProblem) for every requested page, in order.
-        `load()` gives the PDF's bytes; it is called only when the process does not hold that
-        PDF open already, so consecutive ranges of one PDF read it once."""
+        `load()` gives the PDF's bytes (None: the process reads `request.path` itself); it is
+        called only when the process does not hold that PDF open already, so consecutive ranges
+        of one PDF read it once."""
         remaining = list(request.pages)
         while remaining:
             if self.process is None:
@@ -293,9 +289,9 @@ class RenderProcess:
                                                 "the render process died")
                         break
                     remaining.pop(0)
-                    if isinstance(result, PdfProblem) and result.reason in DOCUMENT_REASONS + [
-                            "out_of_memory"]:
-                        self.held_sha = None  # possibly failed to open it: send it again
+                    if isinstance(result, PdfProblem) and (
+                            result.reason not in PAGE_REASONS or result.reason == "out_of_memory"):
+                        self.held_sha = None  # it may not have opened the PDF: send it again
                     yield index, result
                 finished = True
             finally:
@@ -313,7 +309,7 @@ class RenderProcesses:
     def __init__(self):
         self._lock = threading.Lock()
         self._idle: list[RenderProcess] = []
-        self.started: list[RenderProcess] = []
+        self.started: list[RenderProcess] = []  # every one made (the benchmark reads their CPU)
 
     @contextlib.contextmanager
     def borrow(self, memory_limit_mb: int, sha256: str | None = None):
@@ -352,21 +348,22 @@ class PlanPageRanges:
 
     def __call__(self, doc: DocumentRef):
         try:
-            data = read_document(doc, self.config.max_pdf_bytes)
-            sha256 = hashlib.sha256(data).hexdigest()
-            page_count = self._page_count(data, sha256)
+            page_count, sha256 = self._vet(doc)
         except PdfProblem as problem:
             return [_reject(self.dataset, doc.pdf_uri, doc.key, problem)]
         step = self.config.pages_per_range
         return [PageRange(doc, sha256, tuple(range(first, min(first + step, page_count))),
                           page_count) for first in range(0, page_count, step)]
 
-    def _page_count(self, data: bytes, sha256: str) -> int:
+    def _vet(self, doc: DocumentRef) -> Vetted:
+        path = local_path(doc) if self.config.isolate else None
+        data = None if path else read_document(doc, self.config.max_pdf_bytes)
         if not self.config.isolate:
-            return open_pdf(data, self.config.documents).page_count
+            return Vetted(open_pdf(data, self.config.documents).page_count,
+                          hashlib.sha256(data).hexdigest())
+        request = VetRequest(data, self.config.documents, path, self.config.max_pdf_bytes)
         with RENDER_PROCESSES.borrow(self.config.memory_limit_mb) as worker:
-            result = worker.vet(VetRequest(data, self.config.documents, sha256),
-                                self.config.page_time_limit_s)
+            result = worker.vet(request, self.config.page_time_limit_s)
         if isinstance(result, PdfProblem):
             raise result
         return result
@@ -383,11 +380,12 @@ class RenderPages:
         load = functools.partial(self._read, page_range)
         if not self.config.isolate:
             return self._results(page_range, self._render_here(page_range, load))
+        path = local_path(page_range.doc)
+        request = PageRequest(page_range.sha256, None, list(page_range.pages), self.config.render,
+                              path, self.config.max_pdf_bytes)
         with RENDER_PROCESSES.borrow(self.config.memory_limit_mb, page_range.sha256) as worker:
-            request = PageRequest(page_range.sha256, None, list(page_range.pages),
-                                  self.config.render)
-            return self._results(page_range, worker.render(request, load,
-                                                           self.config.page_time_limit_s))
+            return self._results(page_range, worker.render(
+                request, (lambda: None) if path else load, self.config.page_time_limit_s))
 
     def _results(self, page_range: PageRange, rendered) -> list:
         results = []

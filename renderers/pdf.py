@@ -8,7 +8,8 @@ therefore goes through `page.rotation_matrix` (unrotated -> rotated page) and th
 match the rotated CropBox times the zoom (`page_geometry_mismatch`), since boxes would then be off.
 
 A line that does not run left to right on the image also gets a quad, its corners in reading
-order (`line_quad`): the writing direction comes from MuPDF's line `dir`.
+order (`axis_line_quad`, `tilted_line_quad`): the writing direction comes from MuPDF's line
+`dir`, read from its structured text directly (`line_directions`).
 
 Ligatures are expanded (ﬁ -> fi): the label should read as a person reads the page, and the
 tokenizer should see ordinary letters. MuPDF splits the ligature glyph's box among its letters.
@@ -22,10 +23,12 @@ crashes MuPDF is then lost alone, and the caller restarts the process (pipelines
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
 import socket
+import struct
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -45,6 +48,7 @@ UNMAPPED = "\ufffd"
 SIZE_TOLERANCE_PX = 2  # MuPDF rounds the pixmap outward to whole pixels on each side
 MIN_INSIDE_FRACTION = 0.5  # a word mostly outside the visible page is not on the image
 READY = "ready"
+READ_CHUNK_BYTES = 16 << 20
 # what MuPDF raises through PyMuPDF: its own error classes, or RuntimeError/ValueError wrappers
 MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
 
@@ -186,15 +190,15 @@ class Line(NamedTuple):
 
 @dataclass
 class RenderedPage:
-    """One rendered page. Its words are kept as columns: hundreds per page cross the pipe from
-    the render process, and lists of strings and of box tuples pickle far faster than as many
-    objects."""
+    """One rendered page. Its words are kept as columns, the numbers packed: hundreds of words
+    per page cross the pipe from the render process, and a list of strings and two byte strings
+    pickle far faster than as many objects."""
 
     index: int  # 0-based
     image: Image
     word_texts: list[str]
-    word_boxes: list[Box]
-    word_lines: list[tuple[int, int]]  # (block, line) number from MuPDF
+    word_box_data: bytes  # float64 x1, y1, x2, y2 per word, in pixels
+    word_line_data: bytes  # int32 (block, line) number from MuPDF per word
     lines: list[Line]
     text: str
     width_pt: float
@@ -204,14 +208,22 @@ class RenderedPage:
     inkless_lines: int = 0  # lines left out because their box shows no ink
 
     @property
+    def word_boxes(self) -> list[Box]:
+        return list(struct.iter_unpack("<4d", self.word_box_data))
+
+    @property
+    def word_lines(self) -> list[tuple[int, int]]:
+        return list(struct.iter_unpack("<2i", self.word_line_data))
+
+    @property
     def words(self) -> list[Word]:
         return list(map(Word, self.word_texts, self.word_boxes, self.word_lines))
 
     def __reduce__(self):  # plain tuples pickle ~3x faster than NamedTuples
-        return _rebuild_page, (self.index, self.image, self.word_texts, self.word_boxes,
-                               self.word_lines, [tuple(line) for line in self.lines], self.text,
-                               self.width_pt, self.height_pt, self.rotation, self.zoom,
-                               self.inkless_lines)
+        return _rebuild_page, (self.index, self.image, self.word_texts, self.word_box_data,
+                               self.word_line_data, [tuple(line) for line in self.lines],
+                               self.text, self.width_pt, self.height_pt, self.rotation,
+                               self.zoom, self.inkless_lines)
 
 
 def _rebuild_page(index, image, texts, boxes, word_lines, lines, *rest) -> "RenderedPage":
@@ -269,8 +281,9 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
     except MUPDF_ERRORS as error:
         raise PdfProblem("page_render_failed", "errored", str(error)[:300]) from error
     return RenderedPage(index=index, image=encode(pixmap, options), word_texts=words.texts,
-                        word_boxes=list(map(tuple, words.boxes.tolist())),
-                        word_lines=words.lines, lines=lines,
+                        word_box_data=np.ascontiguousarray(words.boxes, "<f8").tobytes(),
+                        word_line_data=np.array(words.lines, "<i4").reshape(-1, 2).tobytes(),
+                        lines=lines,
                         text="\n".join(line.text for line in lines), width_pt=rect.width,
                         height_pt=rect.height, rotation=page.rotation, zoom=zoom,
                         inkless_lines=inkless)
@@ -302,25 +315,28 @@ def place_words(raw_words, to_pixels: tuple, width: int, height: int,
     if not raw_words:
         return PlacedWords([], np.zeros((0, 4)), [])
     x0, y0, x1, y1, texts, blocks, lines, _ = zip(*raw_words)
-    x0, y0, x1, y1 = (np.array(v, dtype=np.float64) for v in (x0, y0, x1, y1))
+    xs, ys = np.array((x0, x1), dtype=np.float64), np.array((y0, y1), dtype=np.float64)
     a, b, c, d, e, f = to_pixels
     # /Rotate is a multiple of 90 degrees: two opposite corners still span the box
-    u0, v0 = a * x0 + c * y0 + e, b * x0 + d * y0 + f
-    u1, v1 = a * x1 + c * y1 + e, b * x1 + d * y1 + f
-    left, right = np.minimum(u0, u1), np.maximum(u0, u1)
-    top, bottom = np.minimum(v0, v1), np.maximum(v0, v1)
-    area = (right - left) * (bottom - top)
-    left, top = np.maximum(left, 0.0), np.maximum(top, 0.0)
-    right, bottom = np.minimum(right, float(width)), np.minimum(bottom, float(height))
-    inside = (right > left) & (bottom > top) & (
-        (right - left) * (bottom - top) >= MIN_INSIDE_FRACTION * area)
+    if b == 0 and c == 0:
+        us, vs = a * xs + e, d * ys + f
+    else:
+        us, vs = a * xs + c * ys + e, b * xs + d * ys + f
+    us.sort(axis=0)  # rows: left, right
+    vs.sort(axis=0)  # rows: top, bottom
+    area = (us[1] - us[0]) * (vs[1] - vs[0])
+    np.clip(us, 0.0, float(width), out=us)
+    np.clip(vs, 0.0, float(height), out=vs)
+    across, down = us[1] - us[0], vs[1] - vs[0]
+    inside = (across > 0) & (down > 0) & (across * down >= MIN_INSIDE_FRACTION * area)
     kept = np.flatnonzero(inside)
-    boxes = np.stack([left, top, right, bottom], axis=1)[kept]
+    boxes = np.array((us[0], vs[0], us[1], vs[1])).T[kept]
     kept = kept.tolist()
-    texts = [texts[i] for i in kept]
     if expand_ligatures:
-        texts = [t if t.isascii() else t.translate(LIGATURES) for t in texts]
-    texts = [t.strip() for t in texts]
+        texts = [t.strip() if t.isascii() else t.translate(LIGATURES).strip()
+                 for t in map(texts.__getitem__, kept)]
+    else:
+        texts = [texts[i].strip() for i in kept]
     keys = list(zip(texts, *np.rint(boxes).astype(np.int64).T.tolist()))
     if "" in texts or len(set(keys)) < len(keys):  # empty words, or one drawn twice
         seen: set = set()
@@ -340,7 +356,7 @@ def line_runs(words: PlacedWords) -> tuple[list[tuple[int, int]], list[Box]]:
     low = np.minimum.reduceat(words.boxes[:, :2], starts, axis=0)
     high = np.maximum.reduceat(words.boxes[:, 2:], starts, axis=0)
     return (list(zip(starts, starts[1:] + [len(keys)])),
-            [tuple(box) for box in np.hstack([low, high]).tolist()])
+            list(map(tuple, np.hstack([low, high]).tolist())))
 
 
 def line_directions(textpage: pymupdf.TextPage) -> dict[tuple[int, int], tuple[float, float]]:
@@ -372,13 +388,17 @@ def group_lines(words: PlacedWords, runs: list[tuple[int, int]], line_boxes: lis
     and a quad for a line that does not run left to right on the image (rotated pages, vertical
     labels, a diagonal watermark), so its corners say where the text starts."""
     lines, spans = [], None
+    # most lines run along the page's x axis, whose direction on the image is settled once
+    page_x = image_direction((1.0, 0.0), to_pixels)
     for (start, end), box in zip(runs, line_boxes):
         key = words.lines[start]
-        direction = image_direction(directions.get(key, (1.0, 0.0)), to_pixels)
-        if direction[0] > 1 - AXIS_TOLERANCE:
+        page_direction = directions.get(key)
+        dx, dy = page_x if page_direction is None else image_direction(page_direction,
+                                                                       to_pixels)
+        if dx > 1 - AXIS_TOLERANCE:
             quad = None  # left to right: the box's own corners
-        elif abs(direction[0]) < AXIS_TOLERANCE or abs(direction[1]) < AXIS_TOLERANCE:
-            quad = axis_line_quad(direction, box, width, height)
+        elif abs(dx) < AXIS_TOLERANCE or abs(dy) < AXIS_TOLERANCE:
+            quad = axis_line_quad((dx, dy), box, width, height)
         else:  # at an angle: its fonts and spans are needed, from MuPDF's dict export
             if spans is None:
                 # numbered as the words number them: blocks by MuPDF's own count
@@ -516,24 +536,57 @@ def encode(pixmap: pymupdf.Pixmap, options: RenderOptions) -> Image:
 
 @dataclass
 class VetRequest:
-    """Open and vet a PDF; the answer is its page count or a PdfProblem. With `sha256`, the
-    process keeps the vetted PDF open under that hash, so that its pages render without the PDF
-    being sent and opened again."""
+    """Open and vet a PDF: its bytes, or (data None) a local file the process reads itself, so
+    that the bytes cross no pipe. The answer is a Vetted or a PdfProblem; the process keeps the
+    vetted PDF open, so that its pages render without it being read and opened again."""
 
-    data: bytes
+    data: bytes | None
     policy: DocumentPolicy
-    sha256: str | None = None
+    path: str | None = None
+    max_bytes: int = 1 << 62  # for `path`: larger files are refused unread (pdf_too_large)
+
+
+class Vetted(NamedTuple):
+    page_count: int
+    sha256: str  # of the bytes vetted
 
 
 @dataclass
 class PageRequest:
-    """Render `pages` of the (already vetted) PDF whose bytes hash to `sha256`; `data` is None
-    when the render process already holds that PDF open from the previous request."""
+    """Render `pages` of the (already vetted) PDF whose bytes hash to `sha256`. `data` is None
+    when the render process already holds that PDF open, or when it is to read the local file
+    `path` itself (and check its hash)."""
 
     sha256: str
     data: bytes | None
     pages: list[int]
     options: RenderOptions
+    path: str | None = None
+    max_bytes: int = 1 << 62
+
+
+def read_at_most(f, limit: int) -> bytes:
+    """Up to `limit` bytes of a file, read in chunks: f.read(limit) would allocate `limit` bytes
+    up front."""
+    parts, size = [], 0
+    while size < limit:
+        part = f.read(min(READ_CHUNK_BYTES, limit - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def read_pdf_file(path: str, max_bytes: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = read_at_most(f, max_bytes + 1)
+    except OSError as error:
+        raise PdfProblem("unreadable_input", "errored", str(error)[:300]) from error
+    if len(data) > max_bytes:
+        raise PdfProblem("pdf_too_large", "errored", f"over {max_bytes} bytes")
+    return data
 
 
 def render_pages(doc: pymupdf.Document, pages: list[int], options: RenderOptions):
@@ -561,22 +614,22 @@ def send_message(conn, message, payload: bytes | bytearray | None = None) -> Non
             sock.detach()  # the connection still owns the descriptor
 
 
-def receive_message(conn) -> tuple[object, bytearray | None]:
+def receive_message(conn) -> tuple[object, bytes | None]:
     message, size = conn.recv()
     if size is None:
         return message, None
-    payload = bytearray(size)
-    view, received = memoryview(payload), 0
+    parts, received = [], 0
     sock = socket.socket(fileno=conn.fileno())
     try:
-        while received < size:
-            count = sock.recv_into(view[received:])
-            if not count:
+        while received < size:  # one part, unless a signal cuts the wait short
+            part = sock.recv(size - received, socket.MSG_WAITALL)
+            if not part:
                 raise EOFError("the connection closed within a message")
-            received += count
+            parts.append(part)
+            received += len(part)
     finally:
         sock.detach()
-    return message, payload
+    return message, parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def send_request(conn, request: VetRequest | PageRequest) -> None:
@@ -590,7 +643,7 @@ def receive_request(conn) -> VetRequest | PageRequest:
 
 
 def send_result(conn, result) -> None:
-    """A page count, a PdfProblem or a RenderedPage, whose image travels as the payload."""
+    """A Vetted, a PdfProblem or a RenderedPage, whose image travels as the payload."""
     if isinstance(result, RenderedPage):
         send_message(conn, replace(result, image=replace(result.image, data=b"")),
                      result.image.data)
@@ -601,14 +654,14 @@ def send_result(conn, result) -> None:
 def receive_result(conn):
     result, image = receive_message(conn)
     if image is not None:
-        result.image = replace(result.image, data=bytes(image))
+        result.image = replace(result.image, data=image)
     return result
 
 
 def serve(conn) -> None:
-    """Loop of the render process: answer a VetRequest with a page count or a problem, and a
+    """Loop of the render process: answer a VetRequest with a Vetted or a problem, and a
     PageRequest with one result per page, in order. It holds one PDF open: the last one vetted
-    (with a hash) or rendered. Ends when the connection closes."""
+    or rendered. Ends when the connection closes."""
     held_sha, held_doc = None, None
     conn.send(READY)  # imports are done: time limits count from here
     while True:
@@ -619,19 +672,34 @@ def serve(conn) -> None:
         if isinstance(request, VetRequest):
             held_sha, held_doc = None, None
             try:
-                doc = open_pdf(request.data, request.policy)
+                data = request.data
+                if data is None:
+                    data = read_pdf_file(request.path, request.max_bytes)
+                sha256 = hashlib.sha256(data).hexdigest()
+                doc = open_pdf(data, request.policy)
             except PdfProblem as problem:
                 send_result(conn, problem)
                 continue
-            if request.sha256 is not None:
-                held_sha, held_doc = request.sha256, doc
-            send_result(conn, doc.page_count)
+            except MemoryError:  # reading it took more than the process's memory limit
+                send_result(conn, PdfProblem("out_of_memory", "errored"))
+                continue
+            held_sha, held_doc = sha256, doc
+            send_result(conn, Vetted(doc.page_count, sha256))
             continue
         if request.data is not None or request.sha256 != held_sha:
+            held_sha, held_doc = None, None
             try:
-                held_doc = open_pdf(request.data or b"", None)
+                data = request.data
+                if data is None and request.path is not None:
+                    data = read_pdf_file(request.path, request.max_bytes)
+                    if hashlib.sha256(data).hexdigest() != request.sha256:
+                        raise PdfProblem("input_changed", "errored",
+                                         "the file changed during the run")
+                held_doc = open_pdf(data or b"", None)
                 held_sha = request.sha256
-            except PdfProblem as problem:
+            except (PdfProblem, MemoryError) as error:
+                problem = error if isinstance(error, PdfProblem) else PdfProblem(
+                    "out_of_memory", "errored")
                 held_sha, held_doc = None, None
                 for _ in request.pages:
                     send_result(conn, problem)

@@ -14,6 +14,7 @@ from corpus.samples import pdf as samples
 from corpus.shards import read_shard
 from filters.pages import PageRulesConfig
 import pipelines.pdf as pdf_pipeline
+import renderers.pdf as renderers_pdf
 from pipelines.pdf import (INPUT_EXTENSIONS, DocumentRef, ListDocuments, PdfConfig, PlanPageRanges,
                            RenderPages, RenderProcess, run, run_demo)
 from renderers.pdf import DocumentPolicy, PageRequest, RenderOptions, VetRequest
@@ -135,6 +136,18 @@ def test_oversized_members_are_not_read(tmp_path, beam_argv):
     assert report["errored"] == {"pdf_too_large": 1} and report["input"] == 1
 
 
+def test_local_files_too_large_or_gone_are_refused_by_the_render_process(tmp_path, monkeypatch):
+    big = write(tmp_path / "big.pdf", samples.english_pdf())
+    plan = PlanPageRanges(PdfConfig(max_pdf_bytes=1000), "unit")
+    [reject] = plan(DocumentRef(big, "big.pdf"))
+    assert (reject.reason, reject.status) == ("pdf_too_large", "errored")
+    [reject] = plan(DocumentRef(str(tmp_path / "gone.pdf"), "gone.pdf"))
+    assert reject.reason == "unreadable_input"
+    monkeypatch.setattr(renderers_pdf, "READ_CHUNK_BYTES", 7)  # read in many chunks
+    with open(big, "rb") as f:
+        assert renderers_pdf.read_pdf_file(big, 1 << 20) == f.read()
+
+
 def test_expand_inputs_files_folders_and_globs(tmp_path):
     write(tmp_path / "a" / "one.pdf", b"%PDF-")
     write(tmp_path / "a" / "deep" / "two.PDF", b"%PDF-")
@@ -198,11 +211,11 @@ def test_example_config_loads(tmp_path):
     assert hires.render.dpi == 144 and hires.rules == PageRulesConfig()
 
 
-@pytest.mark.parametrize("isolate, expected_reads", [(False, 2), (True, 1)])
+@pytest.mark.parametrize("isolate, expected_reads", [(False, 2), (True, 0)])
 def test_consecutive_ranges_of_one_pdf_read_it_once(tmp_path, monkeypatch, isolate,
                                                     expected_reads):
     """Without isolation the PDF is read to plan and once more for all its ranges; isolated,
-    the render process that vetted it holds it open, so it is read only to plan."""
+    the render process reads a local file itself to vet it and holds it open for the ranges."""
     path = write(tmp_path / "rotated.pdf", samples.rotated_pdf())
     reads = []
     real_read = pdf_pipeline.read_document
@@ -214,20 +227,42 @@ def test_consecutive_ranges_of_one_pdf_read_it_once(tmp_path, monkeypatch, isola
     assert [p.source.page for p in pages] == [1, 2, 3] and len(reads) == expected_reads
 
 
-def test_ranges_rendered_after_another_pdf_was_vetted_read_it_again(tmp_path, monkeypatch):
+def test_ranges_rendered_after_another_pdf_was_vetted_read_it_again(tmp_path):
     rotated = write(tmp_path / "rotated.pdf", samples.rotated_pdf())
     english = write(tmp_path / "english.pdf", samples.english_pdf())
     config = PdfConfig(pages_per_range=2)
     plan, render = PlanPageRanges(config, "unit"), RenderPages(config, "unit")
     first, second = plan(DocumentRef(rotated, "rotated.pdf"))
     plan(DocumentRef(english, "english.pdf"))  # the render process now holds this one
-    reads = []
-    real_read = pdf_pipeline.read_document
-    monkeypatch.setattr(pdf_pipeline, "read_document", lambda *a: reads.append(a) or real_read(*a))
     pages = render(first) + render(second)
-    assert [p.source.page for p in pages] == [1, 2, 3] and len(reads) == 1
+    assert [p.source.page for p in pages] == [1, 2, 3]
     with open(rotated, "rb") as f:
         assert {p.source.sha256 for p in pages} == {hashlib.sha256(f.read()).hexdigest()}
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_a_file_changed_after_planning_is_refused_by_the_render_process(tmp_path, zipped):
+    """The render process reads a local file again itself, a zip member is sent to it: either
+    way a PDF whose bytes no longer match the planned hash is not rendered."""
+    path = tmp_path / "docs.zip" if zipped else tmp_path / "doc.pdf"
+    doc = (DocumentRef(str(path), "docs.zip", "doc.pdf") if zipped
+           else DocumentRef(str(path), "doc.pdf"))
+
+    def put(data):
+        if zipped:
+            with zipfile.ZipFile(path, "w") as archive:
+                archive.writestr("doc.pdf", data)
+        else:
+            write(path, data)
+
+    put(samples.english_pdf())
+    config = PdfConfig()
+    [page_range] = PlanPageRanges(config, "unit")(doc)
+    PlanPageRanges(config, "unit")(DocumentRef(write(tmp_path / "other.pdf",
+                                                     samples.math_pdf()), "other.pdf"))
+    put(samples.math_pdf())
+    rejects = RenderPages(config, "unit")(page_range)
+    assert [r.reason for r in rejects] == ["input_changed", "input_changed"]
 
 
 def test_render_processes_are_shared_and_one_per_concurrent_caller():
@@ -255,14 +290,16 @@ def test_a_file_changed_after_planning_is_refused(tmp_path):
 def test_vetting_in_the_render_process():
     worker = RenderProcess()
     try:
-        assert worker.vet(VetRequest(samples.rotated_pdf(), DocumentPolicy()), 30) == 3
+        data = samples.rotated_pdf()
+        assert worker.vet(VetRequest(data, DocumentPolicy()), 30) == (
+            3, hashlib.sha256(data).hexdigest())
         problem = worker.vet(VetRequest(samples.javascript_pdf(), DocumentPolicy()), 30)
         assert problem.reason == "javascript_pdf"
         worker.process.kill()  # a process that died between requests
         worker.process.wait()
         crashed = worker.vet(VetRequest(samples.math_pdf(), DocumentPolicy()), 30)
         assert crashed.reason == "open_crashed" and worker.process is None
-        assert worker.vet(VetRequest(samples.math_pdf(), DocumentPolicy()), 30) == 1
+        assert worker.vet(VetRequest(samples.math_pdf(), DocumentPolicy()), 30).page_count == 1
     finally:
         worker.stop()
 

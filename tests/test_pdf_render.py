@@ -9,6 +9,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+import renderers.pdf as renderers_pdf
 from corpus.samples import pdf as samples
 from renderers.pdf import (DocumentPolicy, PdfProblem, RenderOptions, has_javascript, open_pdf,
                            render_page)
@@ -277,3 +278,63 @@ def test_a_rendered_page_survives_the_pipe():
     copy = pickle.loads(pickle.dumps(page))
     assert copy == page and type(copy.words[0]).__name__ == "Word"
     assert copy.lines[0].quad == page.lines[0].quad is not None
+
+
+def test_the_ink_check_decides_as_the_whole_box_measured_would():
+    """The corner and middle-row shortcuts only ever settle a line that the full measure (the
+    spread of the darkest channel over the whole box) also calls inked."""
+    rng = np.random.default_rng(1)
+    height, width, min_contrast = 60, 90, 48
+    for trial in range(40):
+        image = np.full((height, width, 3), rng.integers(0, 256, 3), np.uint8)  # background
+        for _ in range(rng.integers(0, 4)):  # patches: ink, faint marks, coloured fills
+            y, x = rng.integers(0, height - 4), rng.integers(0, width - 4)
+            h, w = rng.integers(1, 12), rng.integers(1, 30)
+            image[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+        pixmap = pymupdf.Pixmap(pymupdf.csRGB, width, height, image.tobytes(), False)
+        boxes = []
+        for _ in range(8):
+            x0, y0 = rng.uniform(0, width - 1), rng.uniform(0, height - 1)
+            boxes.append((x0, y0, min(x0 + rng.uniform(0.5, 40), width),
+                          min(y0 + rng.uniform(0.5, 15), height)))
+        runs = [(i, i + 1) for i in range(len(boxes))]
+        kept, _ = renderers_pdf.drop_inkless_lines(runs, boxes, pixmap, min_contrast)
+        expected = []
+        for run, (x0, y0, x1, y1) in zip(runs, boxes):
+            darkest = image[int(y0):int(y1) + 1, int(x0):int(x1) + 1].min(axis=2)
+            if darkest.size and int(darkest.max()) - int(darkest.min()) >= min_contrast:
+                expected.append(run)
+        assert kept == expected, trial
+
+
+def turned_text_pdf() -> bytes:
+    """Text along x, up the page (a chart's axis label), down it, and at an angle."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=400, height=400)
+    page.insert_font(fontname="dv", fontfile=samples.LATIN_FONT)
+    page.insert_text((60, 60), "Along the page", fontsize=14, fontname="dv")
+    page.insert_text((40, 300), "Axis label up", fontsize=12, fontname="dv", rotate=90)
+    page.insert_text((360, 100), "Label down", fontsize=12, fontname="dv", rotate=270)
+    origin = pymupdf.Point(120, 150)
+    page.insert_text(origin, "Slanted words", fontsize=16, fontname="dv",
+                     morph=(origin, pymupdf.Matrix(-25)))
+    return doc.tobytes()
+
+
+@pytest.mark.parametrize("make", [turned_text_pdf, samples.rotated_pdf, samples.math_pdf,
+                                  samples.chinese_pdf])
+def test_line_directions_are_mupdfs_own(make):
+    """Read from MuPDF's structured text directly, numbered as the words number their lines;
+    the same directions its dict export gives."""
+    doc = open_pdf(make(), DocumentPolicy())
+    for page in doc:
+        textpage = page.get_textpage(flags=RenderOptions().text_flags())
+        exported = {(block["number"], n): tuple(line["dir"])
+                    for block in textpage.extractDICT()["blocks"]
+                    for n, line in enumerate(block["lines"])}
+        directions = renderers_pdf.line_directions(textpage)
+        assert directions == {key: d for key, d in exported.items() if d != (1.0, 0.0)}
+        if make is turned_text_pdf:
+            assert len(directions) == 3
+        word_lines = {(w[5], w[6]) for w in page.get_text("words", textpage=textpage)}
+        assert word_lines <= set(exported)
