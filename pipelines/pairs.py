@@ -246,7 +246,8 @@ class PairReader:
         caption = config.caption_column or next(
             (by_lower[c] for c in CAPTION_COLUMNS if c in by_lower), None)
         if image not in names:
-            return "no_image_column"
+            # LAION's or CC3M's metadata: links to images, not images (img2dataset fetches them)
+            return "urls_not_downloaded" if "url" in by_lower else "no_image_column"
         if caption not in names:
             return "no_caption_column"
         return image, caption

@@ -155,6 +155,15 @@ def test_table_reader_rejects_bad_lines_without_holding_them(tmp_path):
     jsonl = list(reader(pairs.InputFile(str(tmp_path / "pairs.jsonl"), "pairs.jsonl")))
     assert [r.reason if isinstance(r, Reject) else "sample" for r in jsonl] == [
         "sample", "malformed_record", "malformed_record"]
+    # LAION-style metadata: links, not images; a table with neither
+    import pyarrow as pa
+    pq.write_table(pa.table({"URL": ["http://a/1.jpg"], "TEXT": ["a kite"]}),
+                   str(tmp_path / "laion.parquet"))
+    (tmp_path / "captions.tsv").write_text("caption\tscore\na kite\t1\n")
+    assert [r.reason for r in reader(pairs.InputFile(str(tmp_path / "laion.parquet"),
+                                                      "laion.parquet"))] == ["urls_not_downloaded"]
+    assert [r.reason for r in reader(pairs.InputFile(str(tmp_path / "captions.tsv"),
+                                                      "captions.tsv"))] == ["no_image_column"]
 
 
 def test_rule_order_follows_the_config():
