@@ -10,7 +10,10 @@ workers, render processes) every 50 ms. Printed per size: run seconds (inside th
 the pipeline call to the report; imports excluded), peak resident memory of the process tree
 (the sum over its processes at the worst moment) and of its largest process; then the time
 ratio against the input ratio (the goal: at most 1.1 times the input ratio) and the memory
-ratio (the goal: flat, 1.0).
+ratio (the goal: flat, 1.0). Both sizes write shards of the same size (the smaller input's
+count, at most 1,000 samples): a shard bucket is held in memory while it is written, so
+with a shard size above the smaller input the memory ratio would measure the shard filling
+up, not the input growing.
 
   .venv/bin/python benchmarks/bench_scaling.py --small               # a couple of minutes
   .venv/bin/python benchmarks/bench_scaling.py                       # the issue's sizes
@@ -56,7 +59,8 @@ def write_inputs(kind: str, directory: str, size: int) -> None:
             f.write(data)
 
 
-def child(kind: str, input_dir: str, output: str, mode: str, workers: int) -> None:
+def child(kind: str, input_dir: str, output: str, mode: str, workers: int,
+          per_shard: int) -> None:
     """Runs in the child process: one pipeline run, its seconds and counts as JSON."""
     argv = beam_argv(mode, workers)
     if kind == "pairs":
@@ -64,11 +68,11 @@ def child(kind: str, input_dir: str, output: str, mode: str, workers: int) -> No
         from pipelines.pairs import run
         config = no_clip_config()
         started = time.perf_counter()
-        report = run([input_dir], output, "bench", config, argv)
+        report = run([input_dir], output, "bench", config, argv, samples_per_shard=per_shard)
     else:
         from pipelines.pdf import PdfConfig, run
         started = time.perf_counter()
-        report = run([input_dir], output, "bench", PdfConfig(), argv)
+        report = run([input_dir], output, "bench", PdfConfig(), argv, samples_per_shard=per_shard)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "input": report["input"], "kept": report["kept"]}))
 
@@ -90,9 +94,10 @@ def tree_rss(process: psutil.Process) -> tuple[int, int]:
     return total, largest
 
 
-def measure(kind: str, input_dir: str, output: str, mode: str, workers: int) -> dict:
+def measure(kind: str, input_dir: str, output: str, mode: str, workers: int,
+            per_shard: int) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", kind, input_dir, output,
-               "--mode", mode, "--workers", str(workers)]
+               "--mode", mode, "--workers", str(workers), "--samples-per-shard", str(per_shard)]
     started = time.perf_counter()
     # Output to files, not pipes: a pipe nobody reads until the end can fill and stall the run.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -114,16 +119,17 @@ def measure(kind: str, input_dir: str, output: str, mode: str, workers: int) -> 
 
 
 def bench(kind: str, sizes: tuple[int, int], work: str, mode: str, workers: int) -> None:
-    results = {}
+    results, per_shard = {}, min(1000, sizes[0])
     for size in sizes:
         input_dir = os.path.join(work, f"{kind}-in-{size}")
         write_inputs(kind, input_dir, size)
         results[size] = measure(kind, input_dir, os.path.join(work, f"{kind}-out-{size}"),
-                                mode, workers)
+                                mode, workers, per_shard)
         shutil.rmtree(input_dir)
         r = results[size]
         print(f"{kind:5} {size:>7} inputs: {r['input']} units, {r['kept']} kept; run "
-              f"{r['seconds']:.1f} s (child wall {r['wall']:.1f} s); peak RSS tree "
+              f"{r['seconds']:.1f} s (child wall {r['wall']:.1f} s), {per_shard} per shard; "
+              f"peak RSS tree "
               f"{r['peak_tree_mb']:.0f} MB, largest process {r['peak_one_mb']:.0f} MB",
               flush=True)
     small, large = (results[s] for s in sizes)
@@ -146,9 +152,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes in multi_processing mode (default: one per core)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--samples-per-shard", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.mode, args.workers)
+        child(*args.child, args.mode, args.workers, args.samples_per_shard)
         return
     sizes = SMALL_SIZES if args.small else SIZES
     load = os.getloadavg()

@@ -658,6 +658,15 @@ def receive_result(conn):
     return result
 
 
+def let_go(doc: pymupdf.Document | None) -> None:
+    """Close a PDF and empty MuPDF's resource store: its fonts and images are of no use for the
+    next PDF, and a process rendering thousands of PDFs would otherwise grow by about a
+    megabyte per PDF until the store's cap (256 MB)."""
+    if doc is not None:
+        doc.close()
+    pymupdf.TOOLS.store_shrink(100)
+
+
 def serve(conn) -> None:
     """Loop of the render process: answer a VetRequest with a Vetted or a problem, and a
     PageRequest with one result per page, in order. It holds one PDF open: the last one vetted
@@ -670,6 +679,7 @@ def serve(conn) -> None:
         except EOFError:
             return
         if isinstance(request, VetRequest):
+            let_go(held_doc)
             held_sha, held_doc = None, None
             try:
                 data = request.data
@@ -687,6 +697,7 @@ def serve(conn) -> None:
             send_result(conn, Vetted(doc.page_count, sha256))
             continue
         if request.data is not None or request.sha256 != held_sha:
+            let_go(held_doc)
             held_sha, held_doc = None, None
             try:
                 data = request.data

@@ -338,3 +338,29 @@ def test_line_directions_are_mupdfs_own(make):
             assert len(directions) == 3
         word_lines = {(w[5], w[6]) for w in page.get_text("words", textpage=textpage)}
         assert word_lines <= set(exported)
+
+
+def test_letting_a_pdf_go_empties_mupdfs_store():
+    """A render process goes through thousands of PDFs: closing each one and emptying MuPDF's
+    resource store keeps its memory flat (without it, ~2 MB more per PDF of photos here, up to
+    the store's 256 MB cap)."""
+    from corpus.samples.pairs import make_photo
+    from renderers.pdf import let_go
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2 ** 20
+
+    sizes = []
+    for seed in range(24):
+        doc = pymupdf.open()
+        for i in range(2):
+            page = doc.new_page()
+            page.insert_image(pymupdf.Rect(50, 50, 550, 450),
+                              stream=make_photo(1200, 900, seed * 10 + i))
+        rendered = pymupdf.open(stream=doc.tobytes(), filetype="pdf")
+        for page in rendered:
+            page.get_pixmap(dpi=80)
+        let_go(rendered)
+        sizes.append(rss_mb())
+    assert sizes[-1] - sizes[4] < 10
