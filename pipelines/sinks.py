@@ -540,7 +540,8 @@ def _utf8(value: str) -> str:
 
 
 def _reject_row(reject: Reject) -> dict:
-    return {name: _utf8(str(value)) for name, value in asdict(reject).items()}
+    # the schema's columns are the Reject's fields, all flat: no `asdict` deep copy needed
+    return {name: _utf8(str(getattr(reject, name))) for name in REJECT_SCHEMA.names}
 
 
 def _reject_row_key(row: dict) -> tuple:

@@ -406,3 +406,11 @@ def test_select_and_tally_run_per_bucket(tmp_path, beam_argv):
     report = run_pipeline(build, beam_argv, str(tmp_path))
     assert (report["input"], report["kept"], report["dropped"]) == (6, 3, {"same_text": 3})
     assert report["stats"] == {"fixed": 1, "kept_texts": {"a bird": 1, "a cat": 1, "a dog": 1}}
+
+
+def test_reject_table_columns_are_the_reject_fields():
+    import dataclasses
+
+    from pipelines.sinks import REJECT_SCHEMA
+
+    assert [f.name for f in dataclasses.fields(Reject)] == REJECT_SCHEMA.names
