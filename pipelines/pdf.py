@@ -431,7 +431,8 @@ class RenderPages:
             images=[page.image], text=page.text, regions=regions,
             extra={"page_count": page_range.page_count, "rotation": page.rotation,
                    "page_size_pt": [round(page.width_pt, 2), round(page.height_pt, 2)],
-                   "zoom": round(page.zoom, 4), "inkless_lines": page.inkless_lines})
+                   "zoom": round(page.zoom, 4), "inkless_lines": page.inkless_lines,
+                   "unmapped_symbols": page.unmapped_symbols})
 
 
 def rule_failures(sample: Sample, rules: list) -> list[str]:

@@ -15,8 +15,11 @@ Ligatures are expanded (ﬁ -> fi): the label should read as a person reads the 
 tokenizer should see ordinary letters. MuPDF splits the ligature glyph's box among its letters.
 Lines whose box shows no ink (hidden or clipped text, white on white) are left out of the
 labels and the page text (`drop_inkless_lines`). Characters MuPDF cannot map to Unicode come
-out as U+FFFD; a page with any of them is dropped (`unmapped_glyphs`), because its text no
-longer says what its pixels show.
+out as U+FFFD. A word made of nothing else is a symbol without a text form (TeX's large
+delimiters, radicals and sums in its CMEX font, on most pages with display maths) and is left
+out of the labels; a page with one inside a word of text is dropped (`unmapped_glyphs`),
+because that text no longer says what its pixels show (`unmapped_glyphs: drop_page` drops the
+page for a lone symbol too).
 
 `serve_socket(fd)` runs the loop of a separate render process: a page that takes too long or
 crashes MuPDF is then lost alone, and the caller restarts the process (pipelines/pdf.py).
@@ -69,6 +72,7 @@ class RenderOptions:
     ligatures: str = "expand"  # expand (ﬁ -> fi) | keep
     accurate_boxes: bool = False  # glyph-outline boxes (MuPDF TEXT_ACCURATE_BBOXES); slower
     min_ink_contrast: int = 48  # a line whose box varies less than this (0-255) is left out; 0: off
+    unmapped_glyphs: str = "drop_symbols"  # drop_symbols (lone ones; see above) | drop_page
 
     def validate(self) -> None:
         if self.image_format not in IMAGE_FORMATS:
@@ -81,6 +85,8 @@ class RenderOptions:
             raise ValueError("quality must be within 1..100")
         if not 0 <= self.min_ink_contrast <= 255:
             raise ValueError("min_ink_contrast must be within 0..255")
+        if self.unmapped_glyphs not in ("drop_symbols", "drop_page"):
+            raise ValueError("unmapped_glyphs must be 'drop_symbols' or 'drop_page'")
         if not 0 <= self.png_compress_level <= 9 or not 0 <= self.webp_method <= 6:
             raise ValueError("png_compress_level must be within 0..9, webp_method within 0..6")
 
@@ -206,6 +212,7 @@ class RenderedPage:
     rotation: int
     zoom: float
     inkless_lines: int = 0  # lines left out because their box shows no ink
+    unmapped_symbols: int = 0  # words of glyphs without Unicode left out (`unmapped_glyphs`)
 
     @property
     def word_boxes(self) -> list[Box]:
@@ -223,7 +230,7 @@ class RenderedPage:
         return _rebuild_page, (self.index, self.image, self.word_texts, self.word_box_data,
                                self.word_line_data, [tuple(line) for line in self.lines],
                                self.text, self.width_pt, self.height_pt, self.rotation,
-                               self.zoom, self.inkless_lines)
+                               self.zoom, self.inkless_lines, self.unmapped_symbols)
 
 
 def _rebuild_page(index, image, texts, boxes, word_lines, lines, *rest) -> "RenderedPage":
@@ -257,7 +264,9 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
         to_pixels = (a * zoom, b * zoom, c * zoom, d * zoom, e * zoom - pixmap.x,
                      f * zoom - pixmap.y)
         textpage = page.get_textpage(flags=options.text_flags())
-        raw_words = page.get_text("words", textpage=textpage)
+        raw_words, unmapped_symbols = page.get_text("words", textpage=textpage), 0
+        if options.unmapped_glyphs == "drop_symbols":
+            raw_words, unmapped_symbols = without_unmapped_symbols(raw_words)
         directions = line_directions(textpage)
     except PdfProblem:
         raise
@@ -286,7 +295,13 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
                         lines=lines,
                         text="\n".join(line.text for line in lines), width_pt=rect.width,
                         height_pt=rect.height, rotation=page.rotation, zoom=zoom,
-                        inkless_lines=inkless)
+                        inkless_lines=inkless, unmapped_symbols=unmapped_symbols)
+
+
+def without_unmapped_symbols(raw_words: list) -> tuple[list, int]:
+    """MuPDF's words less those made only of glyphs it cannot map to Unicode; and how many."""
+    kept = [word for word in raw_words if word[4].replace(UNMAPPED, "").strip()]
+    return kept, len(raw_words) - len(kept)
 
 
 class PlacedWords(NamedTuple):

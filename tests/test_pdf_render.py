@@ -171,9 +171,17 @@ def test_giant_page_is_dropped_before_rendering():
         render(single_word_pdf(), max_page_pixels=10_000)
 
 
-def test_unmapped_glyphs_drop_the_page():
+def test_a_lone_unmapped_glyph_is_left_out_and_one_inside_text_drops_the_page():
+    # DejaVu has no glyph at U+E000: MuPDF reads it back as U+FFFD
+    page = render(single_word_pdf("icon \ue000 here"))  # a symbol of its own, like TeX's CMEX
+    assert [w.text for w in page.words] == ["icon", "here"] and page.unmapped_symbols == 1
+    assert "\ufffd" not in page.text
     with pytest.raises(PdfProblem, match="unmapped_glyphs"):
-        render(single_word_pdf("icon \ue000 here"))  # DejaVu has no glyph there
+        render(single_word_pdf("icon \ue000 here"), unmapped_glyphs="drop_page")
+    with pytest.raises(PdfProblem, match="unmapped_glyphs"):
+        render(single_word_pdf("ic\ue000on here"))  # text that no longer reads as drawn
+    with pytest.raises(ValueError):
+        RenderOptions(unmapped_glyphs="keep").validate()
 
 
 def test_private_use_text_comes_through_for_the_rule():
