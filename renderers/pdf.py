@@ -17,9 +17,10 @@ Lines whose box shows no ink (hidden or clipped text, white on white) are left o
 labels and the page text (`drop_inkless_lines`). Characters MuPDF cannot map to Unicode come
 out as U+FFFD. A word made of nothing else is a symbol without a text form (TeX's large
 delimiters, radicals and sums in its CMEX font, on most pages with display maths) and is left
-out of the labels; a page with one inside a word of text is dropped (`unmapped_glyphs`),
-because that text no longer says what its pixels show (`unmapped_glyphs: drop_page` drops the
-page for a lone symbol too).
+out of the labels; so is such a glyph inside a word when every one on the page is drawn in a
+TeX math extension or symbol font (a large bracket set tight against its content). Any other
+page with one inside a word is dropped (`unmapped_glyphs`), because that text no longer says
+what its pixels show (`unmapped_glyphs: drop_page` drops the page for a lone symbol too).
 
 `serve_socket(fd)` runs the loop of a separate render process: a page that takes too long or
 crashes MuPDF is then lost alone, and the caller restarts the process (pipelines/pdf.py).
@@ -48,6 +49,10 @@ POINTS_PER_INCH = 72
 LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi",
                            "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"})
 UNMAPPED = "\ufffd"
+# TeX's math extension and symbol fonts (Computer Modern, Euler, Latin Modern, AMS, txfonts,
+# pxfonts, STIX size variants, esint), with or without a subset prefix
+MATH_SYMBOL_FONT = re.compile(r"(?:[A-Z]{6}\+)?(?:CMEX|EUEX|LMEX|MSAM|MSBM|TXEX|PXEX|STIXSize|"
+                              r"ESINT)", re.IGNORECASE)
 SIZE_TOLERANCE_PX = 2  # MuPDF rounds the pixmap outward to whole pixels on each side
 MIN_INSIDE_FRACTION = 0.5  # a word mostly outside the visible page is not on the image
 READY = "ready"
@@ -267,6 +272,10 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
         raw_words, unmapped_symbols = page.get_text("words", textpage=textpage), 0
         if options.unmapped_glyphs == "drop_symbols":
             raw_words, unmapped_symbols = without_unmapped_symbols(raw_words)
+            if any(UNMAPPED in word[4] for word in raw_words) and \
+                    unmapped_are_math_symbols(textpage):
+                raw_words, stripped = without_unmapped_glyphs(raw_words)
+                unmapped_symbols += stripped
         directions = line_directions(textpage)
     except PdfProblem:
         raise
@@ -302,6 +311,28 @@ def without_unmapped_symbols(raw_words: list) -> tuple[list, int]:
     """MuPDF's words less those made only of glyphs it cannot map to Unicode; and how many."""
     kept = [word for word in raw_words if word[4].replace(UNMAPPED, "").strip()]
     return kept, len(raw_words) - len(kept)
+
+
+def without_unmapped_glyphs(raw_words: list) -> tuple[list, int]:
+    """MuPDF's words with the glyphs it cannot map to Unicode taken out of their text (the
+    box stays that of the whole word); and how many were taken out."""
+    stripped = [word[:4] + (word[4].replace(UNMAPPED, ""),) + tuple(word[5:])
+                for word in raw_words]
+    return stripped, sum(word[4].count(UNMAPPED) for word in raw_words)
+
+
+def unmapped_are_math_symbols(textpage) -> bool:
+    """Whether every glyph without Unicode on the page is drawn in a TeX math extension or
+    symbol font (large delimiters, radicals, sums set tight against their content). Only then
+    are they taken out of words of text; elsewhere (a text font without a map, an unmapped
+    ligature) the words would no longer read as drawn."""
+    for block in textpage.extractRAWDICT()["blocks"]:
+        for line in block.get("lines", ()):
+            for span in line["spans"]:
+                if not MATH_SYMBOL_FONT.match(span["font"]) and \
+                        any(char["c"] == UNMAPPED for char in span["chars"]):
+                    return False
+    return True
 
 
 class PlacedWords(NamedTuple):

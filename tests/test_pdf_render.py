@@ -184,6 +184,29 @@ def test_a_lone_unmapped_glyph_is_left_out_and_one_inside_text_drops_the_page():
         RenderOptions(unmapped_glyphs="keep").validate()
 
 
+def test_unmapped_glyphs_of_tex_math_fonts_come_out_of_words_of_text():
+    """A large bracket of TeX's CMEX font set tight against its content ("xD" + bracket): the
+    glyph leaves the word's text when every unmapped glyph on the page is from such a font; an
+    unmapped glyph of a text font (a ligature without a map) keeps the page's fate."""
+    from renderers.pdf import unmapped_are_math_symbols, without_unmapped_glyphs
+
+    class Page:  # the part of a MuPDF text page these read
+        def __init__(self, *spans):
+            self.spans = spans
+
+        def extractRAWDICT(self):
+            return {"blocks": [{"lines": [{"spans": [
+                {"font": font, "chars": [{"c": c} for c in text]} for font, text in self.spans]}]},
+                {"type": 1}]}
+
+    assert unmapped_are_math_symbols(Page(("CMR10", "x"), ("CMEX10", "\ufffd"),
+                                          ("ABCDEF+MSBM10", "\ufffd")))
+    assert not unmapped_are_math_symbols(Page(("CMEX10", "\ufffd"), ("SFRM1000", "e\ufffdcient")))
+    words = [(1.0, 2.0, 3.0, 4.0, "xD\ufffd", 0, 1, 2), (5.0, 6.0, 7.0, 8.0, "mod", 0, 1, 3)]
+    stripped, count = without_unmapped_glyphs(words)
+    assert stripped == [(1.0, 2.0, 3.0, 4.0, "xD", 0, 1, 2), words[1]] and count == 1
+
+
 def test_private_use_text_comes_through_for_the_rule():
     page = render(samples.rule_pages_pdf(), 4)
     assert "\ue000" in page.text
