@@ -641,6 +641,17 @@ def _tagged(pcoll, label: str, kind: str):
     return pcoll | label >> beam.Map(lambda value: (0, (kind, value)))
 
 
+_WRITTEN_KINDS = ((ShardInfo, "shard"), (_OutputFile, "file"), (_Tally, "tally"))
+
+
+def _tag_written(value):
+    """A bucket writer's output as a report piece; the rejects it made are counted elsewhere."""
+    for cls, kind in _WRITTEN_KINDS:
+        if isinstance(value, cls):
+            return [(0, (kind, value))]
+    return []
+
+
 def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str, pipeline_name: str,
               dataset: str, task: str, reason_order: list[str], formats: list[str],
               samples_per_shard: int, config: dict[str, Any] | None = None, stats=None,
@@ -669,9 +680,8 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
                | "RunBuckets" >> GroupIntoBuckets(ByRun(samples_per_shard, REJECTS_PER_FILE))
                | "WriteRunBuckets" >> beam.ParDo(WriteShardBucket(
                    output_dir, task, formats, select, tally[1] if tally else None)))
-    shard_infos = written | "ShardInfos" >> beam.Filter(lambda x: isinstance(x, ShardInfo))
-    files = written | "RunFiles" >> beam.Filter(lambda x: isinstance(x, _OutputFile))
-    tallies = written | "Tallies" >> beam.Filter(lambda x: isinstance(x, _Tally))
+    # what the writers report goes to the report by kind; the rejects they made, to the counts
+    written_pieces = written | "TagWritten" >> beam.FlatMap(_tag_written)
     made_rejects = written | "MadeRejects" >> beam.Filter(lambda x: isinstance(x, Reject))
     outcome_counts = ((pipeline_rejects, made_rejects) | "AllRejects" >> beam.Flatten()
                       | "OutcomeKey" >> beam.Map(lambda r: ((r.status, r.reason), 1))
@@ -686,9 +696,7 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
     pieces = [pipeline | "ReportBase" >> beam.Create([(0, ("base", None))]),
               _tagged(input_count, "TagInput", "input"),
               _tagged(outcome_counts, "TagOutcomes", "outcome"),
-              _tagged(shard_infos, "TagShards", "shard"),
-              _tagged(files, "TagFiles", "file"),
-              _tagged(tallies, "TagTallies", "tally")]
+              written_pieces]
     if stats is not None and not isinstance(stats, dict):
         pieces.append(_tagged(stats, "TagStats", "stats"))
     return (tuple(pieces) | "GatherReport" >> beam.Flatten()
