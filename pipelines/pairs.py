@@ -217,6 +217,7 @@ class PairReader:
         relative = file.relative[:-len(".parquet")]
         folder = None if pairs.endswith(".tar") else InputFile(pairs, relative, file.root)
         keyed_to = folder or InputFile(pairs, relative + ".tar", file.root)
+        sizes = folder_sizes(folder.path) if folder else {}
         for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 key = str(row["key"])
@@ -224,15 +225,29 @@ class PairReader:
                     yield self.reject(keyed_to, key, "download_failed",
                                       f"{row['status']}: {row.get('error_message') or ''}")
                 elif folder is not None:
-                    yield self.folder_pair(folder, key, row)
+                    yield self.folder_pair(folder, sizes, key, row)
 
-    def folder_pair(self, folder: InputFile, key: str, row: dict) -> Sample | Reject:
+    def folder_pair(self, folder: InputFile, sizes: dict[str, int], key: str,
+                    row: dict) -> Sample | Reject:
+        """KEY.jpg (or another image extension), KEY.txt and KEY.json of img2dataset's files
+        format, each read only when within the size limits a tar member has."""
+        present = {ext: f"{key}.{ext}" for ext in (*TAR_IMAGE_EXTENSIONS, "txt", "json")
+                   if f"{key}.{ext}" in sizes}
+        limits = self.tar_member_limits
+        oversized = [name for ext, name in present.items()
+                     if sizes[name] > limits.get(ext, limits["*"])]
+        if oversized:
+            reason = "caption_too_large" if f"{key}.txt" in oversized else "member_too_large"
+            return self.reject(folder, key, reason, f"unread: {oversized}")
         fs = fsspec.core.url_to_fs(folder.path)[0]
-        base = f"{folder.path.rstrip('/')}/{key}"
-        image = next((fs.cat_file(f"{base}.{e}") for e in TAR_IMAGE_EXTENSIONS
-                      if fs.exists(f"{base}.{e}")), None)
-        caption = fs.cat_file(f"{base}.txt") if fs.exists(f"{base}.txt") else row.get("caption")
-        meta = _json_meta(fs.cat_file(f"{base}.json")) if fs.exists(f"{base}.json") else \
+
+        def read(ext: str) -> bytes:
+            return fs.cat_file(f"{folder.path.rstrip('/')}/{present[ext]}")
+
+        image_ext = next((ext for ext in TAR_IMAGE_EXTENSIONS if ext in present), None)
+        image = read(image_ext) if image_ext else None
+        caption = read("txt") if "txt" in present else row.get("caption")
+        meta = _json_meta(read("json")) if "json" in present else \
             _scalar_meta(row, exclude={"caption"})
         meta.pop("caption", None)
         return self.make_sample(folder, key, image, caption, meta)
@@ -322,6 +337,13 @@ class PairReader:
                     yield self.reject(file, key, columns, f"keys: {sorted(row)}")
                     continue
                 yield self.table_row(file, key, row, columns)
+
+
+def folder_sizes(path: str) -> dict[str, int]:
+    """File name -> size of a folder's files, listed once (one request on an object store)."""
+    fs = fsspec.core.url_to_fs(path)[0]
+    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry["size"]
+            for entry in fs.ls(path, detail=True) if entry.get("type") != "directory"}
 
 
 def _json_meta(data: bytes | None) -> dict[str, Any]:

@@ -274,16 +274,22 @@ def test_img2dataset_output_folder_accounts_for_every_url(tmp_path, beam_argv, o
             (tmp_path / "in" / "00000" / f"{pair.key}.txt").write_text(pair.caption)
             (tmp_path / "in" / "00000" / f"{pair.key}.json").write_text(
                 json.dumps({"key": pair.key, "url": f"http://a/{pair.key}.jpg"}))
+        # a caption past input.max_caption_bytes is rejected unread, as in a tar
+        (tmp_path / "in" / "00000" / "000000003.jpg").write_bytes(pairs_in[0].image)
+        (tmp_path / "in" / "00000" / "000000003.txt").write_text("x" * 70_000)
     pq.write_table(pa.table({
-        "caption": ["a red kite over a field", "a lost image", "a green field in spring"],
-        "url": ["http://a/0.jpg", "http://a/1.jpg", "http://a/2.jpg"],
-        "key": ["000000000", "000000001", "000000002"],
-        "status": ["success", "failed_to_download", "success"],
-        "error_message": [None, "HTTP Error 404: Not Found", None]}),
+        "caption": ["a red kite over a field", "a lost image", "a green field in spring", "x"],
+        "url": ["http://a/0.jpg", "http://a/1.jpg", "http://a/2.jpg", "http://a/3.jpg"],
+        "key": ["000000000", "000000001", "000000002", "000000003"],
+        "status": ["success", "failed_to_download", "success",
+                   "success" if output_format == "files" else "failed_to_download"],
+        "error_message": [None, "HTTP Error 404: Not Found", None, None]}),
         str(tmp_path / "in" / "00000.parquet"))
     (tmp_path / "in" / "00000_stats.json").write_text("{}")
     report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web", None, beam_argv)
-    assert (report["input"], report["kept"], report["errored"]) == (3, 2, {"download_failed": 1})
+    errored = {"download_failed": 1, "caption_too_large": 1} if output_format == "files" else \
+        {"download_failed": 2}
+    assert (report["input"], report["kept"], report["errored"]) == (4, 2, errored)
     prefix = "00000.tar" if output_format == "webdataset" else "00000"
     failed = rejects_by_key(tmp_path / "out")[f"{prefix}#000000001"]
     assert failed["detail"] == "failed_to_download: HTTP Error 404: Not Found"
