@@ -37,46 +37,24 @@ from corpus.packing import plan_packs
 from corpus.schema import Sample
 from corpus.shards import read_shard
 from corpus.tokens import IMAGE_PAD, PAD, TextTokenizer
-from manifests.manifest import ManifestError, load_manifest
+from manifests.manifest import Manifest, ManifestError, ManifestSource, load_manifest
 
 IGNORE = -100
 
 
 # ---- manifest --------------------------------------------------------------------------------
 
-@dataclass
-class Source:
-    task: str
-    weight: float
-    shards: list[str]
-
-
-@dataclass
-class Manifest:
-    path: str
-    stage: int
-    image_size: int
-    seq_len: int
-    packing: bool
-    seed: int
-    tokenizer: str | None
-    sources: list[Source]
-
-
 def read_manifest(path: str) -> Manifest:
-    """The parts of a stage manifest (manifests/manifest.py reads and checks it) the trainer
-    uses: sources with shards and a positive weight, shard paths resolved."""
+    """A stage manifest (manifests/manifest.py reads and checks it, shard paths resolved), less
+    the sources the trainer cannot draw from: no shards, or no positive weight."""
     try:
         manifest = load_manifest(path)
     except ManifestError as error:
         raise ConfigError(str(error)) from None
-    sources = [Source(source.task, float(source.weight), [shard.path for shard in source.shards])
-               for source in manifest.sources if source.weight > 0 and source.shards]
+    sources = [source for source in manifest.sources if source.weight > 0 and source.shards]
     if not sources:
         raise ValueError(f"{path}: no source with shards and a positive weight")
-    return Manifest(path=path, stage=manifest.stage, image_size=manifest.image_size,
-                    seq_len=manifest.seq_len, packing=manifest.packing, seed=manifest.seed,
-                    tokenizer=manifest.tokenizer, sources=sources)
+    return dataclasses.replace(manifest, sources=sources)
 
 
 # ---- one sample -> tokens ---------------------------------------------------------------------
@@ -186,11 +164,11 @@ class PackJob:
 
 
 class TaskStream:
-    def __init__(self, source: Source, encoder: SampleEncoder, seed: int, packing: bool,
+    def __init__(self, source: ManifestSource, encoder: SampleEncoder, seed: int, packing: bool,
                  window: int):
         self.task = source.task
         self.encoder, self.seed, self.packing, self.window = encoder, seed, packing, window
-        self.reader = ShardReader(source.task, source.shards, seed)
+        self.reader = ShardReader(source.task, [shard.path for shard in source.shards], seed)
         self.window_start = self.next_start = Position()
         self.taken = 0
         self.skipped = 0  # samples without a text format, cut through an image, or nothing to learn
@@ -402,7 +380,7 @@ def corpus_texts(manifest: Manifest, limit: int = 2000) -> Iterator[str]:
     for source in manifest.sources:
         count = 0
         for shard in source.shards:
-            for sample in read_shard(shard):
+            for sample in read_shard(shard.path):
                 yield render(format_sample(sample))
                 count += 1
                 if count >= limit:
