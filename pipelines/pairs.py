@@ -46,7 +46,7 @@ from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner,
 from pipelines.clip import ClipConfig, ClipExample, OpenClipModelHandler, model_input_size
 from pipelines.common import METRICS_NAMESPACE, Batches, RulesStep, SplitRejects, StepFn, \
     add_common_arguments, apply_step, print_summary, run_pipeline
-from pipelines.sinks import CountAll, SpillFile, write_run
+from pipelines.sinks import CountAll, SpillFile, chunk_size, write_run
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ class PairReader:
         relative = file.relative[:-len(".parquet")]
         folder = None if pairs.endswith(".tar") else InputFile(pairs, relative, file.root)
         keyed_to = folder or InputFile(pairs, relative + ".tar", file.root)
-        sizes = folder_sizes(folder.path) if folder else {}
+        fs = fsspec.core.url_to_fs(pairs)[0]
+        sizes = folder_sizes(fs, pairs) if folder else {}
         for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 key = str(row["key"])
@@ -225,9 +226,9 @@ class PairReader:
                     yield self.reject(keyed_to, key, "download_failed",
                                       f"{row['status']}: {row.get('error_message') or ''}")
                 elif folder is not None:
-                    yield self.folder_pair(folder, sizes, key, row)
+                    yield self.folder_pair(fs, folder, sizes, key, row)
 
-    def folder_pair(self, folder: InputFile, sizes: dict[str, int], key: str,
+    def folder_pair(self, fs, folder: InputFile, sizes: dict[str, int], key: str,
                     row: dict) -> Sample | Reject:
         """KEY.jpg (or another image extension), KEY.txt and KEY.json of img2dataset's files
         format, each read only when within the size limits a tar member has."""
@@ -239,7 +240,6 @@ class PairReader:
         if oversized:
             reason = "caption_too_large" if f"{key}.txt" in oversized else "member_too_large"
             return self.reject(folder, key, reason, f"unread: {oversized}")
-        fs = fsspec.core.url_to_fs(folder.path)[0]
 
         def read(ext: str) -> bytes:
             return fs.cat_file(f"{folder.path.rstrip('/')}/{present[ext]}")
@@ -339,9 +339,8 @@ class PairReader:
                 yield self.table_row(file, key, row, columns)
 
 
-def folder_sizes(path: str) -> dict[str, int]:
+def folder_sizes(fs, path: str) -> dict[str, int]:
     """File name -> size of a folder's files, listed once (one request on an object store)."""
-    fs = fsspec.core.url_to_fs(path)[0]
     return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry["size"]
             for entry in fs.ls(path, detail=True) if entry.get("type") != "directory"}
 
@@ -393,7 +392,8 @@ class ReadPairs(beam.DoFn):
                  spill_to: str | None = None, verify_decode: bool = False):
         self.reader = reader
         self.rules = StepFn(RulesStep(rules), reader.dataset) if rules else None
-        self.spill_to, self.verify_decode = spill_to, verify_decode
+        self.spill_to = spill_to
+        self.verify_decode = VerifyDecode() if verify_decode else None
 
     def setup(self):
         if self.rules is not None:
@@ -428,8 +428,8 @@ class ReadPairs(beam.DoFn):
                 continue
             results = [result] if self.rules is None else self.rules.process(result)
             for checked in results:
-                if self.verify_decode and not isinstance(checked, Reject):
-                    (checked,) = VerifyDecode()(checked)
+                if self.verify_decode is not None and not isinstance(checked, Reject):
+                    (checked,) = self.verify_decode(checked)
                 yield checked
 
 
@@ -650,7 +650,7 @@ def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, confi
 
 def _units(element) -> int:
     """Input units an element of the read step stands for: a spill chunk one per sample."""
-    return len(element[1]) if isinstance(element, tuple) else 1
+    return chunk_size(element) if isinstance(element, tuple) else 1
 
 
 def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list, spilled: bool):

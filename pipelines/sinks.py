@@ -35,6 +35,7 @@ import logging
 import math
 import pickle
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -211,7 +212,7 @@ class BySpill(ById):
         super().__init__(per_bucket, _chunk_number)
 
     def kind_size(self, chunk) -> tuple[str, int]:
-        return "elements", len(chunk[1])
+        return "elements", chunk_size(chunk)
 
     def cut(self, chunk, buckets: int):
         yield from cut_chunk(chunk, buckets)
@@ -294,6 +295,11 @@ class GroupIntoBuckets(beam.PTransform):
 # A spill chunk: (path of a spill file, [(bucket number, offset, length), ...]), plain tuples so
 # that every runner encodes them with its fast coder.
 SpillChunk = tuple
+
+
+def chunk_size(chunk: SpillChunk) -> int:
+    """How many samples a spill chunk holds."""
+    return len(chunk[1])
 
 
 def _chunk_number(chunk: SpillChunk) -> int:
@@ -451,11 +457,7 @@ class WriteShardBucket(beam.DoFn):
 
     def _write_samples(self, bucket, num_buckets, samples, members, content):
         if self.tally is not None:
-            counts: dict[str, int] = {}
-            for sample in samples:
-                value = self.tally(sample)
-                counts[value] = counts.get(value, 0) + 1
-            yield _Tally(counts)
+            yield _Tally(dict(Counter(map(self.tally, samples))))
         marker_name = _marker_name(self.task, bucket, num_buckets)
         done = self._completed(marker_name, content)
         if done is None:
@@ -611,10 +613,8 @@ class WriteReport(beam.DoFn):
             raise AssertionError(f"stats must be one element, got {len(stats_list)}")
         stats = {**self.header["static_stats"], **stats_list[0]}
         if self.header.get("tally_name"):
-            kept_counts: dict[str, int] = {}
-            for tally in by_kind.get("tally", []):
-                for value, count in tally.counts.items():
-                    kept_counts[value] = kept_counts.get(value, 0) + count
+            kept_counts = sum((Counter(tally.counts) for tally in by_kind.get("tally", [])),
+                              Counter())
             stats[self.header["tally_name"]] = dict(sorted(kept_counts.items()))
         shards = by_kind.get("shard", [])
         primary = self.header["primary"]
