@@ -126,11 +126,11 @@ def main() -> None:
     seeds = same_images_as_runner(count)
     results = {}
 
-    def loop():
+    def render_all(document_template):
         for seed in seeds:
-            data = render_seeded(template, seed)
+            data = render_seeded(document_template, seed)
             encode_jpeg(data["image"], data["quality"])
-    results["template"] = timed("template", count, loop)
+    results["template"] = timed("template", count, lambda: render_all(template))
 
     with tempfile.TemporaryDirectory() as out:
         saver = SynthDoG(dict(config))
@@ -148,11 +148,7 @@ def main() -> None:
         document.content.textbox = PerCharacterTextBox(document.content.textbox.fill)
     render_seeded(per_char, 1)
 
-    def per_char_loop():
-        for seed in seeds:
-            data = render_seeded(per_char, seed)
-            encode_jpeg(data["image"], data["quality"])
-    results["per_char"] = timed("per-character text", count, per_char_loop)
+    results["per_char"] = timed("per-character text", count, lambda: render_all(per_char))
 
     from pipelines import synthdog as pipeline
     from renderers.synthdog.config import SynthDogConfig
