@@ -12,26 +12,23 @@ count it as one errored unit; a file that cannot be opened becomes one such reco
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
 import re
 import tarfile
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import fsspec
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image as PILImage
 
 from corpus.ids import sample_id
 from corpus.schema import Image
 from corpus.shards import iter_tar_groups
 from filters.base import Reject
-from filters.image_rules import DEFAULT_MAX_PIXELS, ImageError
+from filters.image_rules import ImageError, probe_image, verify_decode
 
 RECORD_EXTENSIONS = (".json", ".jsonl", ".parquet", ".tar")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -42,7 +39,6 @@ MAX_IMAGE_BYTES = 64 << 20
 LIST_KEYS = ("annotations", "questions", "data", "records", "samples")
 # Record fields that name an image file, in the order they are tried.
 IMAGE_PATH_FIELDS = ("image", "image_path", "img_path", "file_name", "filename", "image_file")
-PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 
 
 @dataclass
@@ -251,35 +247,17 @@ def _normalise(name: str) -> str:
 
 
 def decode_image(data: bytes) -> Image:
-    """An `Image` with its real size. JPEG/PNG/WebP keep their bytes; other formats become PNG.
-    Raises ImageError (a ValueError; reason corrupt_image, decompression_bomb or
-    image_too_large) when the bytes are not a usable image. The size is judged from the header,
-    before anything is decoded."""
+    """An `Image` with its real size, upright (`probe_image`: JPEG/PNG/WebP keep their bytes
+    unless EXIF turns them; GIF/BMP/TIFF/AVIF are re-encoded), and fully decoded once, so that
+    a truncated body is caught here. Raises ImageError (a ValueError; reason corrupt_image,
+    decompression_bomb, unsupported_image_format or image_too_large) when the bytes are not a
+    usable image. The size is judged from the header, before anything is decoded."""
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageError("image_too_large", f"over {MAX_IMAGE_BYTES} bytes")
-    try:
-        with warnings.catch_warnings():  # the size is judged below, against our own limit
-            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            image = PILImage.open(io.BytesIO(data))
-    except PILImage.DecompressionBombError as error:
-        raise ImageError("decompression_bomb", str(error)) from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError("corrupt_image", str(error)) from error
-    if image.width * image.height > DEFAULT_MAX_PIXELS:
-        image.close()
-        raise ImageError("decompression_bomb",
-                         f"{image.width}x{image.height} > {DEFAULT_MAX_PIXELS} pixels")
-    try:
-        with image:
-            image.load()
-            fmt = PIL_FORMATS.get(image.format)
-            if fmt is None:
-                buffer = io.BytesIO()
-                image.convert("RGB").save(buffer, format="PNG")
-                data, fmt = buffer.getvalue(), "png"
-            return Image(data, fmt, image.width, image.height)
-    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as error:
-        raise ImageError("corrupt_image", str(error)) from error
+    image = probe_image(data)
+    if image.data is data:  # re-encoded images were decoded already
+        verify_decode(data)
+    return image
 
 
 def image_problem_of(error: ValueError) -> str:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
@@ -39,7 +40,7 @@ from corpus.schema import Sample, Source
 from corpus.shards import iter_tar_groups
 from filters.base import Reject
 from filters.image_rules import ImageError, ImageRulesConfig, decode_for_model, image_rules, \
-    probe_image
+    probe_image, verify_decode
 from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
     TextRulesConfig, html_cleaner, no_emoji
@@ -55,6 +56,7 @@ TASK = "captioning"
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_EXTENSIONS = (".tsv", ".jsonl", ".parquet")
 INPUT_EXTENSIONS = (".tar",) + TABLE_EXTENSIONS
+CAPTION_EXTENSION = ".txt"  # KEY.txt beside KEY.jpg in a folder
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "text")
 INLINE_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # img2dataset's Parquet output
@@ -90,7 +92,9 @@ class PairReader:
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
         name = file.path.lower()
-        if name.endswith(".tar"):
+        if name.endswith("/"):
+            yield from self.read_caption_folder(file)
+        elif name.endswith(".tar"):
             yield from self.read_tar(file)
         elif name.endswith(".parquet"):
             yield from self.read_parquet(file)
@@ -218,7 +222,7 @@ class PairReader:
         folder = None if pairs.endswith(".tar") else InputFile(pairs, relative, file.root)
         keyed_to = folder or InputFile(pairs, relative + ".tar", file.root)
         fs = fsspec.core.url_to_fs(pairs)[0]
-        sizes = folder_sizes(fs, pairs) if folder else {}
+        members = folder_members(fs, pairs) if folder else {}
         for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 key = str(row["key"])
@@ -226,19 +230,32 @@ class PairReader:
                     yield self.reject(keyed_to, key, "download_failed",
                                       f"{row['status']}: {row.get('error_message') or ''}")
                 elif folder is not None:
-                    yield self.folder_pair(fs, folder, sizes, key, row)
+                    yield self.folder_pair(fs, folder, members.get(key, {}), key, row)
 
-    def folder_pair(self, fs, folder: InputFile, sizes: dict[str, int], key: str,
+    # -- a folder of KEY.jpg + KEY.txt (+ KEY.json): img2dataset's files format without its
+    #    Parquet, or any folder of captioned images
+    def read_caption_folder(self, file: InputFile) -> Iterator[Sample | Reject]:
+        """Every name in the folder with an image or a caption: a pair, or a reject for the
+        half that is missing."""
+        fs = fsspec.core.url_to_fs(file.path)[0]
+        members = folder_members(fs, file.path)
+        for key in sorted(members):
+            if members[key].keys() & {*TAR_IMAGE_EXTENSIONS, "txt"}:
+                yield self.folder_pair(fs, file, members[key], key, {})
+
+    def folder_pair(self, fs, folder: InputFile, files: dict[str, tuple[str, int]], key: str,
                     row: dict) -> Sample | Reject:
-        """KEY.jpg (or another image extension), KEY.txt and KEY.json of img2dataset's files
-        format, each read only when within the size limits a tar member has."""
-        present = {ext: f"{key}.{ext}" for ext in (*TAR_IMAGE_EXTENSIONS, "txt", "json")
-                   if f"{key}.{ext}" in sizes}
+        """KEY.jpg (or another image extension, any case), KEY.txt and KEY.json (`files`:
+        extension -> name, size), each read only when within the size limits a tar member
+        has."""
+        present = {ext: name for ext, (name, _) in files.items()
+                   if ext in (*TAR_IMAGE_EXTENSIONS, "txt", "json")}
         limits = self.tar_member_limits
-        oversized = [name for ext, name in present.items()
-                     if sizes[name] > limits.get(ext, limits["*"])]
+        oversized = [name for ext, (name, size) in files.items()
+                     if ext in present and size > limits.get(ext, limits["*"])]
         if oversized:
-            reason = "caption_too_large" if f"{key}.txt" in oversized else "member_too_large"
+            caption_name = files.get("txt", ("",))[0]
+            reason = "caption_too_large" if caption_name in oversized else "member_too_large"
             return self.reject(folder, key, reason, f"unread: {oversized}")
 
         def read(ext: str) -> bytes:
@@ -339,10 +356,45 @@ class PairReader:
                 yield self.table_row(file, key, row, columns)
 
 
-def folder_sizes(fs, path: str) -> dict[str, int]:
-    """File name -> size of a folder's files, listed once (one request on an object store)."""
-    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry["size"]
-            for entry in fs.ls(path, detail=True) if entry.get("type") != "directory"}
+def folder_members(fs, path: str) -> dict[str, dict[str, tuple[str, int]]]:
+    """A folder's files by name before the last dot: extension (lower case) -> (file name,
+    size). Listed once (one request on an object store)."""
+    members: dict[str, dict[str, tuple[str, int]]] = {}
+    for entry in fs.ls(path.rstrip("/"), detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" and "." in name and not name.startswith("."):
+            stem, ext = name.rsplit(".", 1)
+            members.setdefault(stem, {})[ext.lower()] = (name, entry["size"])
+    return members
+
+
+def pair_inputs(patterns: list[str]) -> list[InputFile]:
+    """The tars and tables the patterns name, and each folder holding images beside captions
+    of the same name (one unit per folder; the folder of img2dataset's files format is read
+    through its Parquet instead)."""
+    found = expand_inputs(patterns, INPUT_EXTENSIONS + (CAPTION_EXTENSION,))
+    units = [f for f in found if not f.path.lower().endswith(CAPTION_EXTENSION)]
+    read_by_parquet = {f.path[:-len(".parquet")] for f in units if f.path.endswith(".parquet")}
+    folders: dict[str, InputFile] = {}
+    for caption in found:
+        if not caption.path.lower().endswith(CAPTION_EXTENSION):
+            continue
+        folder = caption.path.rsplit("/", 1)[0] if "://" in caption.path else \
+            os.path.dirname(caption.path)
+        if folder in folders or folder in read_by_parquet:
+            continue
+        relative = posixpath.dirname(caption.relative) or posixpath.basename(caption.root)
+        folders[folder] = InputFile(folder + "/", relative, caption.root)
+    for folder, unit in folders.items():
+        fs = fsspec.core.url_to_fs(folder)[0]
+        images = {stem for stem, files in folder_members(fs, folder).items()
+                  if CAPTION_EXTENSION[1:] in files and files.keys() & set(TAR_IMAGE_EXTENSIONS)}
+        if images:  # else the .txt files are notes, not captions
+            units.append(unit)
+    if not units:
+        raise FileNotFoundError(f"no pairs under {patterns}: no .tar, .tsv, .jsonl or .parquet "
+                                "file, and no folder of images with same-named .txt captions")
+    return sorted(units, key=lambda f: f.relative)
 
 
 def _json_meta(data: bytes | None) -> dict[str, Any]:
@@ -493,7 +545,7 @@ class VerifyDecode:
 
     def __call__(self, sample: Sample):
         try:
-            decode_for_model(sample.image.data, 32)
+            verify_decode(sample.image.data)
         except ImageError as error:
             return [Reject.of(sample, error.reason, "errored", error.detail)]
         return [sample]
@@ -699,7 +751,7 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | 
         samples_per_shard: int = 1000) -> dict[str, Any]:
     """Clean the pairs under `inputs` into `output_dir`; returns the report."""
     config = config or PairsConfig()
-    files = expand_inputs(inputs, INPUT_EXTENSIONS)
+    files = pair_inputs(inputs)
     log.info("corpus pairs: %d input file(s); CLIP %s", len(files), describe_clip(config.clip))
     return run_pipeline(
         lambda p: build(p, files, output_dir, dataset, config, shard_formats or ["webdataset"],

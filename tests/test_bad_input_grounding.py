@@ -89,7 +89,7 @@ def test_every_bad_input_is_counted_under_its_reason(outcome):
     for task in TASKS:
         report = outcome[1].report["tasks"][task]
         assert report["kept"] == 6  # refs 0, 1 (two expressions), 7 (1 MB), 8 (Latin-1); tar t0
-        assert report["dropped"] == {"missing_image": 1, "corrupt_image": 2,
+        assert report["dropped"] == {"missing_image": 1, "corrupt_image": 1, "empty_image": 1,
                                      "decompression_bomb": 1, "image_too_large": 1}
         assert report["errored"] == {"malformed_json": 3, "malformed_record": 1,
                                      "truncated_tar": 1, "unreadable_file": 1,
@@ -103,7 +103,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
         rows = rejects_table(out / task)
         check_rejects_match_report(measured.report["tasks"][task], rows)
         assert reason_of(rows) == {
-            f"a-refs.jsonl#2/{task}": "corrupt_image", f"a-refs.jsonl#3/{task}": "corrupt_image",
+            f"a-refs.jsonl#2/{task}": "corrupt_image", f"a-refs.jsonl#3/{task}": "empty_image",
             f"a-refs.jsonl#4/{task}": "decompression_bomb",
             f"a-refs.jsonl#5/{task}": "image_too_large",
             f"a-refs.jsonl#6/{task}": "missing_image",

@@ -97,9 +97,9 @@ def outcome(tmp_path_factory):
 def test_every_bad_input_is_counted_under_its_reason(outcome):
     report = outcome[1].report
     assert report["kept"] == 6  # 2 good, the 1 MB and Latin-1 ones, Parquet #0, tar t0
-    assert report["dropped"] == {"malformed_record": 1, "missing_image": 1, "corrupt_image": 3,
-                                 "no_assistant_turn": 2, "decompression_bomb": 1,
-                                 "image_too_large": 1}
+    assert report["dropped"] == {"malformed_record": 1, "missing_image": 1, "corrupt_image": 2,
+                                 "empty_image": 1, "no_assistant_turn": 2,
+                                 "decompression_bomb": 1, "image_too_large": 1}
     assert report["errored"] == {"malformed_json": 3, "malformed_record": 1,
                                  "truncated_tar": 1, "unreadable_file": 1,
                                  "unsafe_member_name": 2}
@@ -112,7 +112,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
     check_rejects_match_report(measured.report, rows)
     assert reason_of(rows) == {
         "dialogues.jsonl#2": "no_assistant_turn", "dialogues.jsonl#3": "no_assistant_turn",
-        "dialogues.jsonl#4": "corrupt_image", "dialogues.jsonl#5": "corrupt_image",
+        "dialogues.jsonl#4": "corrupt_image", "dialogues.jsonl#5": "empty_image",
         "dialogues.jsonl#6": "decompression_bomb", "dialogues.jsonl#7": "image_too_large",
         "dialogues.jsonl#8": "missing_image", "dialogues.jsonl#11": "malformed_json",
         "dialogues.jsonl#12": "malformed_record", "dialogues.jsonl#13": "malformed_record",

@@ -89,7 +89,7 @@ def test_every_bad_input_is_counted_under_its_reason(outcome):
     report = outcome[1].report
     assert report["kept"] == 5  # 2 good, the Latin-1 and 1 MB questions, tar t0
     assert report["dropped"] == {"malformed_record": 1, "no_answer": 1, "missing_image": 1,
-                                 "corrupt_image": 3, "decompression_bomb": 2,
+                                 "corrupt_image": 2, "empty_image": 1, "decompression_bomb": 2,
                                  "image_too_large": 1}
     assert report["errored"] == {"unreadable_file": 2, "malformed_json": 3, "malformed_record": 1,
                                  "truncated_tar": 1, "unsafe_member_name": 2}
@@ -101,7 +101,7 @@ def test_the_rejects_table_names_each_bad_input(outcome):
     rows = rejects_table(out)
     check_rejects_match_report(measured.report, rows)
     assert reason_of(rows) == {
-        "questions.jsonl#2": "corrupt_image", "questions.jsonl#3": "corrupt_image",
+        "questions.jsonl#2": "corrupt_image", "questions.jsonl#3": "empty_image",
         "questions.jsonl#4": "corrupt_image", "questions.jsonl#5": "decompression_bomb",
         "questions.jsonl#6": "decompression_bomb", "questions.jsonl#7": "image_too_large",
         "questions.jsonl#8": "missing_image", "questions.jsonl#11": "malformed_json",

@@ -1,6 +1,7 @@
 """`corpus pairs` end to end on small inputs of every supported form, in-memory runner."""
 import argparse
 import glob
+import hashlib
 import json
 import os
 
@@ -27,7 +28,8 @@ def kept_by_key(output_dir):
 def test_demo_inputs_every_rule_with_clip(tmp_path, beam_argv):
     report = pairs.run_demo(str(tmp_path), beam_argv)
     assert report["kept"] + report["dropped_total"] + report["errored_total"] == report["input"]
-    assert report["input"] == 27 + 3 + 5  # demo tar + truncated tar (2 read + 1 reject) + folder
+    # demo tar + truncated tar (2 read + 1 reject) + folder
+    assert report["input"] == 27 + 3 + len(academic_rows())
     rejects, kept = rejects_by_key(tmp_path), kept_by_key(tmp_path)
     order = pairs.reason_order(pairs.PairsConfig())
     after_clip = set(order[order.index("clip_score_too_low"):])
@@ -78,7 +80,8 @@ def test_img2dataset_parquet_and_jsonl_folder_without_clip(tmp_path, beam_argv, 
     assert "CLIP step: off: no clip.checkpoint configured" in printed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["input"] == len(photo_pairs) + len(rows)
-    expected_kept = sum(p.expect == "kept" for p in photo_pairs) + 2
+    expected_kept = sum(p.expect == "kept" for p in photo_pairs) + sum(
+        outcome == "kept" for *_, outcome in rows)
     assert report["kept"] == expected_kept
     assert report["dropped"]["aspect_ratio_too_large"] == 1
     assert report["dropped"]["emoji"] == 1
@@ -90,6 +93,11 @@ def test_img2dataset_parquet_and_jsonl_folder_without_clip(tmp_path, beam_argv, 
     assert sum(report["stats"]["kept_languages"].values()) == expected_kept
     kept = kept_by_key(tmp_path / "out")
     assert kept["coco/captions.jsonl#1"].text == "a man riding a red bike down a city street"
+    # The phone photo is stored upright, the GIF as PNG; the source hash is of the input's bytes.
+    phone, drawing = kept["coco/captions.jsonl#5"], kept["coco/captions.jsonl#6"]
+    assert (phone.image.format, phone.image.width, phone.image.height) == ("jpeg", 240, 320)
+    assert (drawing.image.format, drawing.image.width, drawing.image.height) == ("png", 300, 240)
+    assert phone.source.sha256 == hashlib.sha256(rows[5][1]).hexdigest()
     assert all(s.clip_score is None for s in kept.values())
     parquet_shards = glob.glob(str(tmp_path / "out" / "shards" / "*.parquet"))
     assert sum(1 for p in parquet_shards for _ in read_shard(p)) == expected_kept
@@ -297,3 +305,41 @@ def test_img2dataset_output_folder_accounts_for_every_url(tmp_path, beam_argv, o
     assert kept[f"{prefix}#000000002"].text == "a green field in spring"
     if output_format == "files":  # the metadata comes from KEY.json
         assert kept["00000#000000000"].extra["url"] == "http://a/000000000.jpg"
+
+
+def test_folder_of_images_with_same_named_captions(tmp_path, beam_argv):
+    """KEY.jpg + KEY.txt (+ KEY.json) in a folder, as img2dataset's files format without its
+    Parquet or any captioned photo folder: one unit per folder, any extension case, and the
+    half of a pair that is missing is a counted reject. A folder with a table and a README
+    holds no pairs of its own."""
+    from corpus.samples.pairs import make_photo
+
+    photos = tmp_path / "in" / "trip"
+    os.makedirs(photos)
+    (photos / "IMG_0001.JPG").write_bytes(make_photo(320, 240, 1))
+    (photos / "IMG_0001.txt").write_text("a red kite over the beach at noon")
+    (photos / "IMG_0002.jpeg").write_bytes(make_photo(320, 240, 2))
+    (photos / "IMG_0002.txt").write_text("fishing boats in the harbour")
+    (photos / "IMG_0002.json").write_text(json.dumps({"url": "http://a/2.jpg"}))
+    (photos / "IMG_0003.jpg").write_bytes(make_photo(320, 240, 3))  # no caption
+    (photos / "IMG_0004.txt").write_text("a caption whose photo was deleted")
+    rows = academic_rows()
+    write_image_folder(str(tmp_path / "in" / "coco"), [(n, d, c) for n, d, c, _ in rows])
+    (tmp_path / "in" / "coco" / "README.txt").write_text("COCO captions, a sample")
+
+    assert [(f.relative, f.path.endswith("/")) for f in pairs.pair_inputs(
+        [str(tmp_path / "in")])] == [("coco/captions.tsv", False), ("trip", True)]
+    report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "photos", None, beam_argv)
+    assert report["input"] == 4 + len(rows)
+    assert report["errored"] == {"missing_caption": 1, "missing_image": 2}  # and coco_3
+    kept = kept_by_key(tmp_path / "out")
+    assert kept["trip#IMG_0001"].text == "a red kite over the beach at noon"
+    assert kept["trip#IMG_0002"].extra["url"] == "http://a/2.jpg"
+    assert {r["key"] for r in rejects_by_key(tmp_path / "out").values()} >= {
+        "trip#IMG_0003", "trip#IMG_0004"}
+
+
+def test_no_pairs_at_all_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(FileNotFoundError, match="same-named .txt captions"):
+        pairs.pair_inputs([str(tmp_path)])

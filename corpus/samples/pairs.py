@@ -35,6 +35,17 @@ def make_photo(width: int, height: int, seed: int = 0, fmt: str = "JPEG") -> byt
     return buffer.getvalue()
 
 
+def phone_photo(width: int, height: int, seed: int = 0, orientation: int = 6) -> bytes:
+    """A JPEG as phones save one: the pixels as the sensor lay (`width` x `height`), with an
+    EXIF orientation saying how to turn them for display (6: a quarter turn clockwise)."""
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    PILImage.open(io.BytesIO(make_photo(width, height, seed))).save(
+        buffer, format="JPEG", quality=85, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims a huge size: what a decompression bomb looks like."""
     buffer = io.BytesIO()
@@ -152,7 +163,8 @@ def write_image_folder(directory: str, rows: list[tuple[str, bytes | None, str]]
 
 
 def academic_rows() -> list[tuple[str, bytes | None, str, str]]:
-    """COCO-style: one image with several captions (the longest wins), a PNG, a missing file.
+    """COCO-style: one image with several captions (the longest wins), a PNG, a missing file; a
+    phone photo stored turned and a GIF, both re-encoded upright in a format every reader has.
     (file name, bytes, caption, expected outcome)."""
     coco = make_photo(320, 240, 100)
     return [
@@ -162,6 +174,10 @@ def academic_rows() -> list[tuple[str, bytes | None, str, str]]:
         ("coco_2.png", make_photo(300, 240, 101, fmt="PNG"), "two zebras grazing in tall grass",
          "kept"),
         ("coco_3.jpg", None, "a file that is not there", "missing_image"),
+        ("phone_4.jpg", phone_photo(320, 240, 102), "a bowl of fruit on a kitchen table",
+         "kept"),
+        ("drawing_5.gif", make_photo(300, 240, 103, fmt="GIF"),
+         "a hand drawn map of the old town", "kept"),
     ]
 
 
