@@ -120,7 +120,7 @@ def bench_rules(work: str, n: int) -> None:
           f"({n / loop_wall:.0f}/s wall), "
           f"Beam 1 worker {n / beam_cpu:6.0f} pairs/cpu-s ({n / beam_wall:.0f}/s wall) -> "
           f"ratio {loop_cpu / beam_cpu:.2f}x (kept {kept_loop}); fixed cost of a run "
-          f"{fixed_cpu:.2f} cpu-s")
+          f"{fixed_cpu:.2f} cpu-s; ratio without it {loop_cpu / (beam_cpu - fixed_cpu):.2f}x")
 
 
 def bench_workers(work: str, n: int) -> None:

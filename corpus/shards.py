@@ -118,10 +118,11 @@ def is_unsafe_member(name: str) -> bool:
 
 
 def split_member_name(name: str) -> tuple[str, str]:
-    """WebDataset's rule: the key is everything up to the first dot of the base name."""
+    """WebDataset's rule: the key is everything up to the first dot of the base name. The
+    extension is taken in lower case (`KEY.JPG` is a jpg)."""
     directory, _, base = name.rpartition("/")
     stem, _, extension = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), extension
+    return (f"{directory}/{stem}" if directory else stem), extension.lower()
 
 
 class _TailRecorder:

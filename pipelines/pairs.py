@@ -55,7 +55,8 @@ PIPELINE = "pairs"
 TASK = "captioning"
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_EXTENSIONS = (".tsv", ".jsonl", ".parquet")
-INPUT_EXTENSIONS = (".tar",) + TABLE_EXTENSIONS
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # compressed ones are read as a stream
+INPUT_EXTENSIONS = TAR_EXTENSIONS + TABLE_EXTENSIONS
 CAPTION_EXTENSION = ".txt"  # KEY.txt beside KEY.jpg in a folder
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "text")
@@ -94,7 +95,7 @@ class PairReader:
         name = file.path.lower()
         if name.endswith("/"):
             yield from self.read_caption_folder(file)
-        elif name.endswith(".tar"):
+        elif name.endswith(TAR_EXTENSIONS):
             yield from self.read_tar(file)
         elif name.endswith(".parquet"):
             yield from self.read_parquet(file)
@@ -148,7 +149,8 @@ class PairReader:
 
     # -- img2dataset WebDataset tars: KEY.jpg + KEY.txt + KEY.json
     def read_tar(self, file: InputFile) -> Iterator[Sample | Reject]:
-        with fsspec.open(file.path, "rb") as f:
+        gzipped = file.path.lower().endswith((".gz", ".tgz"))
+        with fsspec.open(file.path, "rb", compression="gzip" if gzipped else None) as f:
             for group in iter_tar_groups(f, self.tar_member_limits):
                 if group.error:
                     reason = group.error.split(":", 1)[0]

@@ -2,6 +2,7 @@
 import argparse
 import glob
 import hashlib
+import io
 import json
 import os
 
@@ -343,3 +344,31 @@ def test_no_pairs_at_all_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here")
     with pytest.raises(FileNotFoundError, match="same-named .txt captions"):
         pairs.pair_inputs([str(tmp_path)])
+
+
+def test_gzipped_tars_and_upper_case_extensions(tmp_path, beam_argv):
+    """Some sets ship their WebDataset tars gzipped (`.tar.gz`, `.tgz`), and some members are
+    named `KEY.JPG`; a gzip cut short is a truncated_tar reject like a cut tar."""
+    import gzip
+    import tarfile
+
+    from corpus.samples.pairs import make_photo, write_img2dataset_tar
+
+    os.makedirs(tmp_path / "in")
+    pair = Pair("000000000", make_photo(240, 240, 1), "a red kite over a field", "kept")
+    write_img2dataset_tar(str(tmp_path / "plain.tar"), [pair])
+    data = gzip.compress((tmp_path / "plain.tar").read_bytes())
+    (tmp_path / "in" / "a.tar.gz").write_bytes(data)
+    (tmp_path / "in" / "b.tgz").write_bytes(data[: len(data) // 2])
+    upper = io.BytesIO()
+    with tarfile.open(fileobj=upper, mode="w") as tar:
+        for name, member in [("k1.JPG", make_photo(240, 240, 2)), ("k1.TXT", b"a green field")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(member)
+            tar.addfile(info, io.BytesIO(member))
+    (tmp_path / "in" / "c.tar").write_bytes(upper.getvalue())
+    report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web", None, beam_argv)
+    assert (report["input"], report["kept"], report["errored"]) == (3, 2, {"truncated_tar": 1})
+    kept = kept_by_key(tmp_path / "out")
+    assert kept["a.tar.gz#000000000"].text == "a red kite over a field"
+    assert kept["c.tar#k1"].text == "a green field"
