@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from corpus.config import ConfigError
@@ -27,6 +28,20 @@ COMMANDS = {
     "inspect": ("corpus.inspect", "print shard records and draw their boxes and quads"),
     "demo": ("corpus.demo", "run the whole flow on the bundled samples"),
 }
+
+
+# Start-up notes Beam logs on every run that ask nothing of the user: its optional Google Cloud
+# clients are not installed (they are not needed off Dataflow).
+BEAM_NOTES = ("apitools not found",)
+
+
+def configure_logging() -> None:
+    """Warnings and errors on stderr, less Beam's start-up notes; before any Beam import, which
+    would otherwise set up the root logger itself."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda record: not record.getMessage().startswith(BEAM_NOTES))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
+    configure_logging()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:

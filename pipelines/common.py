@@ -41,10 +41,11 @@ def pipeline_options(beam_argv: list[str]) -> PipelineOptions:
     `--direct_running_mode` or `--direct_num_workers` given on the line wins."""
     argv = list(beam_argv)
     if not any(a.startswith("--runner") for a in argv):
-        # The worker processes log every bundle at INFO; warnings are what a user needs to see.
+        # The worker processes log every bundle at INFO and two start-up warnings per worker
+        # that ask nothing of the user; an error in a worker still shows.
         defaults = {"--runner": "DirectRunner", "--direct_running_mode": "multi_processing",
                     "--direct_num_workers": str(os.cpu_count() or 1),
-                    "--default_sdk_harness_log_level": "WARNING"}
+                    "--default_sdk_harness_log_level": "ERROR"}
         argv += [f"{flag}={value}" for flag, value in defaults.items()
                  if not any(a == flag or a.startswith(flag + "=") for a in argv)]
     return PipelineOptions(argv)
