@@ -137,11 +137,20 @@ _COMMENT = re.compile(r"<!--.*?(-->|$)|<!\[CDATA\[.*?(\]\]>|$)|<![a-zA-Z][^>]*>"
 _TAG = re.compile(r"</?(" + "|".join(sorted(HTML_ELEMENTS, key=len, reverse=True)) +
                   r")\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*/?>", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
+# Characters that draw nothing: soft hyphen, zero-width space and joiners, direction marks,
+# embeddings and isolates, word joiner, byte-order mark. Web captions carry them unseen, and a
+# caption file saved by Windows Notepad starts with the last.
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+
+
+def remove_invisible(text: str) -> str:
+    return _INVISIBLE.sub("", text)
 
 
 def normalize_whitespace(text: str) -> str:
-    """Runs of whitespace (NBSP, tabs, newlines included) become one space; ends trimmed."""
-    return _SPACES.sub(" ", text).strip()
+    """Characters that draw nothing removed; runs of whitespace (NBSP, tabs, newlines
+    included) become one space; ends trimmed."""
+    return _SPACES.sub(" ", remove_invisible(text)).strip()
 
 
 def clean_html(text: str, keep_newlines: bool = False) -> str:

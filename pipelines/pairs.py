@@ -43,7 +43,7 @@ from filters.image_rules import ImageError, ImageRulesConfig, decode_for_model, 
     probe_image, verify_decode
 from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
-    TextRulesConfig, html_cleaner, no_emoji
+    TextRulesConfig, html_cleaner, no_emoji, remove_invisible
 from pipelines.clip import ClipConfig, ClipExample, OpenClipModelHandler, model_input_size
 from pipelines.common import METRICS_NAMESPACE, Batches, RulesStep, SplitRejects, StepFn, \
     add_common_arguments, apply_step, print_summary, run_pipeline
@@ -145,7 +145,8 @@ class PairReader:
         return Sample(id=sample_id(self.dataset, source_key), dataset=self.dataset, task=TASK,
                       source=Source(uri=file.uri, key=source_key,
                                     sha256=hashlib.sha256(image_bytes).hexdigest()),
-                      images=[image], text=caption, original_text=caption, extra=meta)
+                      images=[image], text=remove_invisible(caption).strip(),
+                      original_text=caption, extra=meta)
 
     # -- img2dataset WebDataset tars: KEY.jpg + KEY.txt + KEY.json
     def read_tar(self, file: InputFile) -> Iterator[Sample | Reject]:

@@ -79,6 +79,26 @@ def test_clean_html():
     # Not HTML: CC12M's placeholder, "less than" signs, emoticons.
     assert clean_html("<PERSON> at 3 < 5 <3") == "<PERSON> at 3 < 5 <3"
     assert clean_html("<p>one</p><p>two</p>", keep_newlines=True) == "one\n\ntwo"
+    # Characters that draw nothing go with the whitespace: a zero-width space, a soft hyphen.
+    assert clean_html("zero\u200bwidth soft\u00adhyphen &nbsp;") == "zerowidth softhyphen"
+
+
+def test_a_caption_keeps_no_invisible_characters(tmp_path):
+    """A caption file saved with a byte-order mark, or web text with zero-width spaces and
+    direction marks, reads as what it shows: the script rule sees the visible text, and the
+    original keeps the characters as they came."""
+    from corpus.samples.pairs import make_photo
+    from filters.base import Reject, apply_rules
+    from pipelines.pairs import InputFile, PairReader, PairsConfig, text_rules
+
+    reader = PairReader("unit", PairsConfig())
+    folder = InputFile(str(tmp_path), "t")
+    raw = "\ufeffa red kite\u200b over the sea\u200e at noon"
+    sample = reader.make_sample(folder, "k", make_photo(300, 300), raw.encode("utf-8"), {})
+    assert sample.text == "a red kite over the sea at noon"
+    assert sample.original_text == raw
+    kept = apply_rules(sample, text_rules(PairsConfig().text))
+    assert not isinstance(kept, Reject), kept
 
 
 def test_html_cleaner_rule():
