@@ -22,13 +22,19 @@ from corpus.schema import Sample
 # English: printable ASCII. Chinese: CJK Unified Ideographs (U+4E00-U+9FFF) and Extension A
 # (U+3400-U+4DBF). Punctuation both use: CJK Symbols and Punctuation (U+3000-U+303F), full-width
 # and half-width forms (U+FF00-U+FFEF), typographic dashes, quotes, bullet and ellipsis
-# (U+2010-U+2027), and the middle dot, degree, multiplication and division signs. Accented Latin
-# ("Café") is outside English by this definition; `allow_accented_latin` admits the letters of
-# Latin-1 Supplement (U+00C0-U+00FF except × and ÷, which are always allowed).
+# (U+2010-U+2027), and the middle dot, degree, multiplication and division signs. Symbols that
+# belong to no script and fill product and recipe captions in both languages are allowed too:
+# currency (¢ £ ¥, U+20A0-U+20CF with €), ± µ ½ ¼ ¾ ¹ ² ³ § ¶, ℃ ℉ №, number forms (⅓, Ⅱ),
+# arrows, mathematical operators, geometric shapes and ★ ☆. Accented Latin ("Café") is outside
+# English by this definition; `allow_accented_latin` admits the letters of Latin-1 Supplement
+# (U+00C0-U+00FF except × and ÷, which are always allowed).
 _ENGLISH = r"\x20-\x7e"
 _CHINESE = r"\u3400-\u4dbf\u4e00-\u9fff"
 _SHARED_PUNCTUATION = (r"\u3000-\u303f\uff00-\uffef\u2010-\u2027"
                        r"\u00b7\u00b0\u00d7\u00f7\u00a9\u00ae\u2122")
+_SHARED_SYMBOLS = (r"\u00a2-\u00a5\u20a0-\u20cf\u00b1\u00b5\u00bc-\u00be\u00b9\u00b2\u00b3"
+                   r"\u00a7\u00b6\u2103\u2109\u2116\u2150-\u218f\u2190-\u21ff\u2200-\u22ff"
+                   r"\u25a0-\u25ff\u2605\u2606")
 _ACCENTED_LATIN = r"\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff"
 _WHITESPACE = r"\t\n\r\u00a0"
 CJK_IDEOGRAPH = re.compile(f"[{_CHINESE}]")
@@ -36,7 +42,8 @@ CJK_IDEOGRAPH = re.compile(f"[{_CHINESE}]")
 
 def _allowed_pattern(accented_latin: bool) -> re.Pattern:
     extra = _ACCENTED_LATIN if accented_latin else ""
-    return re.compile(f"[{_ENGLISH}{_CHINESE}{_SHARED_PUNCTUATION}{_WHITESPACE}{extra}]*")
+    return re.compile(
+        f"[{_ENGLISH}{_CHINESE}{_SHARED_PUNCTUATION}{_SHARED_SYMBOLS}{_WHITESPACE}{extra}]*")
 
 
 # ©, ®, ™ (and two CJK marks) are emoji to the `emoji` package, but in captions they are

@@ -14,7 +14,10 @@ def text(t):
 @pytest.mark.parametrize("caption", [
     "a red kite over a field", "一只小狗在草地上奔跑", "猫咪（橘色）在窗台上。", "Nike® shoes ™ ©2020",
     "“quoted” — dash… and 3×4 at 20°", "mixed 中文 and English", "tab\tand\nnewline",
-    "full-width ＡＢＣ１２３", "emoji are left to step 5 😀"])
+    "full-width ＡＢＣ１２３", "emoji are left to step 5 😀",
+    # symbols of no script, as product and recipe captions use them
+    "a vintage lamp, £25 or €29", "¥100 coin", "bake at 180℃ ±5", "a ½ inch pipe, 2² × 3³",
+    "route A → B ≤ 5 km", "第Ⅱ期 ★★★☆ ■ 新品", "a 3 µm chip § 4"])
 def test_english_chinese_only_keeps(caption):
     assert EnglishChineseOnly()(text(caption)) is None
 
