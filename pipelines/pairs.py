@@ -58,6 +58,7 @@ TABLE_EXTENSIONS = (".tsv", ".jsonl", ".parquet")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # compressed ones are read as a stream
 INPUT_EXTENSIONS = TAR_EXTENSIONS + TABLE_EXTENSIONS
 CAPTION_EXTENSION = ".txt"  # KEY.txt beside KEY.jpg in a folder
+FOLDER_PART_PAIRS = 5000  # names per unit of such a folder, so that a large one spreads out
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "text")
 INLINE_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # img2dataset's Parquet output
@@ -93,7 +94,7 @@ class PairReader:
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
         name = file.path.lower()
-        if name.endswith("/"):
+        if isinstance(file, FolderPart):
             yield from self.read_caption_folder(file)
         elif name.endswith(TAR_EXTENSIONS):
             yield from self.read_tar(file)
@@ -237,14 +238,13 @@ class PairReader:
 
     # -- a folder of KEY.jpg + KEY.txt (+ KEY.json): img2dataset's files format without its
     #    Parquet, or any folder of captioned images
-    def read_caption_folder(self, file: InputFile) -> Iterator[Sample | Reject]:
-        """Every name in the folder with an image or a caption: a pair, or a reject for the
-        half that is missing."""
-        fs = fsspec.core.url_to_fs(file.path)[0]
-        members = folder_members(fs, file.path)
-        for key in sorted(members):
-            if members[key].keys() & {*TAR_IMAGE_EXTENSIONS, "txt"}:
-                yield self.folder_pair(fs, file, members[key], key, {})
+    def read_caption_folder(self, part: FolderPart) -> Iterator[Sample | Reject]:
+        """Every name of the part with an image or a caption: a pair, or a reject for the half
+        that is missing."""
+        fs = fsspec.core.url_to_fs(part.path)[0]
+        for key, files in part.members:
+            yield self.folder_pair(fs, part, {ext: (name, size) for ext, name, size in files},
+                                   key, {})
 
     def folder_pair(self, fs, folder: InputFile, files: dict[str, tuple[str, int]], key: str,
                     row: dict) -> Sample | Reject:
@@ -371,10 +371,19 @@ def folder_members(fs, path: str) -> dict[str, dict[str, tuple[str, int]]]:
     return members
 
 
-def pair_inputs(patterns: list[str]) -> list[InputFile]:
+@dataclass(frozen=True)
+class FolderPart(InputFile):
+    """Some of the pairs of a folder of captioned images, with their files as listed when the
+    inputs were expanded: a large folder becomes several units, read by several workers."""
+
+    members: tuple = ()  # ((key, ((extension, file name, size), ...)), ...), sorted by key
+
+
+def pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> list[InputFile]:
     """The tars and tables the patterns name, and each folder holding images beside captions
-    of the same name (one unit per folder; the folder of img2dataset's files format is read
-    through its Parquet instead)."""
+    of the same name, in parts of `pairs_per_part` names (the folder of img2dataset's files
+    format is read through its Parquet instead)."""
+    pairs_per_part = pairs_per_part or FOLDER_PART_PAIRS
     found = expand_inputs(patterns, INPUT_EXTENSIONS + (CAPTION_EXTENSION,))
     units = [f for f in found if not f.path.lower().endswith(CAPTION_EXTENSION)]
     read_by_parquet = {f.path[:-len(".parquet")] for f in units if f.path.endswith(".parquet")}
@@ -384,20 +393,24 @@ def pair_inputs(patterns: list[str]) -> list[InputFile]:
             continue
         folder = caption.path.rsplit("/", 1)[0] if "://" in caption.path else \
             os.path.dirname(caption.path)
-        if folder in folders or folder in read_by_parquet:
-            continue
-        relative = posixpath.dirname(caption.relative) or posixpath.basename(caption.root)
-        folders[folder] = InputFile(folder + "/", relative, caption.root)
+        if folder not in folders and folder not in read_by_parquet:
+            relative = posixpath.dirname(caption.relative) or posixpath.basename(caption.root)
+            folders[folder] = InputFile(folder + "/", relative, caption.root)
     for folder, unit in folders.items():
-        fs = fsspec.core.url_to_fs(folder)[0]
-        images = {stem for stem, files in folder_members(fs, folder).items()
-                  if CAPTION_EXTENSION[1:] in files and files.keys() & set(TAR_IMAGE_EXTENSIONS)}
-        if images:  # else the .txt files are notes, not captions
-            units.append(unit)
+        members = folder_members(fsspec.core.url_to_fs(folder)[0], folder)
+        named = [(key, tuple((ext, *file) for ext, file in sorted(files.items())))
+                 for key, files in sorted(members.items())
+                 if files.keys() & {*TAR_IMAGE_EXTENSIONS, "txt"}]
+        if not any("txt" in files and files.keys() & set(TAR_IMAGE_EXTENSIONS)
+                   for files in members.values()):
+            continue  # .txt files with no image of their name: notes, not captions
+        units += [FolderPart(unit.path, unit.relative, unit.root,
+                             tuple(named[start:start + pairs_per_part]))
+                  for start in range(0, len(named), pairs_per_part)]
     if not units:
         raise FileNotFoundError(f"no pairs under {patterns}: no .tar, .tsv, .jsonl or .parquet "
                                 "file, and no folder of images with same-named .txt captions")
-    return sorted(units, key=lambda f: f.relative)
+    return sorted(units, key=lambda f: (f.relative, getattr(f, "members", ())[:1]))
 
 
 def _json_meta(data: bytes | None) -> dict[str, Any]:

@@ -308,10 +308,10 @@ def test_img2dataset_output_folder_accounts_for_every_url(tmp_path, beam_argv, o
         assert kept["00000#000000000"].extra["url"] == "http://a/000000000.jpg"
 
 
-def test_folder_of_images_with_same_named_captions(tmp_path, beam_argv):
+def test_folder_of_images_with_same_named_captions(tmp_path, beam_argv, monkeypatch):
     """KEY.jpg + KEY.txt (+ KEY.json) in a folder, as img2dataset's files format without its
-    Parquet or any captioned photo folder: one unit per folder, any extension case, and the
-    half of a pair that is missing is a counted reject. A folder with a table and a README
+    Parquet or any captioned photo folder: read in parts of the folder's names, any extension
+    case, and the half of a pair that is missing is a counted reject. A folder with a table and a README
     holds no pairs of its own."""
     from corpus.samples.pairs import make_photo
 
@@ -328,8 +328,13 @@ def test_folder_of_images_with_same_named_captions(tmp_path, beam_argv):
     write_image_folder(str(tmp_path / "in" / "coco"), [(n, d, c) for n, d, c, _ in rows])
     (tmp_path / "in" / "coco" / "README.txt").write_text("COCO captions, a sample")
 
-    assert [(f.relative, f.path.endswith("/")) for f in pairs.pair_inputs(
-        [str(tmp_path / "in")])] == [("coco/captions.tsv", False), ("trip", True)]
+    assert [(f.relative, len(getattr(f, "members", ()))) for f in pairs.pair_inputs(
+        [str(tmp_path / "in")])] == [("coco/captions.tsv", 0), ("trip", 4)]
+    # A large folder is read in parts, by as many workers: here two names a part.
+    parts = pairs.pair_inputs([str(tmp_path / "in")], pairs_per_part=2)[1:]
+    assert [[key for key, _ in part.members] for part in parts] == [
+        ["IMG_0001", "IMG_0002"], ["IMG_0003", "IMG_0004"]]
+    monkeypatch.setattr(pairs, "FOLDER_PART_PAIRS", 2)
     report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "photos", None, beam_argv)
     assert report["input"] == 4 + len(rows)
     assert report["errored"] == {"missing_caption": 1, "missing_image": 2}  # and coco_3
