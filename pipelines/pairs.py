@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -58,7 +59,9 @@ TABLE_EXTENSIONS = (".tsv", ".jsonl", ".parquet")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # compressed ones are read as a stream
 INPUT_EXTENSIONS = TAR_EXTENSIONS + TABLE_EXTENSIONS
 CAPTION_EXTENSION = ".txt"  # KEY.txt beside KEY.jpg in a folder
-FOLDER_PART_PAIRS = 5000  # names per unit of such a folder, so that a large one spreads out
+# Pairs per unit of a caption folder or a TSV/JSONL table: each reads its images one by one,
+# so a large folder or table is cut into parts that spread over the workers.
+PAIRS_PER_PART = 5000
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "text")
 INLINE_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # img2dataset's Parquet output
@@ -303,11 +306,23 @@ class PairReader:
         meta = _scalar_meta(row, exclude={caption_column})
         return self.make_sample(file, key, image_bytes, row.get(caption_column), meta)
 
+    def table_lines(self, f: BinaryIO, file: InputFile) -> Iterator[tuple[int, bytes | None]]:
+        """(line number, line) of the table, or of the part of it `file` is; a line over the
+        limit comes as None."""
+        part = file if isinstance(file, TablePart) else TablePart(file.path, file.relative)
+        f.seek(part.start)
+        return itertools.islice(enumerate(bounded_lines(f, self.line_limit), part.first_line),
+                                part.lines)
+
     def read_tsv(self, file: InputFile) -> Iterator[Sample | Reject]:
         with fsspec.open(file.path, "rb") as f:
             header = None if self.config.input.tsv_header else self.config.input.tsv_columns
+            whole = getattr(file, "start", 0) == 0  # the part with the header line
+            if header is None and not whole:
+                header = f.readline(self.line_limit).rstrip(b"\r\n").decode(
+                    "utf-8", errors="replace").split("\t")
             columns = None
-            for line_number, raw in enumerate(bounded_lines(f, self.line_limit)):
+            for line_number, raw in self.table_lines(f, file):
                 if raw is None:
                     yield self.reject(file, str(line_number), "caption_too_large",
                                       f"line over {self.line_limit} bytes")
@@ -319,7 +334,8 @@ class PairReader:
                 if columns is None:
                     columns = self.table_columns(header)
                     if isinstance(columns, str):
-                        yield self.reject(file, "", columns, f"header: {header}")
+                        if whole:  # one reject for the table, from its first part
+                            yield self.reject(file, "", columns, f"header: {header}")
                         return
                 key = str(line_number)
                 if not raw.strip():
@@ -334,7 +350,7 @@ class PairReader:
 
     def read_jsonl(self, file: InputFile) -> Iterator[Sample | Reject]:
         with fsspec.open(file.path, "rb") as f:
-            for line_number, raw in enumerate(bounded_lines(f, self.line_limit)):
+            for line_number, raw in self.table_lines(f, file):
                 key = str(line_number)
                 if raw is None:
                     yield self.reject(file, key, "caption_too_large",
@@ -374,19 +390,29 @@ def folder_members(fs, path: str) -> dict[str, dict[str, tuple[str, int]]]:
 @dataclass(frozen=True)
 class FolderPart(InputFile):
     """Some of the pairs of a folder of captioned images, with their files as listed when the
-    inputs were expanded: a large folder becomes several units, read by several workers."""
+    inputs were expanded."""
 
     members: tuple = ()  # ((key, ((extension, file name, size), ...)), ...), sorted by key
 
 
+@dataclass(frozen=True)
+class TablePart(InputFile):
+    """The lines of a TSV or JSONL table from byte `start` on: `first_line` is the number of
+    the first (the header is line 0), `lines` how many (None: to the end)."""
+
+    start: int = 0
+    first_line: int = 0
+    lines: int | None = None
+
+
 def pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> list[InputFile]:
     """The tars and tables the patterns name, and each folder holding images beside captions
-    of the same name, in parts of `pairs_per_part` names (the folder of img2dataset's files
-    format is read through its Parquet instead)."""
-    pairs_per_part = pairs_per_part or FOLDER_PART_PAIRS
+    of the same name (the folder of img2dataset's files format is read through its Parquet
+    instead). Folders and TSV/JSONL tables come in parts of `pairs_per_part` names or lines."""
+    pairs_per_part = pairs_per_part or PAIRS_PER_PART
     found = expand_inputs(patterns, INPUT_EXTENSIONS + (CAPTION_EXTENSION,))
-    units = [f for f in found if not f.path.lower().endswith(CAPTION_EXTENSION)]
-    read_by_parquet = {f.path[:-len(".parquet")] for f in units if f.path.endswith(".parquet")}
+    files = [f for f in found if not f.path.lower().endswith(CAPTION_EXTENSION)]
+    read_by_parquet = {f.path[:-len(".parquet")] for f in files if f.path.endswith(".parquet")}
     folders: dict[str, InputFile] = {}
     for caption in found:
         if not caption.path.lower().endswith(CAPTION_EXTENSION):
@@ -396,21 +422,57 @@ def pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> list[
         if folder not in folders and folder not in read_by_parquet:
             relative = posixpath.dirname(caption.relative) or posixpath.basename(caption.root)
             folders[folder] = InputFile(folder + "/", relative, caption.root)
-    for folder, unit in folders.items():
-        members = folder_members(fsspec.core.url_to_fs(folder)[0], folder)
-        named = [(key, tuple((ext, *file) for ext, file in sorted(files.items())))
-                 for key, files in sorted(members.items())
-                 if files.keys() & {*TAR_IMAGE_EXTENSIONS, "txt"}]
-        if not any("txt" in files and files.keys() & set(TAR_IMAGE_EXTENSIONS)
-                   for files in members.values()):
-            continue  # .txt files with no image of their name: notes, not captions
-        units += [FolderPart(unit.path, unit.relative, unit.root,
-                             tuple(named[start:start + pairs_per_part]))
-                  for start in range(0, len(named), pairs_per_part)]
+    units: list[InputFile] = []
+    for unit in sorted(files + list(folders.values()), key=lambda f: f.relative):
+        if unit.path.endswith("/"):
+            units += folder_parts(unit, pairs_per_part)
+        elif unit.path.lower().endswith((".tsv", ".jsonl")):
+            units += [TablePart(unit.path, unit.relative, unit.root, *span)
+                      for span in line_spans(unit.path, pairs_per_part)]
+        else:
+            units.append(unit)
     if not units:
         raise FileNotFoundError(f"no pairs under {patterns}: no .tar, .tsv, .jsonl or .parquet "
                                 "file, and no folder of images with same-named .txt captions")
-    return sorted(units, key=lambda f: (f.relative, getattr(f, "members", ())[:1]))
+    return units
+
+
+def folder_parts(folder: InputFile, pairs_per_part: int) -> list[FolderPart]:
+    """The folder's names with an image or a caption, listed once, in parts; none when no
+    .txt has an image of its name beside it (notes, not captions)."""
+    members = folder_members(fsspec.core.url_to_fs(folder.path)[0], folder.path)
+    if not any("txt" in files and files.keys() & set(TAR_IMAGE_EXTENSIONS)
+               for files in members.values()):
+        return []
+    named = [(key, tuple((ext, *file) for ext, file in sorted(files.items())))
+             for key, files in sorted(members.items())
+             if files.keys() & {*TAR_IMAGE_EXTENSIONS, "txt"}]
+    return [FolderPart(folder.path, folder.relative, folder.root,
+                       tuple(named[start:start + pairs_per_part]))
+            for start in range(0, len(named), pairs_per_part)]
+
+
+def line_spans(path: str, lines_per_span: int) -> list[tuple[int, int, int | None]]:
+    """(byte offset, first line number, lines) of runs of `lines_per_span` lines, the last one
+    open-ended; found in one pass that counts newlines block by block."""
+    spans, line, offset = [(0, 0)], 0, 0
+    with fsspec.open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            next_start = spans[-1][1] + lines_per_span
+            if line + block.count(b"\n") >= next_start:
+                position = -1
+                while (position := block.find(b"\n", position + 1)) >= 0:
+                    line += 1
+                    if line == next_start:
+                        spans.append((offset + position + 1, line))
+                        next_start += lines_per_span
+            else:
+                line += block.count(b"\n")
+            offset += len(block)
+    if len(spans) > 1 and spans[-1][0] == offset:  # the file ends right after a full span
+        spans.pop()
+    return [(start, first, (spans[i + 1][1] - first) if i + 1 < len(spans) else None)
+            for i, (start, first) in enumerate(spans)]
 
 
 def _json_meta(data: bytes | None) -> dict[str, Any]:

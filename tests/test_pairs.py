@@ -331,10 +331,11 @@ def test_folder_of_images_with_same_named_captions(tmp_path, beam_argv, monkeypa
     assert [(f.relative, len(getattr(f, "members", ()))) for f in pairs.pair_inputs(
         [str(tmp_path / "in")])] == [("coco/captions.tsv", 0), ("trip", 4)]
     # A large folder is read in parts, by as many workers: here two names a part.
-    parts = pairs.pair_inputs([str(tmp_path / "in")], pairs_per_part=2)[1:]
+    parts = [part for part in pairs.pair_inputs([str(tmp_path / "in")], pairs_per_part=2)
+             if isinstance(part, pairs.FolderPart)]
     assert [[key for key, _ in part.members] for part in parts] == [
         ["IMG_0001", "IMG_0002"], ["IMG_0003", "IMG_0004"]]
-    monkeypatch.setattr(pairs, "FOLDER_PART_PAIRS", 2)
+    monkeypatch.setattr(pairs, "PAIRS_PER_PART", 2)
     report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "photos", None, beam_argv)
     assert report["input"] == 4 + len(rows)
     assert report["errored"] == {"missing_caption": 1, "missing_image": 2}  # and coco_3
@@ -377,3 +378,34 @@ def test_gzipped_tars_and_upper_case_extensions(tmp_path, beam_argv):
     kept = kept_by_key(tmp_path / "out")
     assert kept["a.tar.gz#000000000"].text == "a red kite over a field"
     assert kept["c.tar#k1"].text == "a green field"
+
+
+def test_line_spans_cut_a_table_at_line_starts(tmp_path):
+    table = tmp_path / "t.tsv"
+    table.write_bytes(b"h\na\nbb\n\nccc\n")  # lines 0-4
+    spans = pairs.line_spans(str(table), 2)
+    assert spans == [(0, 0, 2), (4, 2, 2), (8, 4, None)]
+    data = table.read_bytes()
+    assert [data[start:].split(b"\n")[0] for start, _, _ in spans] == [b"h", b"bb", b"ccc"]
+    table.write_bytes(b"h\na\nbb\nc")  # ends right after a full span, without a newline
+    assert pairs.line_spans(str(table), 2) == [(0, 0, 2), (4, 2, None)]
+    table.write_bytes(b"h\na\n")
+    assert pairs.line_spans(str(table), 2) == [(0, 0, None)]
+
+
+@pytest.mark.parametrize("table", ["captions.tsv", "captions.jsonl"])
+def test_a_table_read_in_parts_gives_what_it_gives_whole(tmp_path, beam_argv, monkeypatch, table):
+    """Tables of image paths (COCO's captions) are cut into parts of lines, each read by its own
+    worker: the same samples, keys and rejects as one reader gets."""
+    rows = academic_rows() + [("coco_1.jpg", None, "x" * 70_000, "caption_too_large")]
+    write_image_folder(str(tmp_path / "in"), [(n, d, c) for n, d, c, _ in rows], table=table)
+    whole = pairs.run([str(tmp_path / "in")], str(tmp_path / "whole"), "coco", None, beam_argv)
+    monkeypatch.setattr(pairs, "PAIRS_PER_PART", 2)
+    lines = len(rows) + table.endswith(".tsv")  # and the header
+    assert len(pairs.pair_inputs([str(tmp_path / "in")])) == (lines + 1) // 2
+    parted = pairs.run([str(tmp_path / "in")], str(tmp_path / "parts"), "coco", None, beam_argv)
+    for field in ("input", "kept", "dropped", "errored"):
+        assert parted[field] == whole[field], field
+    assert parted["input"] == len(rows)
+    assert kept_by_key(tmp_path / "parts").keys() == kept_by_key(tmp_path / "whole").keys()
+    assert rejects_by_key(tmp_path / "parts") == rejects_by_key(tmp_path / "whole")
