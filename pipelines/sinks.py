@@ -423,6 +423,14 @@ class _Tally:
     counts: dict
 
 
+@dataclass(frozen=True)
+class _Outcomes:
+    """Counts of the rejects one bucket wrote, by (status, reason): every reject, whether the
+    pipeline or the writer made it, is in exactly one bucket's part of the rejects table."""
+
+    counts: dict
+
+
 Select = Callable[[list[Sample]], tuple[list[Sample], list[Reject]]]
 
 
@@ -431,7 +439,7 @@ class WriteShardBucket(beam.DoFn):
     drop some (a choice among samples sharing a bucket key), writes the rest sorted by id as
     one or more files per format and then its completion marker (or keeps the files of an
     earlier run when its marker verifies), and writes the bucket's part of the rejects table.
-    Emits shard infos, the files it produced, tallies and the rejects it made itself."""
+    Emits shard infos, the files it produced, tallies and the counts of the rejects it wrote."""
 
     def __init__(self, output_dir: str, task: str, formats: list[str],
                  select: Select | None = None, tally: Callable[[Sample], str] | None = None):
@@ -448,10 +456,10 @@ class WriteShardBucket(beam.DoFn):
         samples = sorted(samples, key=lambda s: (s.id, s.text))
         samples, members, unwritable, content = _writable(samples, self.formats)
         made += unwritable
-        yield from made
         if rejects or made:
             yield _OutputFile(_write_rejects(self.output_dir, bucket, num_buckets,
                                              rejects + made))
+            yield _Outcomes(dict(Counter((r.status, r.reason) for r in rejects + made)))
         if samples:
             yield from self._write_samples(bucket, num_buckets, samples, members, content)
 
@@ -618,8 +626,8 @@ class WriteReport(beam.DoFn):
             stats[self.header["tally_name"]] = dict(sorted(kept_counts.items()))
         shards = by_kind.get("shard", [])
         primary = self.header["primary"]
-        report = build_report(input_count=input_count,
-                              outcome_counts=dict(by_kind.get("outcome", [])),
+        outcome_counts = sum((Counter(o.counts) for o in by_kind.get("outcome", [])), Counter())
+        report = build_report(input_count=input_count, outcome_counts=dict(outcome_counts),
                               shards=[s for s in shards if s.path.endswith(primary)],
                               stats=stats, **{k: v for k, v in self.header.items()
                                               if k not in ("primary", "tally_name",
@@ -641,11 +649,12 @@ def _tagged(pcoll, label: str, kind: str):
     return pcoll | label >> beam.Map(lambda value: (0, (kind, value)))
 
 
-_WRITTEN_KINDS = ((ShardInfo, "shard"), (_OutputFile, "file"), (_Tally, "tally"))
+_WRITTEN_KINDS = ((ShardInfo, "shard"), (_OutputFile, "file"), (_Tally, "tally"),
+                  (_Outcomes, "outcome"))
 
 
 def _tag_written(value):
-    """A bucket writer's output as a report piece; the rejects it made are counted elsewhere."""
+    """A bucket writer's output as a report piece."""
     for cls, kind in _WRITTEN_KINDS:
         if isinstance(value, cls):
             return [(0, (kind, value))]
@@ -680,12 +689,8 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
                | "RunBuckets" >> GroupIntoBuckets(ByRun(samples_per_shard, REJECTS_PER_FILE))
                | "WriteRunBuckets" >> beam.ParDo(WriteShardBucket(
                    output_dir, task, formats, select, tally[1] if tally else None)))
-    # what the writers report goes to the report by kind; the rejects they made, to the counts
+    # what the writers report (shards, files, tallies, reject counts) goes to the report by kind
     written_pieces = written | "TagWritten" >> beam.FlatMap(_tag_written)
-    made_rejects = written | "MadeRejects" >> beam.Filter(lambda x: isinstance(x, Reject))
-    outcome_counts = ((pipeline_rejects, made_rejects) | "AllRejects" >> beam.Flatten()
-                      | "OutcomeKey" >> beam.Map(lambda r: ((r.status, r.reason), 1))
-                      | "CountOutcomes" >> beam.CombinePerKey(sum))
 
     header = {"pipeline": pipeline_name, "dataset": dataset, "task": task,
               "reason_order": reason_order, "config": config or {},
@@ -695,7 +700,6 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
     # One piece that is always there: the report is written for an empty input too.
     pieces = [pipeline | "ReportBase" >> beam.Create([(0, ("base", None))]),
               _tagged(input_count, "TagInput", "input"),
-              _tagged(outcome_counts, "TagOutcomes", "outcome"),
               written_pieces]
     if stats is not None and not isinstance(stats, dict):
         pieces.append(_tagged(stats, "TagStats", "stats"))
