@@ -124,15 +124,20 @@ def bench_rules(work: str, n: int) -> None:
 
 
 def bench_workers(work: str, n: int) -> None:
+    """End to end, and marginal: a 50-pair run at the same worker count times what does not
+    spread over workers (runner and worker start, graph, report), and is subtracted."""
     paths = write_inputs(os.path.join(work, "workers-in"), n, per_tar=max(1, n // 8))
-    rates = {}
+    few = write_inputs(os.path.join(work, "workers-few"), 50)
+    rates, marginal = {}, {}
     for workers in (1, 2):
         argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
                 f"--direct_num_workers={workers}"]
+        startup, _ = pipeline_seconds(few, os.path.join(work, f"workers-few-{workers}"), argv)
         seconds, _ = pipeline_seconds(paths, os.path.join(work, f"workers-out-{workers}"), argv)
-        rates[workers] = n / seconds
+        rates[workers], marginal[workers] = n / seconds, (n - 50) / (seconds - startup)
     print(f"workers {n} pairs: 1 worker {rates[1]:7.0f} pairs/s, 2 workers {rates[2]:7.0f} "
-          f"pairs/s -> {rates[2] / rates[1]:.2f}x")
+          f"pairs/s -> {rates[2] / rates[1]:.2f}x; marginal (a 50-pair run subtracted) "
+          f"{marginal[1]:.0f} vs {marginal[2]:.0f} pairs/s -> {marginal[2] / marginal[1]:.2f}x")
 
 
 def bench_clip(work: str, model: str, batch: int, images: int, device: str = "cpu",
