@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
+import orjson
 from fsspec.core import url_to_fs
 
 from corpus.report import REPORT_NAME
@@ -174,7 +175,7 @@ def count_shard(path: str) -> tuple[int, Counter]:
                 raise ValueError(f"unreadable at {group.key!r}: {group.error}")
             if "json" not in group.members:
                 raise ValueError(f"sample {group.key!r} has no .json record")
-            record = json.loads(group.members["json"])
+            record = orjson.loads(group.members["json"])
             kinds[(record.get("task"), record.get("dataset"))] += 1
     return sum(kinds.values()), kinds
 

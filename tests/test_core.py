@@ -1,4 +1,5 @@
 """The small core pieces: ids, config loading, report accounting, tokenizer, packing, CLI."""
+import json
 import subprocess
 import sys
 
@@ -149,3 +150,18 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path):
     result = _corpus("vqa", "--input", str(tmp_path), "--dataset", "d", "--output",
                      str(tmp_path / "out"), "--config", str(config))
     assert result.returncode == 2 and "bogus_key" in result.stderr
+
+
+def test_tar_records_are_sorted_compact_json_and_take_numpy_numbers():
+    import numpy as np
+
+    from corpus.schema import Image, Region, Sample, Source
+    from corpus.shards import tar_members
+
+    sample = Sample(id="s1", dataset="d", task="ocr", source=Source(uri="u", key="k"),
+                    images=[Image(b"\xff\xd8", "jpeg", 4, 4)], text="é",
+                    regions=[Region("word", "é", (np.float64(1.5), np.float32(2.0), 3, 4.0))])
+    (name, record), *_ = tar_members(sample)
+    assert name == "s1.json"
+    assert record.startswith(b'{"answer":null,"clip_score":null,') and "é".encode() in record
+    assert json.loads(record)["regions"][0]["box"] == [1.5, 2.0, 3, 4.0]
