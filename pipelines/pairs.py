@@ -56,7 +56,8 @@ PIPELINE = "pairs"
 TASK = "captioning"
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_EXTENSIONS = (".tsv", ".jsonl", ".parquet")
-TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # compressed ones are read as a stream
+GZIPPED_TAR_EXTENSIONS = (".tar.gz", ".tgz")  # read as a stream, never unpacked to disk
+TAR_EXTENSIONS = (".tar",) + GZIPPED_TAR_EXTENSIONS
 INPUT_EXTENSIONS = TAR_EXTENSIONS + TABLE_EXTENSIONS
 CAPTION_EXTENSION = ".txt"  # KEY.txt beside KEY.jpg in a folder
 # Pairs per unit of a caption folder or a TSV/JSONL table: each reads its images one by one,
@@ -154,7 +155,7 @@ class PairReader:
 
     # -- img2dataset WebDataset tars: KEY.jpg + KEY.txt + KEY.json
     def read_tar(self, file: InputFile) -> Iterator[Sample | Reject]:
-        gzipped = file.path.lower().endswith((".gz", ".tgz"))
+        gzipped = file.path.lower().endswith(GZIPPED_TAR_EXTENSIONS)
         with fsspec.open(file.path, "rb", compression="gzip" if gzipped else None) as f:
             for group in iter_tar_groups(f, self.tar_member_limits):
                 if group.error:
@@ -306,23 +307,22 @@ class PairReader:
         meta = _scalar_meta(row, exclude={caption_column})
         return self.make_sample(file, key, image_bytes, row.get(caption_column), meta)
 
-    def table_lines(self, f: BinaryIO, file: InputFile) -> Iterator[tuple[int, bytes | None]]:
-        """(line number, line) of the table, or of the part of it `file` is; a line over the
-        limit comes as None."""
-        part = file if isinstance(file, TablePart) else TablePart(file.path, file.relative)
+    def table_lines(self, f: BinaryIO, part: TablePart) -> Iterator[tuple[int, bytes | None]]:
+        """(line number, line) of the part of a table; a line over the limit comes as None."""
         f.seek(part.start)
         return itertools.islice(enumerate(bounded_lines(f, self.line_limit), part.first_line),
                                 part.lines)
 
     def read_tsv(self, file: InputFile) -> Iterator[Sample | Reject]:
+        part = table_part(file)
         with fsspec.open(file.path, "rb") as f:
             header = None if self.config.input.tsv_header else self.config.input.tsv_columns
-            whole = getattr(file, "start", 0) == 0  # the part with the header line
+            whole = part.start == 0  # the part with the header line
             if header is None and not whole:
                 header = f.readline(self.line_limit).rstrip(b"\r\n").decode(
                     "utf-8", errors="replace").split("\t")
             columns = None
-            for line_number, raw in self.table_lines(f, file):
+            for line_number, raw in self.table_lines(f, part):
                 if raw is None:
                     yield self.reject(file, str(line_number), "caption_too_large",
                                       f"line over {self.line_limit} bytes")
@@ -350,7 +350,7 @@ class PairReader:
 
     def read_jsonl(self, file: InputFile) -> Iterator[Sample | Reject]:
         with fsspec.open(file.path, "rb") as f:
-            for line_number, raw in self.table_lines(f, file):
+            for line_number, raw in self.table_lines(f, table_part(file)):
                 key = str(line_number)
                 if raw is None:
                     yield self.reject(file, key, "caption_too_large",
@@ -403,6 +403,12 @@ class TablePart(InputFile):
     start: int = 0
     first_line: int = 0
     lines: int | None = None
+
+
+def table_part(file: InputFile) -> TablePart:
+    """The part of a table a unit is; a whole file when it was not cut."""
+    return file if isinstance(file, TablePart) else TablePart(file.path, file.relative,
+                                                              file.root)
 
 
 def pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> list[InputFile]:
@@ -739,12 +745,11 @@ def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, confi
           shard_formats: list[str], samples_per_shard: int) -> None:
     clip_between_rules = config.clip.enabled and not config.clip.after_text_rules
     # The rules before CLIP (all of them when nothing sits between the image and text rules)
-    # run inside the read step; every pair leaves it as a reject or a sample. Without CLIP the
-    # samples go from there straight to the sink's spill files, one chunk per input file.
+    # run inside the read step; every pair leaves it as a reject or a sample. The read step
+    # writes its samples to the sink's spill files itself (one chunk per input file) unless a
+    # per-sample step needs them first: only the chunks travel through the shuffles.
     first_rules = image_rules(config.image) if clip_between_rules else \
         image_rules(config.image) + text_rules(config.text)
-    # The read step writes its samples to the sink's spill files itself (one chunk per file)
-    # unless a per-sample step needs them first: only the chunks travel through the shuffles.
     spill_to = None if config.clip.score_field else output_dir
     reader = ReadPairs(PairReader(dataset, config), first_rules, spill_to,
                        verify_decode=not config.clip.enabled and config.image.verify_decode)

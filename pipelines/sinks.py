@@ -455,11 +455,11 @@ class WriteShardBucket(beam.DoFn):
             samples, made = self.select(samples)
         samples = sorted(samples, key=lambda s: (s.id, s.text))
         samples, members, unwritable, content = _writable(samples, self.formats)
-        made += unwritable
-        if rejects or made:
+        written_rejects = rejects + made + unwritable
+        if written_rejects:
             yield _OutputFile(_write_rejects(self.output_dir, bucket, num_buckets,
-                                             rejects + made))
-            yield _Outcomes(dict(Counter((r.status, r.reason) for r in rejects + made)))
+                                             written_rejects))
+            yield _Outcomes(dict(Counter((r.status, r.reason) for r in written_rejects)))
         if samples:
             yield from self._write_samples(bucket, num_buckets, samples, members, content)
 
