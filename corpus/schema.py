@@ -8,6 +8,7 @@ computed only when formatting (corpus.formats).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 from dataclasses import dataclass, field, fields
@@ -88,7 +89,6 @@ class Source:
     sha256: str | None = None
 
 
-@_pickled_as_fields
 @dataclass
 class Sample:
     id: str
@@ -111,6 +111,28 @@ class Sample:
     @property
     def image(self) -> Image | None:
         return self.images[0] if self.images else None
+
+
+# A page's few hundred regions pickle as plain tuples inside their sample: a Python `__reduce__`
+# call per region made pickling a sample three times slower.
+_SAMPLE_VALUES = operator.attrgetter(*(f.name for f in fields(Sample)))
+_REGION_VALUES = operator.attrgetter(*(f.name for f in fields(Region)))
+_REGIONS_AT = [f.name for f in fields(Sample)].index("regions")
+
+
+def _packed_sample(sample: Sample):
+    values = list(_SAMPLE_VALUES(sample))
+    values[_REGIONS_AT] = list(map(_REGION_VALUES, sample.regions))
+    return _unpacked_sample, tuple(values)
+
+
+def _unpacked_sample(*values) -> Sample:
+    sample = Sample(*values)
+    sample.regions = list(itertools.starmap(Region, sample.regions))
+    return sample
+
+
+Sample.__reduce__ = _packed_sample
 
 
 _IMAGE = pa.struct(

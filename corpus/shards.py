@@ -11,7 +11,6 @@ caller (`pipelines.sinks` for Beam, `atomic_write` here for local files).
 """
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from contextlib import contextmanager
@@ -50,19 +49,54 @@ def tar_members(sample: Sample) -> list[tuple[str, bytes]]:
     return members
 
 
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, FIXED_MTIME, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _member_header(name: str, size: int) -> bytes:
+    """The header tarfile writes for a member, PAX format; `tarfile.TarInfo.tobuf`."""
+    return _member_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+_USTAR_TEMPLATE = _member_header("", 0)
+_SIZE, _CHECKSUM = slice(124, 136), slice(148, 155)  # the header fields that vary
+
+
+def _fast_member_header(name: str, size: int) -> bytes:
+    """The same bytes as `_member_header`, built from a template: for a short ASCII name (every
+    name a sample's id gives) the PAX header is a plain ustar block, and `tobuf` takes a third
+    of a page's tar-writing time to make it."""
+    encoded = name.encode("ascii") if name.isascii() else b""
+    if not encoded or len(encoded) > 100 or size >= 8 ** 11:
+        return _member_header(name, size)  # PAX records for the name or the size
+    header = bytearray(_USTAR_TEMPLATE)
+    header[:len(encoded)] = encoded
+    header[_SIZE] = b"%011o\0" % size
+    header[_CHECKSUM] = b" " * 7
+    header[_CHECKSUM] = b"%06o\0" % sum(header)  # the checksum counts its own field as spaces
+    return bytes(header)
+
+
 def write_tar_members(members: Iterable[list[tuple[str, bytes]]], fileobj: BinaryIO) -> int:
-    """Write samples, each given as its `tar_members`, to a tar stream; returns the sample
-    count. For callers that already hold the members (the shard sink digests them first)."""
-    count = 0
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for sample_members in members:
-            for name, data in sample_members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-            count += 1
+    """Write samples, each given as its `tar_members`, as a tar stream; returns the sample
+    count. The bytes are those of `tarfile` in PAX format with fixed metadata, written directly.
+    For callers that already hold the members (the shard sink digests them first)."""
+    count, offset = 0, 0
+    for sample_members in members:
+        for name, data in sample_members:
+            header = _fast_member_header(name, len(data))
+            padding = -len(data) % tarfile.BLOCKSIZE
+            fileobj.write(header)
+            fileobj.write(data)
+            fileobj.write(tarfile.NUL * padding)
+            offset += len(header) + len(data) + padding
+        count += 1
+    end = 2 * tarfile.BLOCKSIZE  # two empty blocks, then zeros to a whole record, as tarfile
+    fileobj.write(tarfile.NUL * (end + -(offset + end) % tarfile.RECORDSIZE))
     return count
 
 

@@ -94,15 +94,23 @@ class StepFn(beam.DoFn):
         try:
             results = list(self.fn(element))
         except Exception as error:  # the dead letter: any failure becomes a counted reject
-            element_id, uri, key = describe(element, self.dataset)
-            reason = type(error).__name__
-            Metrics.counter(METRICS_NAMESPACE, f"errored_{reason}").inc()
-            yield Reject(element_id, self.dataset, uri, key, reason, "errored", str(error)[:1000])
+            yield counted(errored_reject(element, error, self.dataset))
             return
         for result in results:
-            if isinstance(result, Reject):
-                Metrics.counter(METRICS_NAMESPACE, f"{result.status}_{result.reason}").inc()
-            yield result
+            yield counted(result) if isinstance(result, Reject) else result
+
+
+def errored_reject(element: Any, error: Exception, dataset: str) -> Reject:
+    """The reject an exception on an element becomes: errored, named after the exception."""
+    element_id, uri, key = describe(element, dataset)
+    return Reject(element_id, dataset, uri, key, type(error).__name__, "errored",
+                  str(error)[:1000])
+
+
+def counted(reject: Reject) -> Reject:
+    """The reject, counted as a Beam metric by status and reason."""
+    Metrics.counter(METRICS_NAMESPACE, f"{reject.status}_{reject.reason}").inc()
+    return reject
 
 
 def _is_reject(element) -> bool:

@@ -1,7 +1,7 @@
 """`corpus pdf`: PDF pages -> OCR samples with word and line boxes (Appendix A.4).
 
 files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges ─> (reshuffle)
-  ─> RenderPages ─> A.4 page rules (filters/pages.py) ─> OCR shards
+  ─> RenderAndSpill: render, A.4 page rules (filters/pages.py), spill ─> OCR shards
 
 One PDF fans out into page ranges of `pages_per_range` pages, and the ranges are reshuffled, so
 a 900-page PDF keeps many workers busy instead of pinning one. Input is counted in pages after
@@ -12,6 +12,11 @@ MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
 `page_time_limit_s` (or one that crashes MuPDF) is ended by killing that process, which is then
 restarted for the rest. The processes are shared by the plan and render steps of a worker
 (`RenderProcesses`), so a PDF vetted by one is rendered from the copy it holds open.
+
+The render step applies the page rules and writes the pages that pass to the sink's spill file
+itself, as `corpus pairs` does: a page then goes through no further transform and no shuffle
+(only its range's spill chunk does), which in Beam's own machinery cost about a third of a
+millisecond per page, a twentieth of rendering it.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import sys
 import threading
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 from multiprocessing.connection import Connection
@@ -41,9 +47,9 @@ from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Region, Sample, Source
 from filters.base import Reject, rule_name
 from filters.pages import PDF_REASON_ORDER, PageRulesConfig, pdf_page_rules
-from pipelines.common import (RulesStep, add_common_arguments, apply_step, count_elements,
-                              print_summary, run_pipeline)
-from pipelines.sinks import write_run
+from pipelines.common import (SplitRejects, StepFn, add_common_arguments, apply_step, counted,
+                              errored_reject, print_summary, run_pipeline)
+from pipelines.sinks import CountAll, SpillSamples, chunk_size, write_run
 from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
                            PdfProblem, RenderedPage, RenderOptions, VetRequest, Vetted, open_pdf,
                            read_at_most, receive_result, render_pages, send_request)
@@ -445,6 +451,58 @@ def rule_failures(sample: Sample, rules: list) -> list[str]:
     return failed
 
 
+@dataclass(frozen=True)
+class RuleFailures:
+    """How many pages of one range fail each A.4 rule, counting every rule a page fails."""
+
+    counts: dict
+
+
+class RenderAndSpill(SpillSamples):
+    """A page range -> a reject for each page that fails to render or fails an A.4 rule (the
+    first in paper order), one spill chunk holding the pages that pass, and the range's
+    `RuleFailures`."""
+
+    def __init__(self, config: PdfConfig, dataset: str, spill_to: str):
+        super().__init__(spill_to)
+        self.render = StepFn(RenderPages(config, dataset), dataset)
+        self.rules = pdf_page_rules(config.rules)
+        self.dataset = dataset
+
+    def setup(self):
+        self.render.setup()
+
+    def process(self, page_range: PageRange):
+        path, places, failures = None, [], Counter()
+        for result in self.render.process(page_range):
+            if not isinstance(result, Reject):
+                result = self._checked(result, failures)
+            if isinstance(result, Reject):
+                yield result
+                continue
+            path, place = self.spill(result)
+            places.append(place)
+        if places:
+            yield path, places
+        if failures:
+            yield RuleFailures(dict(failures))
+
+    def _checked(self, sample: Sample, failures: Counter) -> Sample | Reject:
+        try:
+            failed = rule_failures(sample, self.rules)
+        except Exception as error:  # as in common.StepFn: a failing rule costs this page only
+            return counted(errored_reject(sample, error, self.dataset))
+        failures.update(failed)
+        return counted(Reject.of(sample, failed[0])) if failed else sample
+
+
+def _pages(element) -> int:
+    """Input pages an element of the render step stands for."""
+    if isinstance(element, RuleFailures):
+        return 0
+    return chunk_size(element) if isinstance(element, tuple) else 1
+
+
 def _failure_stats(counts: dict) -> dict:
     order = {reason: i for i, reason in enumerate(PDF_REASON_ORDER)}
     ordered = dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
@@ -456,32 +514,33 @@ def _failure_stats(counts: dict) -> dict:
 
 def build(pipeline, files: list[InputFile], *, output_dir: str, dataset: str, config: PdfConfig,
           formats: list[str], samples_per_shard: int) -> None:
-    rules = pdf_page_rules(config.rules)
     file_pc = (pipeline | "Files" >> beam.Create(files)
                | "SpreadFiles" >> beam.Reshuffle())
     docs, list_rejects = apply_step(file_pc, "ListDocuments", ListDocuments(dataset), dataset)
     ranges, plan_rejects = apply_step(docs | "SpreadDocuments" >> beam.Reshuffle(),
                                       "PlanPageRanges", PlanPageRanges(config, dataset), dataset)
-    pages, render_rejects = apply_step(ranges | "SpreadPageRanges" >> beam.Reshuffle(),
-                                       "RenderPages", RenderPages(config, dataset), dataset)
-    input_count = count_elements("CountInput", pages, render_rejects, list_rejects, plan_rejects)
-    kept, rule_rejects = apply_step(pages, "PageRules", RulesStep(rules), dataset)
+    rendered = (ranges | "SpreadPageRanges" >> beam.Reshuffle()
+                | "RenderAndSpill" >> beam.ParDo(RenderAndSpill(config, dataset, output_dir)))
+    input_count = (rendered, list_rejects, plan_rejects) | "CountInput" >> CountAll(_pages)
+    chunks_and_failures, render_rejects = rendered | "SplitRendered" >> SplitRejects()
+    spilled = chunks_and_failures | "SpillChunks" >> beam.Filter(
+        lambda element: isinstance(element, tuple))
     # exactly one stats element on every runner: a sum per reason seeded with zeros, gathered
     # on one constant key (no CombineGlobally; docs/running-at-scale.md)
-    failures = pages | "AllRuleFailures" >> beam.FlatMap(
-        lambda sample: [(reason, 1) for reason in rule_failures(sample, rules)])
+    failures = chunks_and_failures | "AllRuleFailures" >> beam.FlatMap(
+        lambda element: element.counts.items() if isinstance(element, RuleFailures) else [])
     zeros = pipeline | "NoRuleFailures" >> beam.Create([(r, 0) for r in PDF_REASON_ORDER])
     stats = ((failures, zeros) | "FlattenRuleFailures" >> beam.Flatten()
              | "SumRuleFailures" >> beam.CombinePerKey(sum)
              | "OneKey" >> beam.Map(lambda count: (0, count))
              | "GatherRuleFailures" >> beam.GroupByKey()
              | "RuleFailureStats" >> beam.MapTuple(lambda _, counts: _failure_stats(dict(counts))))
-    write_run(pipeline, kept, [list_rejects, plan_rejects, render_rejects, rule_rejects],
-              input_count, output_dir=output_dir, pipeline_name=PIPELINE, dataset=dataset,
-              task=TASK, reason_order=REASON_ORDER, formats=formats,
-              samples_per_shard=samples_per_shard,
+    rules = pdf_page_rules(config.rules)
+    write_run(pipeline, None, [list_rejects, plan_rejects, render_rejects], input_count,
+              output_dir=output_dir, pipeline_name=PIPELINE, dataset=dataset, task=TASK,
+              reason_order=REASON_ORDER, formats=formats, samples_per_shard=samples_per_shard,
               config=to_mapping(config) | {"rule_names": [rule_name(r) for r in rules]},
-              stats=stats)
+              stats=stats, spilled=spilled)
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PdfConfig | None = None,

@@ -29,6 +29,8 @@ report, and the report is written last: its presence means the run finished.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -337,36 +339,59 @@ class SpillFile:
         self._file.close()
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off for a block that builds many objects which all
+    stay alive: each collection it would trigger walks every object of the process (a Beam
+    worker holds hundreds of thousands), and rebuilding a bucket of OCR pages cost five times
+    as much with it on. Nothing built here forms cycles; the next collection finds any garbage.
+    Re-enabled by whoever paused it first, so concurrent blocks leave it on."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_spilled(pieces) -> list[Sample]:
     """The samples of some spill chunk pieces, each file opened once and read in order."""
     places_by_path: dict[str, list] = {}
     for path, places in pieces:
         places_by_path.setdefault(path, []).extend(places)
     samples = []
-    for path in sorted(places_by_path):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for _, offset, length in sorted(places_by_path[path], key=lambda p: p[1]):
-                f.seek(offset)
-                samples.append(pickle.loads(f.read(length)))
+    with collector_paused():
+        for path in sorted(places_by_path):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                for _, offset, length in sorted(places_by_path[path], key=lambda p: p[1]):
+                    f.seek(offset)
+                    samples.append(pickle.loads(f.read(length)))
     return samples
 
 
 class SpillSamples(beam.DoFn):
     """Samples -> spill chunks of one sample each, in one spill file per bundle (closed when
     the bundle finishes, before any reader can see the chunks: a bundle's outputs reach the
-    next grouping only once it is done)."""
+    next grouping only once it is done). A step that makes samples can subclass it and
+    `spill` them itself, emitting one chunk for many."""
 
-    def __init__(self, output_dir: str, number: Callable[[Sample], int]):
-        self.output_dir, self.number = output_dir, number
+    def __init__(self, output_dir: str, number: Callable[[Sample], int] | None = None):
+        self.output_dir, self.number = output_dir, number or sample_number
         self._spill = None
 
     def start_bundle(self):
         self._spill = None
 
-    def process(self, sample: Sample):
+    def spill(self, sample: Sample) -> tuple[str, tuple[int, int, int]]:
+        """(spill file, place) of the sample, appended to this bundle's spill file."""
         if self._spill is None:
             self._spill = SpillFile(self.output_dir)
-        yield self._spill.path, [self._spill.add(sample, self.number(sample))]
+        return self._spill.path, self._spill.add(sample, self.number(sample))
+
+    def process(self, sample: Sample):
+        path, place = self.spill(sample)
+        yield path, [place]
 
     def finish_bundle(self):
         if self._spill is not None:
@@ -678,7 +703,7 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
     the kept samples into `stats[name]`. Returns the one-element PCollection of the kept count,
     produced once the report is written.
     """
-    number = bucket_number or _id_number_of
+    number = bucket_number or sample_number
     items = [spilled] if spilled is not None else []
     if samples is not None:
         items.append(samples | "SpillSamples" >> beam.ParDo(SpillSamples(output_dir, number)))
@@ -708,5 +733,6 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
             | "WriteReport" >> beam.ParDo(WriteReport(output_dir, header)))
 
 
-def _id_number_of(sample: Sample) -> int:
+def sample_number(sample: Sample) -> int:
+    """The default bucket number of a sample: from its id."""
     return id_number(sample.id)

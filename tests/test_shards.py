@@ -1,6 +1,7 @@
 """Shard IO: records round-trip, tars are reproducible, and other tools open our shards."""
 import io
 import json
+import pickle
 import tarfile
 
 import duckdb
@@ -9,8 +10,8 @@ import webdataset as wds
 
 from conftest import make_image, make_sample
 from corpus.schema import Region, Turn
-from corpus.shards import (atomic_write, is_unsafe_member, iter_tar_groups, read_shard,
-                           write_parquet, write_tar)
+from corpus.shards import (FIXED_MTIME, atomic_write, is_unsafe_member, iter_tar_groups,
+                           read_shard, write_parquet, write_tar, write_tar_members)
 
 
 def _samples():
@@ -35,11 +36,45 @@ def test_tar_and_parquet_round_trip(tmp_path):
     assert list(read_shard(str(tmp_path / "s.parquet"))) == samples
 
 
+def test_samples_pickle_back_equal():
+    """Samples cross spill files and shuffles pickled, their regions packed as tuples."""
+    for sample in _samples():
+        copy = pickle.loads(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL))
+        assert copy == sample
+        assert all(type(region) is Region for region in copy.regions)
+
+
 def test_tars_are_byte_identical_across_writes(tmp_path):
     first, second = io.BytesIO(), io.BytesIO()
     write_tar(_samples(), first)
     write_tar(_samples(), second)
     assert first.getvalue() == second.getvalue()
+
+
+def _tarfile_bytes(members) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for sample_members in members:
+            for name, data in sample_members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_tars_are_the_bytes_tarfile_writes():
+    """Headers are built from a template for short ASCII names; every case, PAX records for
+    long and non-ASCII names included, gives tarfile's own bytes."""
+    names = ["k.json", "k.1.jpg", "x" * 100, "x" * 101, "两只猫.txt", "a/" + "k" * 140 + ".jpg"]
+    sizes = [0, 1, 511, 512, 513, 10_000]
+    for count in range(4):
+        members = [[(names[(i + j) % len(names)], bytes([i]) * sizes[(i * 3 + j) % len(sizes)])
+                    for j in range(3)] for i in range(count)]
+        out = io.BytesIO()
+        assert write_tar_members(members, out) == count
+        assert out.getvalue() == _tarfile_bytes(members)
 
 
 def test_webdataset_library_reads_our_tars(tmp_path):
