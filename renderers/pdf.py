@@ -6,6 +6,10 @@ top-left corner of the CropBox. The rendered pixmap shows the *rotated* CropBox.
 therefore goes through `page.rotation_matrix` (unrotated -> rotated page) and then the zoom
 (points -> pixels), minus the pixmap origin. The page is dropped when the pixmap's size does not
 match the rotated CropBox times the zoom (`page_geometry_mismatch`), since boxes would then be off.
+The page's content is read once, into a display list that gives both the image and, for a page
+without /Rotate, the text (`page.get_pixmap` and `page.get_textpage` would each read it again;
+the same words and boxes). A rotated page's text is extracted from the unrotated page: MuPDF's
+text of the rotated display list puts upside-down glyph boxes off their ink.
 
 A line that does not run left to right on the image also gets a quad, its corners in reading
 order (`axis_line_quad`, `tilted_line_quad`): the writing direction comes from MuPDF's line
@@ -256,9 +260,10 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
             raise PdfProblem("page_geometry_mismatch", "dropped", f"empty page rect {rect}")
         scale = pymupdf.Matrix(zoom, zoom)
         # Annotations (form values, stamps, notes) are drawn by a viewer but are not in the
-        # page's text: left off the image, so that every text the image shows is labelled.
-        pixmap = page.get_pixmap(matrix=scale, colorspace=pymupdf.csRGB, alpha=False,
-                                 annots=False)
+        # page's content: left off the image and the text, so that every text the image
+        # shows is labelled.
+        content = page.get_displaylist(annots=False)
+        pixmap = content.get_pixmap(matrix=scale, colorspace=pymupdf.csRGB, alpha=False)
         if (abs(pixmap.width - width) > SIZE_TOLERANCE_PX
                 or abs(pixmap.height - height) > SIZE_TOLERANCE_PX):
             raise PdfProblem("page_geometry_mismatch", "dropped",
@@ -268,7 +273,7 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
         a, b, c, d, e, f = page.rotation_matrix
         to_pixels = (a * zoom, b * zoom, c * zoom, d * zoom, e * zoom - pixmap.x,
                      f * zoom - pixmap.y)
-        textpage = page.get_textpage(flags=options.text_flags())
+        textpage = page_text(page, content, options.text_flags())
         raw_words, unmapped_symbols = page.get_text("words", textpage=textpage), 0
         if options.unmapped_glyphs == "drop_symbols":
             raw_words, unmapped_symbols = without_unmapped_symbols(raw_words)
@@ -305,6 +310,16 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
                         text="\n".join(line.text for line in lines), width_pt=rect.width,
                         height_pt=rect.height, rotation=page.rotation, zoom=zoom,
                         inkless_lines=inkless, unmapped_symbols=unmapped_symbols)
+
+
+def page_text(page: pymupdf.Page, content: pymupdf.DisplayList, flags: int) -> pymupdf.TextPage:
+    """The page's structured text, as `page.get_textpage(flags)` gives it: read from the display
+    list `content` when the page has no /Rotate (see Geometry above)."""
+    if page.rotation:
+        return page.get_textpage(flags=flags)
+    textpage = pymupdf.TextPage(content.get_textpage(flags=flags))
+    textpage.parent = page  # what `page.get_text` checks
+    return textpage
 
 
 def without_unmapped_symbols(raw_words: list) -> tuple[list, int]:

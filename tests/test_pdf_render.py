@@ -12,7 +12,7 @@ from PIL import ImageDraw
 import renderers.pdf as renderers_pdf
 from corpus.samples import pdf as samples
 from renderers.pdf import (DocumentPolicy, PdfProblem, RenderOptions, has_javascript, open_pdf,
-                           render_page)
+                           page_text, render_page)
 
 INK = 128  # a pixel darker than this is ink
 SLACK = 2  # pixels: JPEG ringing and anti-aliasing around the glyph box
@@ -51,6 +51,19 @@ def test_the_ink_of_a_word_falls_inside_its_box(rotation, cropbox):
     assert ys.min() >= y0 - SLACK and ys.max() <= y1 + SLACK
     # and the box is not a loose frame around the page: the ink spans most of it
     assert (xs.max() - xs.min()) > 0.6 * min(x1 - x0, y1 - y0)
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180])
+@pytest.mark.parametrize("cropbox", [None, (40, 60, 380, 260)])
+def test_the_text_read_with_the_image_is_the_pages_own(rotation, cropbox):
+    """The text comes from the display list the image is drawn from (not from a second reading
+    of the page): the same words, boxes and line numbers as `page.get_text`."""
+    doc = pymupdf.open("pdf", single_word_pdf("Fidelity ﬁrst, two words", rotation, cropbox))
+    page, flags = doc[0], RenderOptions().text_flags()
+    textpage = page_text(page, page.get_displaylist(annots=False), flags)
+    words = page.get_text("words", textpage=textpage)
+    assert len(words) == 4
+    assert words == page.get_text("words", flags=flags)
 
 
 @pytest.mark.parametrize("mediabox,cropbox", [((100, 200, 500, 500), None),
