@@ -1,11 +1,16 @@
 """`corpus pdf`: PDF pages -> OCR samples with word and line boxes (Appendix A.4).
 
-files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges ─> (reshuffle)
-  ─> RenderAndSpill: render, A.4 page rules (filters/pages.py), spill ─> OCR shards
+files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges ─┬─ first range ───────┐
+                                                     other ranges ─ (reshuffle) ─┴─> RenderAndSpill
+  RenderAndSpill: render, A.4 page rules (filters/pages.py), spill ─> OCR shards
 
-One PDF fans out into page ranges of `pages_per_range` pages, and the ranges are reshuffled, so
-a 900-page PDF keeps many workers busy instead of pinning one. Input is counted in pages after
-the fan-out; a PDF that cannot be read at all is one errored unit with its reason.
+One PDF fans out into page ranges of `pages_per_range` pages. Its first range is rendered where
+it was vetted, by the render process that holds it open; the other ranges are reshuffled, so a
+900-page PDF keeps many workers busy instead of pinning one. A range that lands elsewhere costs
+its process a fresh start on that PDF: reading and opening it, and loading its fonts and images
+again (about 15 ms on the benchmark's documents), which is why ranges are 32 pages long. Input
+is counted in pages after the fan-out; a PDF that cannot be read at all is one errored unit with
+its reason.
 
 PDFs are read (local files), hashed, vetted and rendered in render processes (`isolate: true`):
 MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
@@ -69,7 +74,7 @@ class PdfConfig:
     render: RenderOptions = field(default_factory=RenderOptions)
     documents: DocumentPolicy = field(default_factory=DocumentPolicy)
     rules: PageRulesConfig = field(default_factory=PageRulesConfig)
-    pages_per_range: int = 8  # pages rendered by one work item; ranges spread over workers
+    pages_per_range: int = 32  # pages rendered by one work item; ranges spread over workers
     page_time_limit_s: float = 30.0  # per page: open (first page) + render + extract + encode
     max_pdf_bytes: int = 256 * 1024 * 1024  # larger files (or zip members) are not read
     isolate: bool = True  # vet and render in child processes; needed for the time limit
@@ -496,6 +501,10 @@ class RenderAndSpill(SpillSamples):
         return counted(Reject.of(sample, failed[0])) if failed else sample
 
 
+def is_first_range(page_range: PageRange) -> bool:
+    return page_range.pages[0] == 0
+
+
 def _pages(element) -> int:
     """Input pages an element of the render step stands for."""
     if isinstance(element, RuleFailures):
@@ -519,8 +528,13 @@ def build(pipeline, files: list[InputFile], *, output_dir: str, dataset: str, co
     docs, list_rejects = apply_step(file_pc, "ListDocuments", ListDocuments(dataset), dataset)
     ranges, plan_rejects = apply_step(docs | "SpreadDocuments" >> beam.Reshuffle(),
                                       "PlanPageRanges", PlanPageRanges(config, dataset), dataset)
-    rendered = (ranges | "SpreadPageRanges" >> beam.Reshuffle()
-                | "RenderAndSpill" >> beam.ParDo(RenderAndSpill(config, dataset, output_dir)))
+    render = RenderAndSpill(config, dataset, output_dir)
+    here = (ranges | "FirstRanges" >> beam.Filter(is_first_range)
+            | "RenderFirstRanges" >> beam.ParDo(render))
+    spread = (ranges | "OtherRanges" >> beam.Filter(lambda r: not is_first_range(r))
+              | "SpreadPageRanges" >> beam.Reshuffle()
+              | "RenderOtherRanges" >> beam.ParDo(render))
+    rendered = (here, spread) | "Rendered" >> beam.Flatten()
     input_count = (rendered, list_rejects, plan_rejects) | "CountInput" >> CountAll(_pages)
     chunks_and_failures, render_rejects = rendered | "SplitRendered" >> SplitRejects()
     spilled = chunks_and_failures | "SpillChunks" >> beam.Filter(
