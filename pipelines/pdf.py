@@ -1,8 +1,8 @@
 """`corpus pdf`: PDF pages -> OCR samples with word and line boxes (Appendix A.4).
 
-files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges ─┬─ first range ───────┐
-                                                     other ranges ─ (reshuffle) ─┴─> RenderAndSpill
-  RenderAndSpill: render, A.4 page rules (filters/pages.py), spill ─> OCR shards
+files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges
+  ─> first range of each PDF ──────┬─> RenderAndSpill: render, A.4 page rules
+  ─> other ranges ─> (reshuffle) ──┘   (filters/pages.py), spill ─> OCR shards
 
 One PDF fans out into page ranges of `pages_per_range` pages. Its first range is rendered where
 it was vetted, by the render process that holds it open; the other ranges are reshuffled, so a
