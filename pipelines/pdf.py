@@ -19,9 +19,8 @@ restarted for the rest. The processes are shared by the plan and render steps of
 (`RenderProcesses`), so a PDF vetted by one is rendered from the copy it holds open.
 
 The render step applies the page rules and writes the pages that pass to the sink's spill file
-itself, as `corpus pairs` does: a page then goes through no further transform and no shuffle
-(only its range's spill chunk does), which in Beam's own machinery cost about a third of a
-millisecond per page, a twentieth of rendering it.
+itself, as `corpus pairs` does: a page then goes through no further transform and no shuffle;
+only its range's spill chunk does.
 """
 from __future__ import annotations
 

@@ -703,10 +703,10 @@ def write_run(pipeline, samples, rejects: list, input_count, *, output_dir: str,
     the kept samples into `stats[name]`. Returns the one-element PCollection of the kept count,
     produced once the report is written.
     """
-    number = bucket_number or sample_number
     items = [spilled] if spilled is not None else []
     if samples is not None:
-        items.append(samples | "SpillSamples" >> beam.ParDo(SpillSamples(output_dir, number)))
+        items.append(samples | "SpillSamples" >> beam.ParDo(SpillSamples(output_dir,
+                                                                          bucket_number)))
     pipeline_rejects = (tuple(rejects) | "FlattenRejects" >> beam.Flatten() if rejects
                         else pipeline | "NoRejects" >> beam.Create([]))
     items.append(pipeline_rejects)
