@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from corpus.samples.html import make_site  # noqa: E402
-from pipelines.html import ReadPagesFn, expand_inputs  # noqa: E402
+from pipelines.html import PageReader, expand_inputs  # noqa: E402
 from renderers.html import (EXTRACT_JS, LAUNCH_FLAGS, HtmlRenderer, PageJob,  # noqa: E402
                             RenderConfig, decode_html, local_path)
 
@@ -28,9 +28,9 @@ BENCH_PAGES = ("birds.html", "tea.html", "layout.html", "dialogs.html", "icons.h
 
 def make_jobs(folder: str, count: int) -> list[PageJob]:
     site = make_site(os.path.join(folder, "site"))
-    reader = ReadPagesFn("bench", 5_000_000)
+    reader = PageReader("bench", 5_000_000)
     base = [job for item in expand_inputs([site]) if os.path.basename(item.uri) in BENCH_PAGES
-            for job in reader.process(item)]
+            for job in reader(item)]
     return [base[i % len(base)] for i in range(count)]
 
 

@@ -1,17 +1,21 @@
-"""Benchmarks of `corpus pairs`, each a ratio of two rates measured side by side in one run.
+"""Benchmarks of `corpus pairs`, each a ratio of rates measured side by side in one run.
 
-  rules   the non-CLIP rules through the Beam pipeline (1 worker, in-process runner) vs a bare
-          Python loop applying the same reader and rule functions to the same input (goal >= 0.7x)
-  workers 2 worker processes vs 1 (multi_processing DirectRunner; goal >= 1.7x)
-  clip    CLIP scoring images/s at batch 1 vs a tuned batch, model only, CPU
-  scale   N vs 10 N pairs through the pipeline: time ratio (goal <= 11x) and peak memory
-  gpu     (a CUDA machine) pipeline pairs/s with CLIP on CUDA vs the model-only forward rate on
-          the same decoded batches (goal >= 0.8x)
+  rules    (S9) the pipeline with one worker vs a bare Python loop applying the same reader,
+           rules and longest-caption choice to the same input, CPU seconds per pair (>= 0.85x)
+  workers  (S1, S2, S3, S4) end to end with each worker count of `--workers` vs one worker;
+           the fixed cost of a run (50 pairs) at each count; the CPU of the coordinating process
+           over the CPU of its workers and the bytes per pair that reach it (2 workers)
+  clip     (S6') CLIP on (tiny model, CPU): `--workers` processes vs one process
+  dask     (S5) the same run on Beam's DaskRunner over a local cluster of each worker count
+  gpu      (S6) CLIP on a GPU: pipeline pairs/s vs the model-only rate on the same decoded
+           batches (needs CUDA; `--clip-model ViT-L-14 --clip-batch 256`)
 
-Defaults are small, to finish in well under a minute on a laptop; `--full` uses the issue's
-sizes (10k pairs; 10k vs 100k for scale). Inputs are img2dataset-style tars made on the spot.
+Scaling from N to 10 N pairs (S8) is `benchmarks/bench_scaling.py`. Every pipeline run here
+happens in a fresh child process, so its CPU (its own and its workers',
+which are its children) and its peak memory are its own. Inputs are img2dataset-style tars
+made on the spot (`--pairs-per-tar` pairs each, every pair its own image).
 
-  python benchmarks/bench_pairs.py [--full] [--only rules workers clip scale gpu]
+  python benchmarks/bench_pairs.py [--pairs N] [--workers 1 2] [--only rules workers ...]
 """
 from __future__ import annotations
 
@@ -34,10 +38,10 @@ CAPTIONS = [
     "Lighthouse at dusk!!!! www.example.com", "DSC_2481.JPG", "two zebras grazing in tall grass",
     "猫咪在窗台上晒太阳，看起来很舒服", "<PERSON> walks the dog along the beach",
 ]
-IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
+ONE_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
 
-def write_inputs(directory: str, n: int, per_tar: int = 1000,
+def write_inputs(directory: str, n: int, per_tar: int = 625,
                  size: tuple[int, int] = (256, 224)) -> list[str]:
     """n pairs: 64 base photos made distinct by trailing bytes (every pair its own image hash),
     captions cycling through clean and rule-triggering ones; a few wide or small images."""
@@ -55,11 +59,22 @@ def write_inputs(directory: str, n: int, per_tar: int = 1000,
     return paths
 
 
-def no_clip_config():
+def bench_config(clip: dict | None = None, longest: bool = True):
+    """The default rules, decoding off (the clip benchmark measures decoding), or with a model:
+    every rule that could drop a pair before CLIP off, so every pair reaches it."""
+    import dataclasses
+
+    from pipelines.clip import ClipConfig
     from pipelines.pairs import PairsConfig
 
-    config = PairsConfig()
-    config.image.verify_decode = False  # decoding is measured by the clip benchmark
+    config = PairsConfig(longest_caption_per_image=longest)
+    if clip is None:
+        config.image.verify_decode = False
+        return config
+    config = dataclasses.replace(config, clip=ClipConfig(**clip), text=dataclasses.replace(
+        config.text, allowed_scripts=False, drop_emoji=False, min_chars=0, tag_language=False,
+        patterns=[], recheck_length_after_cleaning=False, academic_tags=[]))
+    config.image.max_aspect_ratio = config.image.min_side = None
     return config
 
 
@@ -70,7 +85,7 @@ def bare_loop(paths: list[str], output: str) -> int:
     from filters.image_rules import image_rules
     from pipelines.pairs import InputFile, PairReader, text_rules
 
-    config = no_clip_config()
+    config = bench_config()
     reader = PairReader("bench", config)
     rules = image_rules(config.image) + text_rules(config.text)
     best: dict[str, object] = {}
@@ -88,82 +103,157 @@ def bare_loop(paths: list[str], output: str) -> int:
         return write_tar(sorted(best.values(), key=lambda s: s.id), f)
 
 
-def pipeline_seconds(paths: list[str], output: str, beam_argv: list[str]) -> tuple[float, dict]:
+# ---- a pipeline run in a child process ----------------------------------------------------------
+
+def child_run(inputs: str, output: str, argv: list[str], config: dict) -> None:
+    """Imports first (not timed), then one run; prints what the parent measures, as JSON."""
+    started_import = time.perf_counter()
+    from pipelines import workers
     from pipelines.pairs import run
+    import_seconds = time.perf_counter() - started_import
+    paths = sorted(os.path.join(inputs, name) for name in os.listdir(inputs))
+    wall = time.perf_counter()
+    report = run(paths, output, "bench", bench_config(**config), argv)
+    wall = time.perf_counter() - wall
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({
+        "seconds": wall, "import_seconds": import_seconds,
+        "self_cpu": own.ru_utime + own.ru_stime,
+        "children_cpu": children.ru_utime + children.ru_stime,
+        "self_peak_mb": own.ru_maxrss / 1024, "children_peak_mb": children.ru_maxrss / 1024,
+        "traffic_bytes": workers.traffic["bytes"], "input": report["input"],
+        "kept": report["kept"], "clip_scored": report["stats"].get("clip_scored", 0)}))
 
-    started = time.perf_counter()
-    report = run(paths, output, "bench", no_clip_config(), beam_argv)
-    return time.perf_counter() - started, report
 
+def run_child(inputs: str, output: str, argv: list[str], config: dict | None = None) -> dict:
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", inputs, output, json.dumps(argv),
+         json.dumps(config or {})], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"benchmark run failed:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def workers_argv(count: int) -> list[str]:
+    return ONE_PROCESS if count == 1 else [f"--workers={count}"]
+
+
+# ---- the benchmarks ---------------------------------------------------------------------------
 
 def bench_rules(work: str, n: int) -> None:
-    """Both run in this process; CPU seconds are the fair measure on a shared machine (wall
-    seconds printed too). The language model is loaded and the pipeline run once on a few
-    pairs first, so one-time imports (the runner's modules, the report plot's matplotlib) fall
-    outside both timings; a second run on those few pairs times the fixed cost of a run (graph
-    construction, runner start, report and plot), which the Beam figure includes."""
+    """S9: CPU seconds per pair, one worker, vs the bare loop in this process (its language
+    model loaded before timing). The pipeline figure is its child's CPU, a 50-pair run's
+    subtracted (imports, runner start, report and plot)."""
     paths = write_inputs(os.path.join(work, "rules-in"), n)
-    bare_loop(paths[:1], os.path.join(work, "warm-up.tar"))  # fastText model, emoji tables
-    few = write_inputs(os.path.join(work, "rules-few"), 50)
-    pipeline_seconds(few, os.path.join(work, "warm-up-1"), IN_PROCESS)
+    few_dir = os.path.join(work, "rules-few")
+    write_inputs(few_dir, 50)
+    bare_loop(paths[:1], os.path.join(work, "warm-up.tar"))
     cpu = time.process_time()
-    pipeline_seconds(few, os.path.join(work, "warm-up-2"), IN_PROCESS)
-    fixed_cpu = time.process_time() - cpu
-    wall, cpu = time.perf_counter(), time.process_time()
     kept_loop = bare_loop(paths, os.path.join(work, "loop.tar"))
-    loop_wall, loop_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    cpu = time.process_time()
-    beam_wall, report = pipeline_seconds(paths, os.path.join(work, "rules-out"), IN_PROCESS)
-    beam_cpu = time.process_time() - cpu
-    assert report["kept"] == kept_loop, (report["kept"], kept_loop)
-    print(f"rules   {n} pairs: bare loop {n / loop_cpu:6.0f} pairs/cpu-s "
-          f"({n / loop_wall:.0f}/s wall), "
-          f"Beam 1 worker {n / beam_cpu:6.0f} pairs/cpu-s ({n / beam_wall:.0f}/s wall) -> "
-          f"ratio {loop_cpu / beam_cpu:.2f}x (kept {kept_loop}); fixed cost of a run "
-          f"{fixed_cpu:.2f} cpu-s; ratio without it {loop_cpu / (beam_cpu - fixed_cpu):.2f}x")
+    loop_cpu = time.process_time() - cpu
+    for longest in (True, False):
+        config = {"longest": longest}
+        few = run_child(few_dir, os.path.join(work, f"rules-few-{longest}"), ONE_PROCESS, config)
+        full = run_child(os.path.join(work, "rules-in"), os.path.join(work, f"rules-{longest}"),
+                         ONE_PROCESS, config)
+        if longest:
+            assert full["kept"] == kept_loop, (full["kept"], kept_loop)
+        cpu_full = full["self_cpu"] + full["children_cpu"]
+        cpu_few = few["self_cpu"] + few["children_cpu"]
+        print(f"rules   (S9) {n} pairs, longest caption {'on ' if longest else 'off'}: bare loop "
+              f"{n / loop_cpu:6.0f} pairs/cpu-s, pipeline 1 worker "
+              f"{(n - 50) / (cpu_full - cpu_few):6.0f} pairs/cpu-s (50-pair run subtracted) -> "
+              f"{loop_cpu / (cpu_full - cpu_few) * (n - 50) / n:.2f}x; "
+              f"end to end {n / cpu_full:.0f} pairs/cpu-s -> {loop_cpu / cpu_full:.2f}x")
 
 
-def bench_workers(work: str, n: int) -> None:
-    """End to end, and marginal: a 50-pair run at the same worker count times what does not
-    spread over workers (runner and worker start, graph, report), and is subtracted."""
-    paths = write_inputs(os.path.join(work, "workers-in"), n, per_tar=max(1, n // 8))
-    few = write_inputs(os.path.join(work, "workers-few"), 50)
-    rates, marginal = {}, {}
-    for workers in (1, 2):
-        argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                f"--direct_num_workers={workers}"]
-        startup, _ = pipeline_seconds(few, os.path.join(work, f"workers-few-{workers}"), argv)
-        seconds, _ = pipeline_seconds(paths, os.path.join(work, f"workers-out-{workers}"), argv)
-        rates[workers], marginal[workers] = n / seconds, (n - 50) / (seconds - startup)
-    print(f"workers {n} pairs: 1 worker {rates[1]:7.0f} pairs/s, 2 workers {rates[2]:7.0f} "
-          f"pairs/s -> {rates[2] / rates[1]:.2f}x; marginal (a 50-pair run subtracted) "
-          f"{marginal[1]:.0f} vs {marginal[2]:.0f} pairs/s -> {marginal[2] / marginal[1]:.2f}x")
+def bench_workers(work: str, n: int, counts: list[int], per_tar: int) -> None:
+    """S1/S2 end to end and marginal, S3 the 50-pair run, S4 the coordinator's share."""
+    inputs = os.path.join(work, "workers-in")
+    write_inputs(inputs, n, per_tar=per_tar)
+    few_dir = os.path.join(work, "workers-few")
+    write_inputs(few_dir, 50)
+    results = {}
+    for count in counts:
+        few = run_child(few_dir, os.path.join(work, f"few-{count}"), workers_argv(count))
+        full = run_child(inputs, os.path.join(work, f"out-{count}"), workers_argv(count))
+        results[count] = (few, full)
+    base_few, base = results[counts[0]]
+    for count, (few, full) in results.items():
+        rate, marginal = n / full["seconds"], (n - 50) / (full["seconds"] - few["seconds"])
+        base_marginal = (n - 50) / (base["seconds"] - base_few["seconds"])
+        print(f"workers (S1/S2/S3) {n} pairs in {-(-n // per_tar)} tars, {count:2d} worker(s): "
+              f"{full['seconds']:6.1f} s, {rate:6.0f} pairs/s -> "
+              f"{rate / (n / base['seconds']):5.2f}x of {counts[0]}; marginal {marginal:6.0f} "
+              f"pairs/s -> {marginal / base_marginal:5.2f}x; 50-pair run {few['seconds']:.2f} s "
+              f"(importing the pipeline {few['import_seconds']:.2f} s before it)")
+        if count > 1:
+            share = full["self_cpu"] / max(full["children_cpu"], 1e-9)
+            print(f"        (S4) coordinator CPU {full['self_cpu']:.2f} s / workers "
+                  f"{full['children_cpu']:.2f} s = {100 * share:.1f} %; "
+                  f"{full['traffic_bytes'] / n:.1f} bytes per pair reached the coordinator")
 
 
-def bench_clip(work: str, model: str, batch: int, images: int, device: str = "cpu",
-               precision: str = "fp32") -> float:
-    from filters.image_rules import decode_for_model
-    from pipelines.clip import ClipConfig, OpenClipModelHandler, model_input_size
+def bench_clip(work: str, n: int, counts: list[int], per_tar: int) -> None:
+    """S6': CLIP on with the tiny random model on the CPU; every pair reaches it."""
+    from pipelines.clip import TINY_MODEL_NAME, write_tiny_checkpoint
 
-    config_path, checkpoint = clip_files(work, model)
-    config = ClipConfig(model=model, checkpoint=checkpoint, model_config=config_path,
-                        device=device, precision=precision)
-    loaded = OpenClipModelHandler(config).load_model()
-    size = model_input_size(config)
-    pixels = [decode_for_model(make_photo(320, 240, seed=i), size) for i in range(16)]
-    texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(16)]
+    model_config, checkpoint = write_tiny_checkpoint(os.path.join(work, "clip"))
+    clip = {"model": TINY_MODEL_NAME, "checkpoint": checkpoint, "model_config": model_config,
+            "threshold": -1.0, "batch_size": 64}
+    inputs = os.path.join(work, "clip-in")
+    write_inputs(inputs, n, per_tar=per_tar, size=(640, 480))
     rates = {}
-    for batch_size in (1, batch):
-        loaded.score(pixels[:1] * batch_size, texts[:1] * batch_size)  # warm-up
-        started, done = time.perf_counter(), 0
-        while done < images:
-            chunk = [pixels[(done + j) % 16] for j in range(batch_size)]
-            loaded.score(chunk, [texts[(done + j) % 16] for j in range(batch_size)])
-            done += batch_size
-        rates[batch_size] = done / (time.perf_counter() - started)
-    print(f"clip    {model} {precision} on {device}: batch 1 {rates[1]:7.1f} img/s, batch {batch} "
-          f"{rates[batch]:7.1f} img/s -> {rates[batch] / rates[1]:.2f}x")
-    return rates[batch]
+    for count in counts:
+        result = run_child(inputs, os.path.join(work, f"clip-out-{count}"),
+                           workers_argv(count), {"clip": clip})
+        rates[count] = result["clip_scored"] / result["seconds"]
+        print(f"clip    (S6') {n} pairs of 640x480, tiny CLIP on the CPU, {count:2d} worker(s): "
+              f"{rates[count]:6.0f} pairs/s -> {rates[count] / rates[counts[0]]:.2f}x")
+
+
+def bench_dask(work: str, n: int, counts: list[int], per_tar: int) -> None:
+    """S5: Beam's DaskRunner over a local cluster of `count` single-threaded worker processes,
+    4 partitions per worker."""
+    from distributed import LocalCluster
+
+    inputs = os.path.join(work, "dask-in")
+    write_inputs(inputs, n, per_tar=per_tar)
+    rates = {}
+    for count in counts:
+        with LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None, silence_logs=40) as cluster:
+            argv = ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                    f"--dask_client_address={cluster.scheduler_address}",
+                    f"--dask_npartitions={4 * count}"]
+            result = run_child(inputs, os.path.join(work, f"dask-out-{count}"), argv)
+        rates[count] = n / result["seconds"]
+        print(f"dask    (S5) {n} pairs, {count:2d} Dask worker(s): {result['seconds']:.1f} s, "
+              f"{rates[count]:6.0f} pairs/s -> {rates[count] / rates[counts[0]]:.2f}x")
+
+
+def model_rate(work: str, model: str, batch: int, device: str, precision: str,
+               batches: int = 20) -> float:
+    """Images/s of the model alone on decoded batches already in memory."""
+    import numpy as np
+
+    from filters.image_rules import decode_for_model
+    from pipelines.clip import ClipConfig, load_clip, model_input_size
+
+    model_config, checkpoint = clip_files(work, model)
+    config = ClipConfig(model=model, checkpoint=checkpoint, model_config=model_config,
+                        device=device, precision=precision)
+    loaded = load_clip(config)
+    size = model_input_size(config)
+    pixels = np.stack([decode_for_model(make_photo(320, 240, seed=i % 16), size)
+                       for i in range(batch)])
+    texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+    loaded.score(pixels, texts)  # warm-up
+    started = time.perf_counter()
+    for _ in range(batches):
+        loaded.score(pixels, texts)
+    return batch * batches / (time.perf_counter() - started)
 
 
 def clip_files(work: str, model: str) -> tuple[str | None, str]:
@@ -182,104 +272,59 @@ def clip_files(work: str, model: str) -> tuple[str | None, str]:
     return None, path
 
 
-def bench_scale(work: str, n: int) -> None:
-    results = {}
-    for size in (n, 10 * n):
-        paths_dir = os.path.join(work, f"scale-in-{size}")
-        write_inputs(paths_dir, size)
-        # A child process per size: its peak resident memory is its own.
-        child = subprocess.run(
-            [sys.executable, __file__, "--scale-child", paths_dir,
-             os.path.join(work, f"scale-{size}")],
-            capture_output=True, text=True, check=True)
-        results[size] = json.loads(child.stdout.strip().splitlines()[-1])
-    small, large = results[n], results[10 * n]
-    print(f"scale   {n} vs {10 * n} pairs: time {small['seconds']:.1f} s vs "
-          f"{large['seconds']:.1f} s "
-          f"-> {large['seconds'] / small['seconds']:.1f}x; peak memory {small['peak_mb']:.0f} MB "
-          f"vs {large['peak_mb']:.0f} MB")
-
-
-def scale_child(input_dir: str, output: str) -> None:
-    paths = sorted(os.path.join(input_dir, p) for p in os.listdir(input_dir))
-    seconds, _ = pipeline_seconds(paths, output, IN_PROCESS)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}))
-
-
-def bench_gpu(work: str, n: int, model: str, batch: int, device: str = "cuda") -> None:
-    """Pipeline with CLIP on the GPU vs the model-only rate on the same kind of images. The
-    pipeline time includes loading the model (once per machine on CUDA: a shared model);
-    the ratio is printed with and without the loading time, measured on its own."""
-    import dataclasses
-
-    from pipelines.clip import ClipConfig
-    from pipelines.pairs import PairsConfig, run
-
+def bench_gpu(work: str, n: int, model: str, batch: int, workers: int, device: str) -> None:
+    """S6: the pipeline with CLIP on the GPU (one model for every worker process) vs the
+    model-only rate. The pipeline time includes starting the model's process."""
     precision = "bf16" if device.startswith("cuda") else "fp32"
-    model_rate = bench_clip(work, model, batch, images=batch * 20, device=device,
-                            precision=precision)
-    paths = write_inputs(os.path.join(work, "gpu-in"), n, size=(640, 480))  # LAION-like sizes
-    config_path, checkpoint = clip_files(work, model)
-    config = PairsConfig(clip=ClipConfig(model=model, checkpoint=checkpoint,
-                                         model_config=config_path, device=device,
-                                         batch_size=batch, threshold=-1.0, precision=precision))
-    # Every pair reaches the model: the rules that would drop some are off.
-    config = dataclasses.replace(config, text=dataclasses.replace(
-        config.text, allowed_scripts=False, drop_emoji=False, min_chars=0, tag_language=False,
-        patterns=[], recheck_length_after_cleaning=False, academic_tags=[]))
-    config.image.max_aspect_ratio = config.image.min_side = None
-    from pipelines.clip import OpenClipModelHandler
-
-    started = time.perf_counter()
-    OpenClipModelHandler(config.clip).load_model()
-    load_seconds = time.perf_counter() - started  # inside the pipeline once (shared on CUDA)
-    workers = os.cpu_count() or 1
-    argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={workers}"]
-    started = time.perf_counter()
-    report = run(paths, os.path.join(work, "gpu-out"), "bench", config, argv)
-    seconds = time.perf_counter() - started
-    scored = report["stats"].get("clip_scored", 0)
-    print(f"gpu     pipeline {model} {precision} batch {batch}, {workers} workers: {scored} of "
-          f"{n} scored in {seconds:.1f} s -> {scored / seconds:.0f} pairs/s vs model only "
-          f"{model_rate:.0f} img/s -> {scored / seconds / model_rate:.2f}x; model loading "
-          f"{load_seconds:.1f} s of it (shared model: {config.clip.shared_model}), without it "
-          f"{scored / (seconds - load_seconds) / model_rate:.2f}x")
+    alone = model_rate(work, model, batch, device, precision)
+    model_config, checkpoint = clip_files(work, model)
+    clip = {"model": model, "checkpoint": checkpoint, "model_config": model_config,
+            "device": device, "precision": precision, "batch_size": batch, "threshold": -1.0}
+    inputs = os.path.join(work, "gpu-in")
+    write_inputs(inputs, n, per_tar=batch * 4, size=(640, 480))  # LAION-like sizes
+    result = run_child(inputs, os.path.join(work, "gpu-out"), workers_argv(workers),
+                       {"clip": clip, "longest": False})
+    rate = result["clip_scored"] / result["seconds"]
+    print(f"gpu     (S6) {model} {precision} batch {batch}, {workers} workers: "
+          f"{result['clip_scored']} of {n} scored in {result['seconds']:.1f} s -> "
+          f"{rate:.0f} pairs/s vs model only {alone:.0f} img/s -> {rate / alone:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the issue's sizes (slow)")
-    parser.add_argument("--only", nargs="+", default=["rules", "workers", "clip", "scale"],
-                        choices=["rules", "workers", "clip", "scale", "gpu"])
+    parser.add_argument("--only", nargs="+", default=["rules", "workers", "clip"],
+                        choices=["rules", "workers", "clip", "dask", "gpu"])
+    parser.add_argument("--pairs", type=int, default=2000,
+                        help="pairs for rules, workers, clip and dask (default 2,000; the "
+                             "goals: 20,000 on 2 cores, 200,000 on 16)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="worker counts, the first the base of the ratios")
+    parser.add_argument("--pairs-per-tar", type=int, default=625)
     parser.add_argument("--clip-model", default="corpus-tiny-clip",
-                        help="open_clip architecture for the clip benchmark (random weights); "
-                             "e.g. ViT-B-32")
-    parser.add_argument("--clip-batch", type=int, default=32)
-    parser.add_argument("--pairs", type=int, help="pairs for rules and workers (default: 1,000; "
-                        "10,000 with --full)")
-    parser.add_argument("--gpu-pairs", type=int, default=20_000, help="pairs for the gpu benchmark")
+                        help="open_clip architecture for the gpu benchmark (random weights)")
+    parser.add_argument("--clip-batch", type=int, default=256)
+    parser.add_argument("--gpu-pairs", type=int, default=20_000)
     parser.add_argument("--gpu-device", default="cuda")
-    parser.add_argument("--scale-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.scale_child:
-        scale_child(*args.scale_child)
+    if args.child:
+        inputs, output, argv, config = args.child
+        child_run(inputs, output, json.loads(argv), json.loads(config))
         return
-    n = args.pairs or (10_000 if args.full else 1_000)
-    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores; "
-          f"sizes: {'full' if args.full else 'small'}")
+    load = os.getloadavg()[0]
+    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, load {load:.2f}")
     with tempfile.TemporaryDirectory() as work:
         if "rules" in args.only:
-            bench_rules(work, n)
+            bench_rules(work, args.pairs)
         if "workers" in args.only:
-            bench_workers(work, n)
+            bench_workers(work, args.pairs, args.workers, args.pairs_per_tar)
         if "clip" in args.only:
-            bench_clip(work, args.clip_model, args.clip_batch, images=args.clip_batch * 4)
-        if "scale" in args.only:
-            bench_scale(work, n if args.full else 300)
+            bench_clip(work, args.pairs, args.workers, args.pairs_per_tar)
+        if "dask" in args.only:
+            bench_dask(work, args.pairs, args.workers, args.pairs_per_tar)
         if "gpu" in args.only:
-            bench_gpu(work, args.gpu_pairs, args.clip_model, args.clip_batch, args.gpu_device)
+            bench_gpu(work, args.gpu_pairs, args.clip_model, args.clip_batch,
+                      os.cpu_count() or 1, args.gpu_device)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`corpus pdf` throughput against a bare PyMuPDF loop, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_pdf.py [--docs 8] [--pages 8] [--workers 2] [--steps-only]
-                                             [--pages-per-range N]
+    .venv/bin/python benchmarks/bench_pdf.py [--docs 8] [--pages 8] [--workers 1 2 4 8 16]
+                                             [--documents-per-task N] [--work-only]
 
 The same generated PDFs (text, photo, chart and Chinese pages in turn; each document's text
 differs, so no two have the same bytes) go through:
@@ -9,17 +9,22 @@ differs, so no two have the same bytes) go through:
             `get_text("dict")` on one text page, the extraction the pipeline's spec names),
             encode JPEG (Pillow); nothing else
   bare words-only  the same without the lines, for reference
-  steps     the pipeline's own step functions in a plain loop (read, hash and vet the PDF and
-            plan ranges, render in the render process, build samples, apply the A.4 rules);
-            its CPU time is that of this process and of the render process, shown split
-  beam xN   the whole Beam pipeline, multi-processing DirectRunner with N workers, shards and
-            report included; its fixed start-up cost is measured on a one-page run and
-            subtracted ("marginal"), and also shown included ("end to end"). Its CPU time is
+  work      the pipeline's task work (`RenderDocuments`) in a plain loop over the files: list,
+            read, hash and vet each PDF and render all its pages in the render process, build
+            the samples, apply the A.4 rules; no shards. Its CPU time is that of this process
+            and of the render process, shown split
+  pipeline xN  the whole pipeline with N worker processes (1: `--direct_running_mode=in_memory`,
+            the tasks run in this process; N: `--workers=N`, a pool of N forked workers), shards
+            and report included; its fixed start-up cost is measured on a one-page run and
+            subtracted ("marginal"), and also shown included ("end to end"), after a first
+            one-page run that pays what only the first run of a process pays. Its CPU time is
             that of every process of the run (this one, the workers, their render processes),
             sampled from /proc
 Ratios are pages/s (wall) or pages per CPU second ("per core") of one path over the other, on
-the same machine in the same run.
+the same machine in the same run; each pipeline xN is also compared with pipeline x1. A task is
+`--documents-per-task` PDFs: below --docs / N, some of N workers get no task.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +43,11 @@ import psutil  # noqa: E402
 import pymupdf  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
+from corpus.inputs import InputFile  # noqa: E402
 from corpus.samples.pdf import CHINESE, CJK_FONT, ENGLISH, LATIN_FONT  # noqa: E402
-from filters.base import apply_rules  # noqa: E402
-from filters.pages import pdf_page_rules  # noqa: E402
-from pipelines.pdf import (RENDER_PROCESSES, DocumentRef, PdfConfig, PlanPageRanges,  # noqa: E402
-                           RenderPages, run)
+from corpus.schema import Sample  # noqa: E402
+from filters.base import Reject  # noqa: E402
+from pipelines.pdf import PdfConfig, RenderDocuments, plan_pdf_tasks, run  # noqa: E402
 
 
 def make_pdf(pages: int, name: str = "") -> bytes:
@@ -123,16 +128,12 @@ def bare_loop(paths: list[str], config: PdfConfig, lines: bool = True,
     return pages
 
 
-def step_loop(paths: list[str], config: PdfConfig, steps: tuple) -> int:
-    plan, render = steps
-    rules = pdf_page_rules(config.rules)
+def work_loop(paths: list[str], work: RenderDocuments) -> int:
+    """Pages through the task work (a sample or a reject each), as a task runs them."""
     pages = 0
     for path in paths:
-        for page_range in plan(DocumentRef(path, os.path.basename(path))):
-            for result in render(page_range):
-                pages += 1
-                if hasattr(result, "images"):
-                    apply_rules(result, rules)
+        for item in work(InputFile(path, os.path.basename(path))):
+            pages += isinstance(item, (Sample, Reject))
     return pages
 
 
@@ -143,22 +144,23 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def render_process_cpu() -> float:
-    """CPU seconds of the render processes (which also vet) so far."""
-    return sum(process_cpu_seconds(worker.process.pid) for worker in RENDER_PROCESSES.started
-               if worker.process is not None)
+def render_process_cpu(work: RenderDocuments | None) -> float:
+    """CPU seconds of the work's render process (which also reads and vets) so far."""
+    if work is None or work.renderer is None or work.renderer.process is None:
+        return 0.0
+    return process_cpu_seconds(work.renderer.process.pid)
 
 
-def cpu_now(steps: tuple | None) -> float:
-    """CPU seconds of this process, and of the render processes when the steps run."""
-    return time.process_time() + (render_process_cpu() if steps is not None else 0.0)
+def cpu_now(work: RenderDocuments | None) -> float:
+    """CPU seconds of this process, and of the render process when the work runs."""
+    return time.process_time() + render_process_cpu(work)
 
 
-def timed(fn, *args, steps: tuple | None = None) -> tuple[float, float, int]:
+def timed(fn, *args, work: RenderDocuments | None = None) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, pages)."""
-    started, cpu = time.perf_counter(), cpu_now(steps)
-    pages = fn(*args, steps) if steps is not None else fn(*args)
-    return time.perf_counter() - started, cpu_now(steps) - cpu, pages
+    started, cpu = time.perf_counter(), cpu_now(work)
+    pages = fn(*args, work) if work is not None else fn(*args)
+    return time.perf_counter() - started, cpu_now(work) - cpu, pages
 
 
 class TreeCpu:
@@ -208,77 +210,91 @@ class TreeCpu:
         self.seconds = sum(cpu - self._start.get(key, 0.0) for key, cpu in self._last.items())
 
 
-def beam_run(inputs: list[str], output: str, workers: int, config: PdfConfig):
-    argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={workers}"]
+ONE_WORKER = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
+
+
+def pipeline_run(inputs: list[str], output: str, workers: int, config: PdfConfig):
+    """(wall seconds, CPU seconds of the process tree, pages) of one whole run."""
+    argv = ONE_WORKER if workers == 1 else [f"--workers={workers}"]
     started = time.perf_counter()
     with TreeCpu() as cpu:
         report = run(inputs, output, "bench", config, argv)
     return time.perf_counter() - started, cpu.seconds, report["input"]
 
 
+def write_documents(folder: str, docs: int, pages: int) -> list[str]:
+    os.makedirs(folder)
+    paths = []
+    for index in range(docs):
+        paths.append(os.path.join(folder, f"doc{index:03d}.pdf"))
+        with open(paths[-1], "wb") as f:
+            f.write(make_pdf(pages, f"Document {index + 1}"))
+    return paths
+
+
+def in_process_rows(paths: list[str], config: PdfConfig) -> tuple[dict, dict]:
+    """The bare loops and the work, alternated, each one's best of three (the machine is
+    shared; CPU seconds, pages/s/core, are disturbed far less by other load than wall time);
+    and the work's CPU split by process."""
+    rows, split = {}, {}
+    work = RenderDocuments(config, "bench")
+    with work.serve(1):
+        work.setup(0)  # the render process starts once per worker: not a per-page cost
+        paths_in_process = (("bare", bare_loop, (True,)), ("bare words-only", bare_loop, (False,)),
+                            ("work", work_loop, ()))
+        for _ in range(3):
+            for name, fn, extra in paths_in_process:
+                renderer = render_process_cpu(work)
+                result = timed(fn, paths, *extra, work=work) if name == "work" else \
+                    timed(fn, paths, config, *extra)
+                if name == "work" and result < rows.get(name, (float("inf"),)):
+                    split = {"render process": render_process_cpu(work) - renderer}
+                    split["this process"] = result[1] - split["render process"]
+                rows[name] = min(rows.get(name, result), result)
+    return rows, split
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=8)
     parser.add_argument("--pages", type=int, default=8, help="pages per document")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps-only", action="store_true",
-                        help="only the bare loop and the steps (seconds instead of a minute)")
-    parser.add_argument("--pages-per-range", type=int, default=PdfConfig().pages_per_range,
-                        help="below --pages, every PDF is split and its ranges spread")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
+                        help="worker counts of the pipeline runs (1 is always run: the base)")
+    parser.add_argument("--documents-per-task", type=int,
+                        default=PdfConfig().documents_per_task,
+                        help="PDFs per task; the tasks must outnumber the workers to use them")
+    parser.add_argument("--work-only", action="store_true",
+                        help="only the bare loops and the work (seconds instead of a minute)")
     args = parser.parse_args()
-    config = PdfConfig(pages_per_range=args.pages_per_range)
+    config = PdfConfig(documents_per_task=args.documents_per_task)
+    workers = [] if args.work_only else sorted({1, *args.workers})
     with tempfile.TemporaryDirectory() as tmp:
         docs = os.path.join(tmp, "docs")
-        os.makedirs(docs)
-        paths = []
-        for index in range(args.docs):
-            paths.append(os.path.join(docs, f"doc{index:03d}.pdf"))
-            with open(paths[-1], "wb") as f:
-                f.write(make_pdf(args.pages, f"Document {index + 1}"))
-        single = os.path.join(tmp, "single.pdf")
-        with open(single, "wb") as f:
-            f.write(make_pdf(1))
-
-        rows = {}
-        # The machine is shared: alternate the in-process paths and keep each one's best of
-        # three, and count CPU seconds (pages/s/core), which other load disturbs far less.
-        steps = (PlanPageRanges(config, "bench"), RenderPages(config, "bench"))
-        # started once per worker in a pipeline, so not part of the per-page cost
-        with RENDER_PROCESSES.borrow(config.memory_limit_mb) as worker:
-            worker.start()
-        split = {}
-        paths_in_process = (("bare", bare_loop, (True,)), ("bare words-only", bare_loop, (False,)),
-                            ("steps", step_loop, ()))
-        for _ in range(3):
-            for name, fn, extra in paths_in_process:
-                children = render_process_cpu()
-                result = timed(fn, paths, config, *extra,
-                               steps=steps if name == "steps" else None)
-                if name == "steps" and result < rows.get(name, (float("inf"),)):
-                    split = {"render processes": render_process_cpu() - children}
-                    split["this process"] = result[1] - split["render processes"]
-                rows[name] = min(rows.get(name, result), result)
-        RENDER_PROCESSES.stop()
+        paths = write_documents(docs, args.docs, args.pages)
+        tasks = len(plan_pdf_tasks([InputFile(p, os.path.basename(p)) for p in paths],
+                                   config.documents_per_task))
+        single = write_documents(os.path.join(tmp, "single"), 1, 1)
+        rows, split = in_process_rows(paths, config)
+        if workers:  # what a first run in a process pays once (imports), paid before measuring
+            pipeline_run(single, os.path.join(tmp, "warm-up"), 1, config)
         startup = {}
-        for workers in [] if args.steps_only else sorted({1, args.workers}):
-            startup[workers] = beam_run([single], os.path.join(tmp, f"s{workers}"), workers,
-                                        config)
-            rows[f"beam x{workers}"] = beam_run([docs], os.path.join(tmp, f"b{workers}"),
-                                                workers, config)
-        if not args.steps_only:
+        for count in workers:
+            startup[count] = pipeline_run(single, os.path.join(tmp, f"s{count}"), count, config)
+            rows[f"pipeline x{count}"] = pipeline_run([docs], os.path.join(tmp, f"p{count}"),
+                                                      count, config)
+        if workers:
             rows["bare mupdf-jpeg"] = timed(bare_loop, paths, config, True, True)
 
-    print(f"{args.docs} PDFs x {args.pages} pages, {config.pages_per_range} pages per range, "
-          f"{config.render.dpi:g} dpi {config.render.image_format} q{config.render.quality}, "
-          f"cpu_count={os.cpu_count()}")
+    print(f"{args.docs} PDFs x {args.pages} pages, {config.documents_per_task} PDFs per task "
+          f"({tasks} tasks), {config.render.dpi:g} dpi {config.render.image_format} "
+          f"q{config.render.quality}, cpu_count={os.cpu_count()}")
     print(f"load average {os.getloadavg()[0]:.1f}")
     rate, per_core = {}, {}
     for name, (seconds, cpu, pages) in rows.items():
         rate[name], per_core[name] = pages / seconds, pages / cpu
         line = (f"  {name:15s} {pages:4d} pages {seconds:7.2f} s  {rate[name]:7.1f} pages/s"
                 f"  {per_core[name]:6.1f} pages/s/core")
-        if name.startswith("beam"):
+        if name.startswith("pipeline"):
             one_seconds, one_cpu, one_pages = startup[int(name.split("x")[1])]
             # the one-page run's start-up and finishing cost, subtracted
             rate[name + " marginal"] = (pages - one_pages) / (seconds - one_seconds)
@@ -287,29 +303,31 @@ def main() -> int:
                      f"{rate[name + ' marginal']:.1f} pages/s, "
                      f"{per_core[name + ' marginal']:.1f} pages/s/core)")
         print(line)
-    steps_pages = rows["steps"][2]
-    print("  steps CPU per page: " + ", ".join(
-        f"{name} {seconds / steps_pages * 1000:.2f} ms" for name, seconds in split.items())
+    work_pages = rows["work"][2]
+    print("  work CPU per page: " + ", ".join(
+        f"{name} {seconds / work_pages * 1000:.2f} ms" for name, seconds in split.items())
         + f" (bare loop {rows['bare'][1] / rows['bare'][2] * 1000:.2f} ms)")
-    print(f"steps / bare, pages/s/core               {per_core['steps'] / per_core['bare']:.2f}x"
+    print(f"work / bare, pages/s/core                   {per_core['work'] / per_core['bare']:.2f}x"
           f"  (goal >= 0.8)")
-    print(f"steps / bare words-only, pages/s/core    "
-          f"{per_core['steps'] / per_core['bare words-only']:.2f}x")
-    print(f"steps / bare, wall                       {rate['steps'] / rate['bare']:.2f}x")
-    if args.steps_only:
+    print(f"work / bare words-only, pages/s/core        "
+          f"{per_core['work'] / per_core['bare words-only']:.2f}x")
+    print(f"work / bare, wall                           {rate['work'] / rate['bare']:.2f}x")
+    if not workers:
         return 0
     encoders = per_core["bare"] / per_core["bare mupdf-jpeg"]
-    print(f"Pillow / MuPDF JPEG encoder              {encoders:.2f}x")
-    beam = per_core["beam x1 marginal"]
-    print(f"beam x1 marginal / bare, pages/s/core    {beam / per_core['bare']:.2f}x  (goal >= 0.8)")
-    print(f"beam x1 marginal / bare words-only, core {beam / per_core['bare words-only']:.2f}x")
-    print(f"beam x1 marginal / bare, wall            "
-          f"{rate['beam x1 marginal'] / rate['bare']:.2f}x")
-    print(f"beam x1 end to end / bare, wall          {rate['beam x1'] / rate['bare']:.2f}x")
-    if args.workers != 1:
-        key = f"beam x{args.workers}"
-        print(f"{key} / beam x1, marginal wall           "
-              f"{rate[key + ' marginal'] / rate['beam x1 marginal']:.2f}x  (goal >= 1.7 for 2)")
+    print(f"Pillow / MuPDF JPEG encoder                 {encoders:.2f}x")
+    one = "pipeline x1 marginal"
+    print(f"pipeline x1 marginal / bare, pages/s/core   {per_core[one] / per_core['bare']:.2f}x"
+          f"  (goal >= 0.8)")
+    print(f"pipeline x1 marginal / bare, wall           {rate[one] / rate['bare']:.2f}x")
+    print(f"pipeline x1 end to end / bare, wall         "
+          f"{rate['pipeline x1'] / rate['bare']:.2f}x")
+    for count in workers[1:]:
+        name = f"pipeline x{count}"
+        print(f"{name + ' / x1':25s} marginal wall {rate[name + ' marginal'] / rate[one]:5.2f}x, "
+              f"end to end {rate[name] / rate['pipeline x1']:5.2f}x, per core "
+              f"{per_core[name + ' marginal'] / per_core[one]:5.2f}x"
+              + ("" if tasks >= count else f"  ({tasks} tasks for {count} workers)"))
     return 0
 
 

@@ -1,11 +1,16 @@
 """SynthDoG images per second per core, full effects, measured side by side in one run:
 
-- `template`: this template's `render` + JPEG encoding in a loop (what each Beam worker does);
+- `template`: this template's `render` + JPEG encoding in a loop (what a task's process does);
 - `synthtiger runner`: synthtiger's own generator driving the same template class and saving
   with the template's `save` (its documented way to run a template);
 - `per-character text`: the same template with SynthDoG's text box, one layer per character
   merged into the line (SynthDoG's `elements/textbox.py` design), for what line rendering buys;
-- `beam pipeline`: `corpus synthdog` end to end on the in-memory runner (shards and report).
+- `pipeline`: `corpus synthdog` end to end in one process (the in-memory runner: template set-up,
+  tasks, shards, report), beside `template, same images`: the template loop on the indices the
+  pipeline renders (run seed 0, indices 0..count-1), so the two differ by the pipeline alone.
+  A run has a fixed cost (building the template, which the loops above build outside their
+  timing, the runner, the report and its plot); the pipeline's own CPU time (a run's, less its
+  rendering and JPEG encoding) is printed as that fixed cost and a cost per further image.
 
 The first three render the same images (synthtiger's task seeds for run seed 0); the pipeline
 renders its own indices (same sizes and effects distribution, not the same images).
@@ -18,6 +23,7 @@ With `--fidelity`, it also prints the label fidelity on the same images: the med
 each line's quad with the min-area rectangle of its ink as drawn, effects off and on.
 
     .venv/bin/python benchmarks/bench_synthdog.py [--count 6] [--lang en] [--fidelity]
+    .venv/bin/python benchmarks/bench_synthdog.py --only-pipeline --count 3
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from renderers.synthdog import compat  # noqa: E402,F401
 from renderers.synthdog.elements import TextBox, TextLine  # noqa: E402
 from renderers.synthdog.fonts import FontFace  # noqa: E402
-from renderers.synthdog.template import SynthDoG, encode_jpeg  # noqa: E402
+from renderers.synthdog.template import SynthDoG, encode_jpeg, render  # noqa: E402
 from synthtiger import generator, layers, set_global_random_seed  # noqa: E402
 from synthtiger.gen import _task_generator  # noqa: E402
 
@@ -103,13 +109,74 @@ def fidelity(config: dict, seeds: list[int]) -> None:
               f"10th percentile {np.percentile(ious, 10):.3f} over {len(ious)} lines")
 
 
-def timed(label: str, count: int, work) -> float:
+def cpu_seconds(work) -> tuple[float, float]:
     cpu, wall = time.process_time(), time.time()
     work()
-    cpu, wall = (time.process_time() - cpu) / count, (time.time() - wall) / count
-    print(f"{label:<22} {1 / cpu:6.2f} images/s/core  ({cpu:.3f} CPU s, {wall:.3f} wall s "
+    return time.process_time() - cpu, time.time() - wall
+
+
+def show(label: str, count: int, cpu: float, wall: float) -> float:
+    cpu, wall = cpu / count, wall / count
+    print(f"{label:<26} {1 / cpu:6.2f} images/s/core  ({cpu:.3f} CPU s, {wall:.3f} wall s "
           f"per image)")
     return 1 / cpu
+
+
+def timed(label: str, count: int, work) -> float:
+    return show(label, count, *cpu_seconds(work))
+
+
+def compare_pipeline(config: dict, template: SynthDoG, count: int) -> float:
+    """The pipeline against the template loop on the same images; returns pipeline / loop.
+
+    Image costs vary by a third from one run to the next on a shared machine, so the
+    pipeline's own cost is measured inside its runs: their CPU time less what its `render` and
+    JPEG encoding took, for a run of one image (the fixed cost) and of `count`."""
+    from corpus.config import from_mapping
+    from pipelines import synthdog as pipeline
+    from renderers.synthdog.config import SynthDogConfig
+
+    def loop(indices):
+        for index in indices:
+            data = render(template, 0, index)
+            encode_jpeg(data["image"], data["quality"])
+
+    def run(images: int) -> tuple[float, float, float]:
+        """CPU and wall seconds of a run, and its CPU outside rendering and encoding."""
+        spent = [0.0]
+
+        def clocked(function):
+            def call(*args):
+                started = time.process_time()
+                try:
+                    return function(*args)
+                finally:
+                    spent[0] += time.process_time() - started
+            return call
+
+        originals = pipeline.render, pipeline.encode_jpeg
+        pipeline.render, pipeline.encode_jpeg = map(clocked, originals)
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                cpu, wall = cpu_seconds(lambda: pipeline.run(
+                    out, "bench", from_mapping(SynthDogConfig, dict(config)),
+                    ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
+                    count=images))
+        finally:
+            pipeline.render, pipeline.encode_jpeg = originals
+        return cpu, wall, cpu - spent[0]
+
+    run(1)  # imports what a run needs once (runner internals, the report's plot)
+    loop_cpu, loop_wall = cpu_seconds(lambda: loop(range(count)))
+    _, _, fixed = run(1)
+    cpu, wall, own = run(count)
+    template_rate = show("template, same images", count, loop_cpu, loop_wall)
+    pipeline_rate = show("pipeline (1 process)", count, cpu, wall)
+    per_image = (own - fixed) / max(count - 1, 1)
+    at_scale = loop_cpu / count / (loop_cpu / count + per_image)
+    print(f"  pipeline's own CPU: {fixed:.2f} s per run, {per_image * 1000:.1f} ms per further "
+          f"image (render and JPEG left out): {at_scale:.3f}x the template past the fixed cost")
+    return pipeline_rate / template_rate
 
 
 def main() -> None:
@@ -117,12 +184,18 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=6)
     parser.add_argument("--lang", default="en", choices=["en", "zh", "both"])
     parser.add_argument("--fidelity", action="store_true", help="also measure quad IoU")
+    parser.add_argument("--only-pipeline", action="store_true",
+                        help="only the pipeline against the template loop on its images")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     config = {"lang": args.lang}
     template = SynthDoG(dict(config))
     render_seeded(template, 1)  # warm caches (fonts, textures) outside the timings
     count = args.count
+    if args.only_pipeline:
+        ratio = compare_pipeline(config, template, count)
+        print(f"pipeline / template, same images: {ratio:.2f}x")
+        return
     seeds = same_images_as_runner(count)
     results = {}
 
@@ -150,21 +223,13 @@ def main() -> None:
 
     results["per_char"] = timed("per-character text", count, lambda: render_all(per_char))
 
-    from pipelines import synthdog as pipeline
-    from renderers.synthdog.config import SynthDogConfig
-    from corpus.config import from_mapping
-
-    with tempfile.TemporaryDirectory() as out:
-        def beam_run():
-            pipeline.run(out, "bench", from_mapping(SynthDogConfig, dict(config)),
-                         ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
-                         count=count)
-        results["beam"] = timed("beam pipeline", count, beam_run)
+    pipeline_ratio = compare_pipeline(config, template, count)
 
     if args.fidelity:
         fidelity(config, seeds)
     print(f"template / synthtiger runner: {results['template'] / results['synthtiger']:.2f}x")
     print(f"template / per-character text: {results['template'] / results['per_char']:.2f}x")
+    print(f"pipeline / template, same images: {pipeline_ratio:.2f}x")
     print(f"template / SynthDoG README per worker ({SYNTHDOG_README_PER_WORKER:.2f}/s): "
           f"{results['template'] / SYNTHDOG_README_PER_WORKER:.1f}x")
 

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"corpus {name}", description=help_text)
     module.add_arguments(command_parser)
     args, extra = command_parser.parse_known_args(rest)
+    if getattr(args, "workers", None):  # read with the runner flags (pipelines.common)
+        extra = [*extra, f"--workers={args.workers}"]
     try:
         return module.main(args, extra) or 0
     except (FileNotFoundError, ConfigError) as error:  # the user's to fix: no traceback

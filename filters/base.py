@@ -30,11 +30,14 @@ class Reject:
     status: str = "dropped"  # "dropped" by a rule, or "errored" by an exception / unreadable input
     detail: str = ""
     text: str = ""
+    # the task the reject counts for in a command writing several (GRIT into grounding and its
+    # duality tasks); "" counts for every task. Not a column of the rejects table.
+    task: str = ""
 
     @classmethod
     def of(cls, sample: Sample, reason: str, status: str = "dropped", detail: str = "") -> "Reject":
         return cls(sample.id, sample.dataset, sample.source.uri, sample.source.key, reason, status,
-                   detail, sample.text[:2000])
+                   detail, sample.text[:2000], sample.task)
 
 
 def rule_name(rule: Rule) -> str:
@@ -51,3 +54,20 @@ def apply_rules(sample: Sample, rules: list[Rule]) -> Sample | Reject:
             return Reject.of(sample, result)
         sample = result
     return sample
+
+
+def checked(sample: Sample, rules: list[Rule]) -> Sample | Reject:
+    """`apply_rules`, with a rule's exception an errored reject of this sample only: one bad
+    sample never stops the rest of its input."""
+    try:
+        return apply_rules(sample, rules)
+    except Exception as error:  # the dead letter of one sample
+        return Reject.of(sample, type(error).__name__, "errored", str(error)[:1000])
+
+
+def set_up(rules: list[Rule]) -> None:
+    """Loads what the rules need (a language model) once per process."""
+    for rule in rules:
+        setup = getattr(rule, "setup", None)
+        if setup is not None:
+            setup()

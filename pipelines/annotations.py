@@ -9,6 +9,8 @@ Hugging Face datasets write them), inside the tar, or as a path resolved against
 
 A record that cannot be parsed becomes an `AnnotationRecord` with `error` set, so the caller can
 count it as one errored unit; a file that cannot be opened becomes one such record too.
+`read_records` is the loop the pipelines' work runs over one input file: such records become
+their rejects, and a record whose conversion raises costs that record only.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ import posixpath
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from corpus.ids import sample_id
+from corpus.inputs import InputFile
 from corpus.schema import Image
 from corpus.shards import iter_tar_groups
 from filters.base import Reject
@@ -39,6 +42,8 @@ MAX_IMAGE_BYTES = 64 << 20
 LIST_KEYS = ("annotations", "questions", "data", "records", "samples")
 # Record fields that name an image file, in the order they are tried.
 IMAGE_PATH_FIELDS = ("image", "image_path", "img_path", "file_name", "filename", "image_file")
+# Record fields that may hold the image itself (bytes, or a `{"bytes": …}` dict).
+EMBEDDED_IMAGE_FIELDS = ("image", "img", "jpg", "png", "webp")
 
 
 @dataclass
@@ -72,6 +77,21 @@ def iter_records(path: str, name: str) -> Iterator[AnnotationRecord]:
     except (OSError, ValueError) as error:  # unreadable file: one errored unit
         yield AnnotationRecord(path, f"{name}#file", {}, error="unreadable_file",
                                detail=str(error)[:500])
+
+
+def read_records(file: InputFile, dataset: str,
+                 items_of: Callable[[AnnotationRecord], Iterable[Any]]) -> Iterator[Any]:
+    """What `items_of` makes of each record of an input file, in the file's order. A record
+    that cannot be read is its errored reject; so is a record whose `items_of` raises, after
+    whatever it yielded first, and the file's other records go on."""
+    for record in iter_records(file.path, file.relative):
+        if record.error:
+            yield record.reject(dataset)
+            continue
+        try:
+            yield from items_of(record)
+        except Exception as error:  # the dead letter of one record
+            yield record.reject(dataset, type(error).__name__, "errored", str(error)[:1000])
 
 
 def _json_records(path: str, name: str) -> Iterator[AnnotationRecord]:
@@ -312,6 +332,19 @@ def image_paths_of(fields: dict[str, Any], template: str | None = None) -> list[
 _REFER_SUFFIX = re.compile(r"^(.*_\d{12})_\d+(\.\w+)$")
 
 
+def record_image_bytes(record: AnnotationRecord) -> bytes | None:
+    """The image a record carries itself: an image member of its tar key, else bytes inside
+    one of its usual image fields; None when it only names one (or none)."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in record.members:
+            return record.members[ext]
+    for name in EMBEDDED_IMAGE_FIELDS:
+        data = embedded_image_bytes(record.fields.get(name))
+        if data is not None:
+            return data
+    return None
+
+
 @dataclass
 class LoadedImage:
     image: Image | None
@@ -326,13 +359,7 @@ def load_record_image(record: AnnotationRecord, store: ImageStore,
     data = None
     paths = [path] if path else []
     if path is None:
-        for ext in IMAGE_EXTENSIONS:
-            if ext in record.members:
-                data = record.members[ext]
-                break
-        for name in ("image", "img", "jpg", "png", "webp"):
-            if data is None:
-                data = embedded_image_bytes(record.fields.get(name))
+        data = record_image_bytes(record)
         if data is None:
             paths = image_paths_of(record.fields, template)
     if data is None:
@@ -341,6 +368,11 @@ def load_record_image(record: AnnotationRecord, store: ImageStore,
         data = store.first(paths, record.uri)
         if data is None:
             return LoadedImage(None, "missing_image", f"not found: {paths[0]}"[:500])
+    return loaded_image(data)
+
+
+def loaded_image(data: bytes) -> LoadedImage:
+    """The decoded image of the bytes, or the problem that keeps them from being one."""
     try:
         return LoadedImage(decode_image(data))
     except ValueError as error:

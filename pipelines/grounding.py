@@ -11,6 +11,16 @@ Each task is written as its own run, `OUTPUT/TASK/` (shards, rejects, report.jso
 manifest can weigh the tasks apart. The unit counted is the sample after fan-out: a RefCOCO
 record with three expressions is six samples, three per task. A record that cannot be read at
 all is one errored unit in the report of every task of the run.
+
+A run task (`pipelines.tasks`) per annotation file, done whole by one process, which writes the
+shards of every output task of the run from that one read:
+
+  records -> samples of each output task (images read and decoded once per record) -> that
+  task's rules (GRIT: image, caption, span checks, score, recursive-box pruning; regions:
+  image, phrase, box) -> OUTPUT/TASK/ shards, rejects and marker of each output task
+
+GRIT comes as many Parquet or tar parts and region sets as one or a few files, so a file is a
+natural task: a large GRIT run has as many tasks as parts, and a single huge file is one task.
 """
 from __future__ import annotations
 
@@ -19,7 +29,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import apache_beam as beam
 import fsspec
 from apache_beam.io.filesystems import FileSystems
 
@@ -27,15 +36,15 @@ from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Image, Region, Sample, Source
-from filters.base import Reject
+from filters.base import Reject, checked, set_up
 from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes
 from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_problem, \
     region_box_valid
 from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
-    iter_records, load_record_image
-from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
-    print_summary, run_pipeline_reports
-from pipelines.sinks import write_run
+    iter_records, load_record_image, read_records
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import RunSpec
+from pipelines.tasks import plan_tasks, run_tasks
 
 GRIT_TASKS = ["grounding"]
 DUALITY_TASKS = ["ref_grounding", "grounded_captioning"]
@@ -101,7 +110,8 @@ def record_kind(fields: dict[str, Any]) -> str:
 # ---- reading ------------------------------------------------------------------------------
 
 class ReadGrounding:
-    """Step: one annotation file -> samples of every task of the run, plus record rejects."""
+    """One annotation file -> samples of every task of the run, plus record rejects (those
+    count in every task of the run: their `task` is "")."""
 
     def __init__(self, dataset: str, config: GroundingConfig, images: str | None, kind: str,
                  coco_instances: str | None = None):
@@ -110,20 +120,19 @@ class ReadGrounding:
         self.instances = CocoInstances(coco_instances) if coco_instances else None
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        for record in iter_records(file.path, file.relative):
-            if record.error:
-                yield record.reject(self.dataset)
-                continue
-            kind = record_kind(record.fields)
-            if kind != self.kind:  # its tasks are not written by this run: say so, count it
-                yield record.reject(self.dataset, "other_record_kind", "dropped",
-                                    f"a {kind} record in a {self.kind} run")
-            elif kind == "grit":
-                yield from self.grit_samples(record)
-            elif "regions" in record.fields and isinstance(record.fields["regions"], list):
-                yield from self.visual_genome_samples(record)
-            else:
-                yield from self.region_samples(record, record.fields, record.key)
+        return read_records(file, self.dataset, self.samples_of)
+
+    def samples_of(self, record: AnnotationRecord) -> Iterator[Sample | Reject]:
+        kind = record_kind(record.fields)
+        if kind != self.kind:  # its tasks are not written by this run: say so, count it
+            yield record.reject(self.dataset, "other_record_kind", "dropped",
+                                f"a {kind} record in a {self.kind} run")
+        elif kind == "grit":
+            yield from self.grit_samples(record)
+        elif "regions" in record.fields and isinstance(record.fields["regions"], list):
+            yield from self.visual_genome_samples(record)
+        else:
+            yield from self.region_samples(record, record.fields, record.key)
 
     def _load(self, record: AnnotationRecord) -> LoadedImage:
         return load_record_image(record, self.store, self.config.image_template)
@@ -321,68 +330,65 @@ def detect_kind(files: list[InputFile]) -> str:
     return "regions"
 
 
-class _TaskRun(beam.PTransform):
-    """One task's sink (`write_run`) under its own label, so several tasks share a pipeline."""
+class CleanGrounding:
+    """The work of a grounding run task: one annotation file read once into the samples of
+    every output task, each through its task's rules."""
 
-    def __init__(self, samples, rejects, input_count, stats, **write_args):
-        super().__init__()
-        self.samples, self.rejects, self.input_count = samples, rejects, input_count
-        self.stats, self.write_args = stats, write_args
+    def __init__(self, reader: ReadGrounding, tasks: list[str]):
+        self.reader = reader
+        self.rules = {task: rules_for(task, reader.config) for task in tasks}
 
-    def expand(self, pbegin):
-        write_run(pbegin.pipeline, self.samples, self.rejects, self.input_count,
-                  stats=self.stats, **self.write_args)
-        return beam.pvalue.PDone(pbegin.pipeline)
+    def setup(self, worker: int) -> None:
+        set_up([rule for rules in self.rules.values() for rule in rules])
+
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        for item in self.reader(file):
+            yield item if isinstance(item, Reject) else checked(item, self.rules[item.task])
 
 
-def _sum_grit_stats(dicts) -> dict[str, int]:
-    total = {"spans_in": 0, "boxes_in": 0, "spans_kept": 0, "boxes_kept": 0}
-    for stats in dicts:
-        for key in total:
-            total[key] += stats.get(key, 0)
-    return total
+GRIT_STATS = ("spans_in", "boxes_in", "spans_kept", "boxes_kept")
+
+
+def _kept_grit_counts(sample: Sample) -> dict:
+    """What pruning did to a kept GRIT sample (`filters.grit.PruneRecursiveBoxes`)."""
+    grit = sample.extra.get("grit", {})
+    return {name: grit.get(name, 0) for name in GRIT_STATS}
+
+
+def _grit_stats(counts: dict) -> dict:
+    return {name: counts.get(name, 0) for name in GRIT_STATS}
+
+
+def run_spec(task: str, output_dir: str, dataset: str, config: GroundingConfig, kind: str,
+             shard_formats: list[str], samples_per_shard: int) -> RunSpec:
+    """The output of one task of the run, in `OUTPUT/TASK/`; GRIT's report counts the spans
+    and boxes its pruning kept."""
+    grit = task == "grounding"
+    return RunSpec("grounding", dataset, task, FileSystems.join(output_dir, task),
+                   GRIT_REASONS if grit else DUALITY_REASONS, formats=shard_formats,
+                   samples_per_shard=samples_per_shard,
+                   config={**to_mapping(config), "kind": kind},
+                   kept_counts=_kept_grit_counts if grit else None,
+                   finish_stats=_grit_stats if grit else None)
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfig,
         beam_argv: list[str], images: str | None = None, kind: str = "auto",
         coco_instances: str | None = None,
         shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
-    """Run the pipeline; returns the combined report (`tasks` holds each task's report)."""
+    """Run the pipeline, a run task per annotation file; returns the combined report (`tasks`
+    holds each output task's report)."""
     files = expand_inputs(inputs, RECORD_EXTENSIONS)
     kind = detect_kind(files) if kind == "auto" else kind
     tasks = (GRIT_TASKS + (DUALITY_TASKS if config.grit_duality else [])) if kind == "grit" \
         else list(DUALITY_TASKS)
-    formats = shard_formats or ["webdataset"]
-
-    def build(pipeline):
-        read = ReadGrounding(dataset, config, images, kind, coco_instances)
-        samples, reader_rejects = apply_step(
-            pipeline | "Inputs" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle(),
-            "Read", read, dataset)
-        samples = samples | "SpreadSamples" >> beam.Reshuffle()
-        for task in tasks:
-            task_samples = samples | f"{task}/Select" >> beam.Filter(
-                lambda s, t: s.task == t, task)
-            input_count = count_elements(f"{task}/Input", task_samples, reader_rejects)
-            kept, rule_rejects = apply_step(task_samples, f"{task}/Rules",
-                                            RulesStep(rules_for(task, config)), dataset)
-            stats = None
-            if task == "grounding":
-                # a sum per constant key, not CombineGlobally (see pipelines/common.py)
-                stats = (kept | "grounding/GritStats" >> beam.Map(
-                    lambda s: (0, s.extra.get("grit", {})))
-                    | "grounding/SumGritStats" >> beam.CombinePerKey(_sum_grit_stats)
-                    | "grounding/StatsValue" >> beam.Values())
-            _ = pipeline | f"{task}/Write" >> _TaskRun(
-                kept, [reader_rejects, rule_rejects], input_count, stats,
-                output_dir=FileSystems.join(output_dir, task), pipeline_name="grounding",
-                dataset=dataset, task=task,
-                reason_order=GRIT_REASONS if task == "grounding" else DUALITY_REASONS,
-                formats=formats, samples_per_shard=samples_per_shard,
-                config={**to_mapping(config), "kind": kind})
-
-    task_dirs = [FileSystems.join(output_dir, task) for task in tasks]
-    reports = run_pipeline_reports(build, beam_argv, task_dirs)
+    specs = [run_spec(task, output_dir, dataset, config, kind, shard_formats or ["webdataset"],
+                      samples_per_shard) for task in tasks]
+    work = CleanGrounding(ReadGrounding(dataset, config, images, kind, coco_instances), tasks)
+    file_tasks = plan_tasks(files)
+    reports = run_pipeline(
+        lambda pipeline, execution: run_tasks(pipeline, specs, work, file_tasks, execution),
+        beam_argv, [spec.output_dir for spec in specs])
     return combine_reports(dict(zip(tasks, reports)), dataset)
 
 

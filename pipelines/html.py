@@ -1,41 +1,52 @@
 """`corpus html`: HTML pages (files, folders with their CSS/images, WARC files) rendered offline in
 headless Chromium into OCR samples with one box per rendered text line (Appendix A.4).
 
-Graph: expand inputs on the driver -> read pages (a WARC fans out into its response records)
--> batches of pages, the same on every run -> render (one browser per worker, several pages in
-flight) -> page rules (`filters.pages.html_page_rules`) -> shards, rejects and report. Every
-page ends kept, dropped (bad page or rule) or errored (unreadable input, browser or renderer
-crash). The graph keeps to what every runner supports (docs/running-at-scale.md): one output
-per step split by type, no side inputs, no global combines, nothing emitted from
-`finish_bundle`.
+A run is a list of tasks, each done whole by one process (`pipelines.tasks`):
+
+  a WARC file, or `pages_per_batch` loose HTML files -> read the pages (a WARC fans out into
+  its response records) -> render (the process's browser, `render.pool_size` pages in flight,
+  results taken in input order) -> page rules (`filters.pages.html_page_rules`) -> the task's
+  shards, rejects and marker; the render counts are summed over the tasks into the report.
+
+Tasks: each WARC file is one task (a crawl's WARCs hold thousands of pages each); the loose HTML
+files, in key order, are cut into tasks of `pages_per_batch` files (256 by default: a big site
+gives many tasks, and a task's shard holds a few hundred screenshots, tens of MB). The cut
+depends on the inputs and the config only, so the shards are the same whatever the workers.
+A task's pages are rendered several at a time but leave in the order they were read, so its
+shard's bytes do not depend on which page finished first.
+
+Every page ends kept, dropped (bad page or rule) or errored (unreadable input, browser or
+renderer crash).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import zlib
-from concurrent.futures import as_completed
+from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing.util import Finalize
+from typing import Iterable, Iterator
 from urllib.parse import quote
 
-import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import expand_inputs as expand_input_files
 from corpus.schema import Image, Region, Sample, Source
-from filters.base import Reject
+from filters.base import Reject, checked, set_up
 from filters.pages import HTML_REASON_ORDER, PageRulesConfig, html_page_rules
-from pipelines.common import (METRICS_NAMESPACE, Batches, RulesStep, SplitRejects,
-                              add_common_arguments, apply_step, count_elements, print_summary,
-                              run_pipeline)
-from pipelines.sinks import write_run
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import Counts, RunSpec
+from pipelines.tasks import Task, plan_tasks, run_tasks
 from renderers.html import (LOCAL_ORIGIN, HtmlRenderer, PageJob, RenderConfig, RenderedPage,
                             RenderFailure)
 
+PIPELINE = "html"
+TASK = "ocr"
 HTML_EXTENSIONS = (".html", ".htm", ".xhtml", ".shtml")
 WARC_EXTENSIONS = (".warc", ".warc.gz")
 HTML_MIME_TYPES = ("text/html", "application/xhtml+xml")
@@ -43,6 +54,9 @@ HTML_MIME_TYPES = ("text/html", "application/xhtml+xml")
 REASON_ORDER = ["not_html", "http_error_status", "page_too_large", "binary_content",
                 "undecodable_text", "load_timeout", "render_timeout", "dom_too_large",
                 "navigated_away", *HTML_REASON_ORDER]
+# Pages submitted to the browser ahead of the oldest one still rendering, per slot of the pool:
+# the other slots keep working behind a slow page, and memory holds this many pages at most.
+PAGES_AHEAD_PER_SLOT = 8
 
 
 @dataclass
@@ -50,9 +64,10 @@ class HtmlConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     pages: PageRulesConfig = field(default_factory=PageRulesConfig)
     max_page_bytes: int = 5_000_000  # larger documents are dropped before rendering
-    # Pages handed to one worker at once; `render.pool_size` of them render at a time, so a
-    # slow page idles a slot only at the end of its batch.
-    pages_per_batch: int = 16
+    # Loose HTML files per task (a WARC file is a task of its own): a task's pages go to one
+    # worker at once, `render.pool_size` of them render at a time, and its kept pages are one
+    # shard.
+    pages_per_batch: int = 256
 
     def validate(self) -> None:
         self.render.validate()
@@ -61,12 +76,39 @@ class HtmlConfig:
             raise ValueError("max_page_bytes and pages_per_batch must be positive")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HtmlInput:
     uri: str
     kind: str  # "html" | "warc"
     key: str  # source key: the path below the input pattern's fixed part
     root: str | None = None  # local folder a page may load its CSS/images from
+
+    @property
+    def path(self) -> str:
+        """The file a task's fingerprint takes the size and time of."""
+        return self.uri
+
+
+@dataclass(frozen=True)
+class HtmlFiles:
+    """Loose HTML files rendered together, one page each."""
+
+    files: tuple[HtmlInput, ...]
+
+    @property
+    def paths(self) -> list[str]:
+        """The files a task's fingerprint takes the sizes and times of: a page edited in place
+        makes its task run again."""
+        return [item.uri for item in self.files]
+
+    @property
+    def uri(self) -> str:
+        return self.files[0].uri
+
+    @property
+    def key(self) -> str:
+        """The keys it spans, naming the unit in the reject of a failure that ends it."""
+        return f"{self.files[0].key}..{self.files[-1].key}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +134,21 @@ def expand_inputs(patterns: list[str]) -> list[HtmlInput]:
             for f in expand_input_files(patterns, HTML_EXTENSIONS + WARC_EXTENSIONS)]
 
 
+def plan_html_tasks(inputs: list[HtmlInput], files_per_task: int) -> list[Task]:
+    """A task per WARC file, and a task per `files_per_task` loose HTML files in key order;
+    tasks in the order of their first key."""
+    pages = [item for item in inputs if item.kind == "html"]
+    groups = [tuple(pages[start:start + files_per_task])
+              for start in range(0, len(pages), files_per_task)]
+    units: list[HtmlInput | HtmlFiles] = [HtmlFiles(group) for group in groups]
+    units += [item for item in inputs if item.kind == "warc"]
+    return plan_tasks(sorted(units, key=_first_key))
+
+
+def _first_key(unit: HtmlInput | HtmlFiles) -> str:
+    return unit.files[0].key if isinstance(unit, HtmlFiles) else unit.key
+
+
 def _local_url(path: str, root: str | None) -> str:
     relative = os.path.relpath(path, root) if root else os.path.basename(path)
     return LOCAL_ORIGIN + quote(relative.replace(os.sep, "/"))
@@ -105,25 +162,23 @@ def _charset_of(content_type: str | None) -> str | None:
     return None
 
 
-class ReadPagesFn(beam.DoFn):
-    """An HTML file is one page; a WARC file is one page per HTTP response record. Pages and
-    rejects leave in one output (split by type downstream, as every runner supports). Anything
-    that cannot be read becomes one counted reject; pages read before a WARC breaks are kept."""
+class PageReader:
+    """An HTML file is one page; a WARC file is one page per HTTP response record. Anything
+    that cannot be read becomes one reject; pages read before a WARC breaks are kept."""
 
     def __init__(self, dataset: str, max_page_bytes: int):
         self.dataset, self.max_page_bytes = dataset, max_page_bytes
 
     def _reject(self, uri: str, key: str, reason: str, status: str = "dropped",
                 detail: str = "") -> Reject:
-        Metrics.counter(METRICS_NAMESPACE, f"{status}_{reason}").inc()
         return Reject(sample_id(self.dataset, key), self.dataset, uri, key, reason, status,
                       detail[:1000])
 
-    def process(self, item: HtmlInput):
+    def __call__(self, item: HtmlInput) -> Iterator[PageJob | Reject]:
         pages = self._read_warc(item) if item.kind == "warc" else self._read_html(item)
         try:
             yield from pages
-        except Exception as error:  # the dead letter: an unforeseen failure is one counted unit
+        except Exception as error:  # an unforeseen failure is one unit of this file only
             yield self._reject(item.uri, f"{item.key}#failed", type(error).__name__, "errored",
                                str(error))
 
@@ -180,7 +235,7 @@ class ReadPagesFn(beam.DoFn):
 
 def to_sample(job: PageJob, page: RenderedPage, dataset: str) -> Sample:
     return Sample(
-        id=sample_id(dataset, job.key), dataset=dataset, task="ocr",
+        id=sample_id(dataset, job.key), dataset=dataset, task=TASK,
         source=Source(uri=job.uri, key=job.key, sha256=hashlib.sha256(job.body).hexdigest()),
         images=[Image(page.image, page.image_format, page.width, page.height)],
         text=page.text,
@@ -189,45 +244,12 @@ def to_sample(job: PageJob, page: RenderedPage, dataset: str) -> Sample:
         extra={"render": page.stats})
 
 
-class RenderBatchFn(beam.DoFn):
-    """One browser per worker (setup/teardown), reused for every batch. The pages of a batch are
-    all submitted at once and emitted as they finish, `pool_size` at a time in the browser.
-    Everything is emitted from `process` (some runners drop what `finish_bundle` emits)."""
-
-    def __init__(self, config: RenderConfig, dataset: str):
-        self.config, self.dataset = config, dataset
-        self.renderer: HtmlRenderer | None = None
-
-    def setup(self):
-        self.renderer = HtmlRenderer(self.config).start()
-
-    def teardown(self):
-        if self.renderer is not None:
-            self.renderer.close()
-            self.renderer = None
-
-    def process(self, batch: list[PageJob]):
-        pending = {self.renderer.submit(job): job for job in batch}
-        for future in as_completed(pending):
-            yield self._output(pending[future], future)
-
-    def _output(self, job: PageJob, future) -> Sample | Reject:
-        error = future.exception()
-        result = (RenderFailure("render_failed", "errored", repr(error)) if error
-                  else future.result())
-        if isinstance(result, RenderFailure):
-            Metrics.counter(METRICS_NAMESPACE, f"{result.status}_{result.reason}").inc()
-            return Reject(sample_id(self.dataset, job.key), self.dataset, job.uri, job.key,
-                          result.reason, result.status, result.detail[:1000])
-        Metrics.counter(METRICS_NAMESPACE, "pages_rendered").inc()
-        return to_sample(job, result, self.dataset)
-
-
 STAT_KEYS = ("blocked_requests", "local_requests", "missing_local", "dialogs", "popups",
              "lines_outside_capture")
 
 
 def render_stats(sample: Sample) -> dict:
+    """A rendered page's part of the report's stats (summed over the rendered pages)."""
     stats = sample.extra.get("render", {})
     counts = {key: stats.get(key, 0) for key in STAT_KEYS}
     counts["pages_rendered"] = 1
@@ -237,61 +259,96 @@ def render_stats(sample: Sample) -> dict:
     return counts
 
 
-class SumCounts(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
+class RenderPages:
+    """The work of an HTML task: the pages of a WARC file or of some HTML files, rendered by
+    this process's browser with `render.pool_size` pages in flight, then the page rules. Its
+    items leave in the order the pages were read, each rendered page's counts before it.
 
-    def add_input(self, accumulator, counts):
-        for key, value in counts.items():
-            accumulator[key] = accumulator.get(key, 0) + value
-        return accumulator
+    One browser per process, started in `setup`; it is closed when the run's step ends in this
+    process (`serve`), or else when the process exits: pool workers are forked and leave
+    through `os._exit`, which skips `atexit`, so the browser is closed by a multiprocessing
+    finalizer, which runs on the way out of every process (this one included)."""
 
-    def merge_accumulators(self, accumulators):
-        merged = {}
-        for accumulator in accumulators:
-            self.add_input(merged, accumulator)
-        return merged
+    def __init__(self, dataset: str, config: HtmlConfig):
+        self.dataset, self.config = dataset, config
+        self.reader = PageReader(dataset, config.max_page_bytes)
+        self.rules = html_page_rules(config.pages)
+        self.renderer: HtmlRenderer | None = None
+        self._close_renderer: Finalize | None = None
 
-    def extract_output(self, accumulator):
-        return dict(sorted(accumulator.items()))
+    @contextlib.contextmanager
+    def serve(self, processes: int):
+        """Closes the browser that `setup` started in this process (one worker: the tasks ran
+        here) once the step is done."""
+        try:
+            yield
+        finally:
+            self.close()
+
+    def setup(self, worker: int) -> None:
+        set_up(self.rules)
+        if self.renderer is None:
+            self.renderer = HtmlRenderer(self.config.render).start()
+            self._close_renderer = Finalize(None, self.renderer.close, exitpriority=10)
+
+    def close(self) -> None:
+        if self._close_renderer is not None:
+            self._close_renderer()  # closes the browser once, and drops the exit finalizer
+        self.renderer = self._close_renderer = None
+
+    def __getstate__(self) -> dict:
+        # a browser belongs to its process: a copy of the work starts its own in `setup`
+        return {**self.__dict__, "renderer": None, "_close_renderer": None}
+
+    def __call__(self, unit: HtmlInput | HtmlFiles) -> Iterator[Sample | Reject | Counts]:
+        files = unit.files if isinstance(unit, HtmlFiles) else (unit,)
+        pages = (item for file in files for item in self.reader(file))
+        for item, future in self._submitted(pages):
+            if isinstance(item, Reject):
+                yield item
+            else:
+                yield from self._finished(item, future)
+
+    def _submitted(self, items: Iterable[PageJob | Reject]):
+        """(item, its render future or None) in the order read, with up to
+        `PAGES_AHEAD_PER_SLOT * pool_size` pages submitted ahead of the one taken next."""
+        ahead = PAGES_AHEAD_PER_SLOT * self.config.render.pool_size
+        window: deque = deque()
+        for item in items:
+            future = self.renderer.submit(item) if isinstance(item, PageJob) else None
+            window.append((item, future))
+            if len(window) > ahead:
+                yield window.popleft()
+        while window:
+            yield window.popleft()
+
+    def _finished(self, job: PageJob, future) -> Iterator[Sample | Reject | Counts]:
+        try:
+            result = future.result()
+        except Exception as error:  # the renderer itself failed: this page's error only
+            result = RenderFailure("render_failed", "errored", repr(error))
+        if isinstance(result, RenderFailure):
+            yield Reject(sample_id(self.dataset, job.key), self.dataset, job.uri, job.key,
+                         result.reason, result.status, result.detail[:1000])
+            return
+        sample = to_sample(job, result, self.dataset)
+        yield Counts(render_stats(sample))
+        yield checked(sample, self.rules)
 
 
 # ---------------------------------------------------------------------------------------------
 # The pipeline
 
-class RenderStats(beam.PTransform):
-    """Exactly one dict: the render counts summed over the pages (empty input gives zeros), as
-    a sum per constant key plus one empty dict rather than a global combine."""
-
-    def expand(self, samples):
-        counts = samples | "Counts" >> beam.Map(lambda s: (0, render_stats(s)))
-        empty = samples.pipeline | "Empty" >> beam.Create([(0, {})])
-        return ((counts, empty) | "Flatten" >> beam.Flatten()
-                | "Sum" >> beam.CombinePerKey(SumCounts()) | "Value" >> beam.Values())
+def run_spec(output_dir: str, dataset: str, config: HtmlConfig, formats: list[str],
+             samples_per_shard: int) -> RunSpec:
+    return RunSpec(PIPELINE, dataset, TASK, output_dir, REASON_ORDER, formats=formats,
+                   samples_per_shard=samples_per_shard, config=to_mapping(config),
+                   finish_stats=_sorted_stats)
 
 
-def build(pipeline, files: list[HtmlInput], output_dir: str, dataset: str, config: HtmlConfig,
-          formats: list[str], samples_per_shard: int) -> None:
-    pages, read_rejects = (pipeline
-                           | "Inputs" >> beam.Create(files)
-                           | "SpreadInputs" >> beam.Reshuffle()
-                           | "ReadPages" >> beam.ParDo(ReadPagesFn(dataset,
-                                                                   config.max_page_bytes))
-                           | "SplitRead" >> SplitRejects())
-    input_count = count_elements("Input", pages, read_rejects)
-    rendered, render_rejects = (
-        pages
-        | "BatchPages" >> Batches(config.pages_per_batch,
-                                  lambda job, dataset=dataset: sample_id(dataset, job.key))
-        | "Render" >> beam.ParDo(RenderBatchFn(config.render, dataset))
-        | "SplitRender" >> SplitRejects())
-    stats = rendered | "RenderStats" >> RenderStats()
-    kept, rule_rejects = apply_step(rendered, "PageRules",
-                                    RulesStep(html_page_rules(config.pages)), dataset)
-    write_run(pipeline, kept, [read_rejects, render_rejects, rule_rejects], input_count,
-              output_dir=output_dir, pipeline_name="html", dataset=dataset, task="ocr",
-              reason_order=REASON_ORDER, formats=formats, samples_per_shard=samples_per_shard,
-              config=to_mapping(config), stats=stats)
+def _sorted_stats(counts: dict) -> dict:
+    """The render counts summed over every rendered page (none rendered: no counts)."""
+    return dict(sorted(counts.items()))
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: HtmlConfig | None = None,
@@ -299,10 +356,11 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: HtmlConfig | N
         samples_per_shard: int = 1000) -> dict:
     config = config or HtmlConfig()
     config.validate()
-    files = expand_inputs(inputs)
+    tasks = plan_html_tasks(expand_inputs(inputs), config.pages_per_batch)
+    spec = run_spec(output_dir, dataset, config, formats or ["webdataset"], samples_per_shard)
     return run_pipeline(
-        lambda pipeline: build(pipeline, files, output_dir, dataset, config,
-                               formats or ["webdataset"], samples_per_shard),
+        lambda pipeline, execution: run_tasks(pipeline, [spec], RenderPages(dataset, config),
+                                              tasks, execution),
         beam_argv or [], output_dir)
 
 
@@ -329,7 +387,8 @@ def run_demo(output_dir: str, beam_argv: list[str]) -> dict:
     from corpus.samples.html import make_html_inputs
 
     inputs = make_html_inputs(os.path.join(output_dir, "inputs"))
-    # Short limits so the demo's never-ending page costs seconds, not the production default.
+    # A short load limit so the demo's never-ending page costs seconds, not the production
+    # default; the whole-page limit leaves the dense page room on a busy machine.
     config = HtmlConfig(render=RenderConfig(viewport_width=800, viewport_height=1000,
-                                            load_timeout_s=3, page_timeout_s=6, pool_size=3))
+                                            load_timeout_s=3, page_timeout_s=15, pool_size=3))
     return run(inputs, output_dir, "html-demo", config, beam_argv)

@@ -1,23 +1,24 @@
 """`corpus pairs`: web image-text pairs -> captioning shards, with the rules of Appendix A.1.
 
-Flow (each arrow a labelled Beam step; rejects of every step go to the rejects table):
+A task per input unit (an img2dataset tar or Parquet, a table of image paths and captions or a
+part of one, a part of a folder of captioned images), done whole by one process
+(`pipelines.tasks`):
 
-  input files -> Read (img2dataset tars / Parquet, or tables of image path + caption; image
-  size from the header only) -> 1 aspect ratio, 2 image too small -> 3 CLIP score (batches
-  grouped by sample id, RunInference) -> 4 English/Chinese characters, 5 emoji, 6 length, 7 HTML
-  cleaner, 8 pattern cleaner, length again, language, academic tags -> shards + rejects +
-  report, the longest caption per image chosen as each shard bucket is written (pairs are
-  bucketed by their image's content hash, so all captions of one image meet there).
+  read (image size from the header only) -> 1 aspect ratio, 2 image too small -> 3 CLIP score
+  (batches of the task's survivors, decoded near the model's size) -> 4 English/Chinese
+  characters, 5 emoji, 6 length, 7 HTML cleaner, 8 pattern cleaner, length again, language,
+  academic tags -> the task's shards, rejects and marker
 
-The rules before step 3 (all of them when CLIP is off or runs last) run inside the read step,
-which also writes the samples to the sink's spill files itself (pipelines/sinks.py): the CLIP
-batches and the shard buckets are formed from their places, not by moving the images.
+With `longest_caption_per_image` (the academic caption sets) the tasks stage their pairs and
+send out only (image hash, caption length, id): the longest caption of each image is chosen over
+the whole run, then each task writes its shards without the others.
 
 `clip.after_text_rules: true` moves step 3 after the text rules, so the model scores only pairs
 that survive them; the paper's order is the default.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -25,30 +26,29 @@ import json
 import logging
 import os
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
-import apache_beam as beam
 import fsspec
+import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
 from corpus.shards import iter_tar_groups
-from filters.base import Reject
+from filters.base import Reject, checked, set_up
 from filters.image_rules import ImageError, ImageRulesConfig, decode_for_model, image_rules, \
     probe_image, verify_decode
 from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
     TextRulesConfig, html_cleaner, no_emoji, remove_invisible
-from pipelines.clip import ClipConfig, ClipExample, OpenClipModelHandler, model_input_size
-from pipelines.common import METRICS_NAMESPACE, Batches, RulesStep, SplitRejects, StepFn, \
-    add_common_arguments, apply_step, print_summary, run_pipeline
-from pipelines.sinks import CountAll, SpillFile, chunk_size, write_run
+from pipelines.clip import ClipConfig, ClipService, load_clip, model_input_size
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import Choice, Counts, RunSpec
+from pipelines.tasks import plan_tasks, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -512,101 +512,123 @@ def bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | None]:
         yield None
 
 
-class ReadPairs(beam.DoFn):
-    """Streams one file's pairs and applies the first rules to each sample in the same step.
-    Unlike `common.StepFn`, it does not collect a file's results in a list first (a tar may
-    hold gigabytes); a failure of the reader partway becomes one errored unit, and a rule's
-    exception (caught by `StepFn.process`, per sample) an errored reject of that sample.
+class CleanPairs:
+    """The work of a pairs task: the pairs of one input unit through the rules of A.1 in the
+    paper's order. Image rules first; CLIP (when on) scores the survivors in batches of
+    `clip.batch_size` decoded near the model's size, then the text rules run on what it keeps
+    (or, with `clip.after_text_rules`, CLIP scores what the text rules keep). With no model
+    decoding the pixels, each kept pair is decoded once, so a truncated body cannot reach a
+    shard. A reader failure partway costs one errored unit (`unreadable_file`)."""
 
-    Samples and rejects leave as one output, split by type afterwards (no tagged outputs, which
-    not every runner supports). With `spill_to` (nothing runs between these rules and the
-    shards), the surviving samples are decoded once to catch corrupt bodies and appended to a
-    spill file of the sink (`sinks.SpillFile`): the file's samples then leave as one spill
-    chunk, and only rejects leave one by one."""
+    def __init__(self, dataset: str, config: PairsConfig):
+        self.reader, self.config = PairReader(dataset, config), config
+        clip = config.clip
+        between = clip.enabled and not clip.after_text_rules
+        self.before = image_rules(config.image) + ([] if between else text_rules(config.text))
+        self.after = text_rules(config.text) if between else []
+        self.model = None
+        self._service = None
+        self._input_score = InputScore(clip.score_field, clip.threshold) \
+            if clip.score_field else None
+        self._decode = bool(not clip.enabled or clip.score_field) and config.image.verify_decode
 
-    def __init__(self, reader: PairReader, rules: list | None = None,
-                 spill_to: str | None = None, verify_decode: bool = False):
-        self.reader = reader
-        self.rules = StepFn(RulesStep(rules), reader.dataset) if rules else None
-        self.spill_to = spill_to
-        self.verify_decode = VerifyDecode() if verify_decode else None
+    @property
+    def _scores_with_model(self) -> bool:
+        return self.config.clip.enabled and not self.config.clip.score_field
 
-    def setup(self):
-        if self.rules is not None:
-            self.rules.setup()
+    @contextlib.contextmanager
+    def serve(self, processes: int):
+        """One CLIP model for every worker process of the step, when shared. open_clip (and
+        torch) imported here once, before the workers are forked, instead of in each."""
+        if self._scores_with_model:
+            model_input_size(self.config.clip)
+        if self._scores_with_model and self.config.clip.shared_model and processes > 1:
+            self._service = ClipService(self.config.clip, processes)
+            try:
+                yield
+            finally:
+                self._service.close()
+                self._service = None
+        else:
+            yield
 
-    def process(self, file: InputFile):
-        spill, places = None, []
+    def setup(self, worker: int) -> None:
+        set_up(self.before + self.after)
+        if self._scores_with_model and self.model is None:
+            self.model = self._service.clients[worker] if self._service is not None else \
+                load_clip(self.config.clip)
+
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject | Counts]:
+        batch, bins = [], Counter()
+        for item in self._read(file):
+            if not isinstance(item, Reject):
+                item = checked(item, self.before)
+            if isinstance(item, Reject):
+                yield item
+            elif self._scores_with_model:
+                batch.append(item)
+                if len(batch) == self.config.clip.batch_size:
+                    yield from self._scored(batch, bins)
+                    batch = []
+            else:
+                yield from self._without_model(item, bins)
+        if batch:
+            yield from self._scored(batch, bins)
+        if bins:
+            yield Counts({"clip_bins": dict(bins)})
+
+    def _read(self, file: InputFile) -> Iterator[Sample | Reject]:
         try:
-            for result in self.checked(file):
-                if isinstance(result, Reject) or self.spill_to is None:
-                    yield result
-                    continue
-                if spill is None:
-                    spill = SpillFile(self.spill_to)
-                places.append(spill.add(result, image_number(result)))
+            yield from self.reader(file)
         except (OSError, ValueError) as error:
-            Metrics.counter(METRICS_NAMESPACE, "errored_unreadable_file").inc()
             yield self.reader.reject(file, "<file>", "unreadable_file",
                                      f"{type(error).__name__}: {error}")
-        finally:
-            if spill is not None:
-                spill.close()
-        if places:
-            yield spill.path, places
 
-    def checked(self, file: InputFile) -> Iterator[Sample | Reject]:
-        """The file's samples through the rules (and the decode check), and its rejects."""
-        for result in self.reader(file):
-            if isinstance(result, Reject):
-                Metrics.counter(METRICS_NAMESPACE, f"errored_{result.reason}").inc()
-                yield result
+    def _without_model(self, sample: Sample, bins: Counter) -> Iterator[Sample | Reject]:
+        if self._input_score is not None:
+            (sample,) = self._input_score(sample)
+            if isinstance(sample, Reject):
+                yield sample
+                return
+            bins[score_bin(sample.clip_score)] += 1
+        if self._decode:
+            try:
+                verify_decode(sample.image.data)
+            except ImageError as error:
+                yield Reject.of(sample, error.reason, "errored", error.detail)
+                return
+        yield sample
+
+    def _scored(self, batch: list[Sample], bins: Counter) -> Iterator[Sample | Reject]:
+        """Decode a batch near the model's input size (draft mode), score it in one call,
+        apply the threshold and the rules after CLIP. A sample that does not decode is one
+        errored reject, not its batch's."""
+        size = model_input_size(self.config.clip)
+        decoded, pixels = [], []
+        for sample in batch:
+            try:
+                pixels.append(decode_for_model(sample.image.data, size))
+            except ImageError as error:
+                yield Reject.of(sample, error.reason, "errored", error.detail)
                 continue
-            results = [result] if self.rules is None else self.rules.process(result)
-            for checked in results:
-                if self.verify_decode is not None and not isinstance(checked, Reject):
-                    (checked,) = self.verify_decode(checked)
-                yield checked
+            except Exception as error:  # as filters.base.checked, for this sample only
+                yield Reject.of(sample, type(error).__name__, "errored", str(error)[:1000])
+                continue
+            decoded.append(sample)
+        if not decoded:
+            return
+        scores = self.model.score(np.stack(pixels), [sample.text for sample in decoded])
+        threshold = self.config.clip.threshold
+        for sample, score in zip(decoded, scores):
+            score = round(float(score), 5)
+            bins[score_bin(score)] += 1
+            if score < threshold:
+                yield Reject.of(sample, "clip_score_too_low", detail=f"clip_score={score}")
+                continue
+            yield checked(dataclasses.replace(sample, clip_score=score), self.after)
 
 
 # ---- CLIP --------------------------------------------------------------------------------------
-
-class ClipPreprocess:
-    """Decode a batch of survivors near the model's input size (draft mode) for RunInference:
-    one list of examples, plus a reject for each sample that does not decode. Failures are
-    caught per sample, so one bad image costs one unit, not its whole batch."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, batch: list[Sample]):
-        examples, rejects = [], []
-        for sample in batch:
-            try:
-                pixels = decode_for_model(sample.image.data, self.size)
-            except ImageError as error:
-                rejects.append(Reject.of(sample, error.reason, "errored", error.detail))
-                continue
-            except Exception as error:  # as common.StepFn would, but for this sample only
-                rejects.append(Reject.of(sample, type(error).__name__, "errored",
-                                         str(error)[:1000]))
-                continue
-            examples.append(ClipExample(sample, pixels, sample.text))
-        return ([examples] if examples else []) + rejects
-
-
-class ClipThreshold:
-    """Record the score on the sample; drop it under the threshold."""
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-
-    def __call__(self, result):
-        sample, score = result.example.sample, round(float(result.inference), 5)
-        if score < self.threshold:
-            return [Reject.of(sample, "clip_score_too_low", detail=f"clip_score={score}")]
-        return [dataclasses.replace(sample, clip_score=score)]
-
 
 class InputScore:
     """Step 3 from a score the input carries (e.g. LAION's `similarity`), without a model."""
@@ -623,38 +645,13 @@ class InputScore:
         return [dataclasses.replace(sample, clip_score=float(value))]
 
 
-class VerifyDecode:
-    """With CLIP off nothing decodes the pixels; decode survivors once so a truncated body
-    cannot reach the shards."""
-
-    def __call__(self, sample: Sample):
-        try:
-            verify_decode(sample.image.data)
-        except ImageError as error:
-            return [Reject.of(sample, error.reason, "errored", error.detail)]
-        return [sample]
-
-
 HISTOGRAM_BIN = 0.01  # CLIP cosine scores fall in [-1, 1]
+HISTOGRAM_BINS = int(round(2 / HISTOGRAM_BIN))
 
 
-class ScoreHistogram(beam.CombineFn):
-    """Counts per fixed 0.01 bin over [-1, 1]; mergeable across workers, trimmed at the end."""
-
-    bins = int(round(2 / HISTOGRAM_BIN))
-
-    def create_accumulator(self):
-        return [0] * self.bins
-
-    def add_input(self, counts, score):
-        counts[min(self.bins - 1, max(0, int((score + 1) / HISTOGRAM_BIN)))] += 1
-        return counts
-
-    def merge_accumulators(self, accumulators):
-        return [sum(column) for column in zip(*accumulators)]
-
-    def extract_output(self, counts):
-        return counts
+def score_bin(score: float) -> str:
+    """The histogram bin of a score: its 0.01 step over [-1, 1], as a string (a JSON key)."""
+    return str(min(HISTOGRAM_BINS - 1, max(0, int((score + 1) / HISTOGRAM_BIN))))
 
 
 def histogram_stats(counts: list[int], threshold: float) -> dict[str, Any]:
@@ -670,25 +667,13 @@ def histogram_stats(counts: list[int], threshold: float) -> dict[str, Any]:
 
 # ---- longest caption per image -------------------------------------------------------------------
 
-def image_number(sample: Sample) -> int:
-    """The shard bucket number of a pair: from its image's content hash, so all captions of one
-    image meet in one bucket, where `longest_caption` chooses among them."""
-    return int(sample.source.sha256[:16], 16)
+def same_image(sample: Sample) -> tuple[str, tuple[int, str], str]:
+    """The choice key of a pair: among the pairs of one image (same content hash) the longest
+    caption is kept; ties go to the smallest id, so the choice does not depend on order."""
+    return sample.source.sha256, (-len(sample.text), sample.id), sample.id
 
 
-def longest_caption(samples: list[Sample]) -> tuple[list[Sample], list[Reject]]:
-    """Of the pairs sharing one image (same content hash), keep the longest caption; ties go
-    to the smallest id, so the choice does not depend on arrival order."""
-    by_image: dict[str, list[Sample]] = {}
-    for sample in samples:
-        by_image.setdefault(sample.source.sha256, []).append(sample)
-    kept, rejects = [], []
-    for same_image in by_image.values():
-        ranked = sorted(same_image, key=lambda s: (-len(s.text), s.id))
-        kept.append(ranked[0])
-        rejects += [Reject.of(s, "shorter_caption_same_image", detail=f"kept {ranked[0].id}")
-                    for s in ranked[1:]]
-    return kept, rejects
+LONGEST_CAPTION = Choice(same_image, "shorter_caption_same_image")
 
 
 # ---- the rules, in the paper's order ------------------------------------------------------------
@@ -741,104 +726,47 @@ def describe_clip(config: ClipConfig) -> str:
 
 # ---- the pipeline --------------------------------------------------------------------------------
 
-def build(pipeline, files: list[InputFile], output_dir: str, dataset: str, config: PairsConfig,
-          shard_formats: list[str], samples_per_shard: int) -> None:
-    clip_between_rules = config.clip.enabled and not config.clip.after_text_rules
-    # The rules before CLIP (all of them when nothing sits between the image and text rules)
-    # run inside the read step; every pair leaves it as a reject or a sample. The read step
-    # writes its samples to the sink's spill files itself (one chunk per input file) unless a
-    # per-sample step needs them first: only the chunks travel through the shuffles.
-    first_rules = image_rules(config.image) if clip_between_rules else \
-        image_rules(config.image) + text_rules(config.text)
-    spill_to = None if config.clip.score_field else output_dir
-    reader = ReadPairs(PairReader(dataset, config), first_rules, spill_to,
-                       verify_decode=not config.clip.enabled and config.image.verify_decode)
-    read = (pipeline
-            | "Files" >> beam.Create(files)
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndRules" >> beam.ParDo(reader))
-    input_count = read | "CountInput" >> CountAll(_units)
-    samples, read_rejects = read | "SplitRead" >> SplitRejects()
-    rejects, spilled, scores = [read_rejects], None, None
-    if config.clip.enabled:
-        samples, scores = _clip_step(samples, config.clip, dataset, rejects,
-                                     spilled=spill_to is not None)
-        if clip_between_rules:
-            samples, dropped = apply_step(samples, "TextRules",
-                                          RulesStep(text_rules(config.text)), dataset)
-            rejects.append(dropped)
-    else:
-        samples, spilled = None, samples
-    if config.clip.score_field and config.image.verify_decode:
-        samples, dropped = apply_step(samples, "VerifyDecode", VerifyDecode(), dataset)
-        rejects.append(dropped)
+def run_spec(output_dir: str, dataset: str, config: PairsConfig, shard_formats: list[str],
+             samples_per_shard: int) -> RunSpec:
+    clip = describe_clip(config.clip)
+    scored = config.clip.enabled
 
-    stats = _stats(scores, config)
-    write_run(pipeline, samples, rejects, input_count, output_dir=output_dir,
-              pipeline_name=PIPELINE, dataset=dataset, task=TASK,
-              reason_order=reason_order(config), formats=shard_formats,
-              samples_per_shard=samples_per_shard, config=to_mapping(config), stats=stats,
-              spilled=spilled, bucket_number=image_number,
-              select=longest_caption if config.longest_caption_per_image else None,
-              tally=("kept_languages", lambda s: s.language or "und"))
+    def finish_stats(counts: dict) -> dict:
+        """CLIP's status, the score histogram when a model or an input field scored the pairs,
+        the languages of the kept pairs."""
+        stats: dict[str, Any] = {"clip": clip}
+        if scored:
+            bins = counts.get("clip_bins", {})
+            histogram = [bins.get(str(i), 0) for i in range(HISTOGRAM_BINS)]
+            stats["histogram"] = histogram_stats(histogram, config.clip.threshold)
+            stats["clip_scored"] = sum(histogram)
+        stats["kept_languages"] = dict(sorted(counts.get("kept_languages", {}).items()))
+        return stats
+
+    return RunSpec(PIPELINE, dataset, TASK, output_dir, reason_order(config),
+                   formats=shard_formats, samples_per_shard=samples_per_shard,
+                   config=to_mapping(config), kept_counts=_kept_language,
+                   finish_stats=finish_stats,
+                   choice=LONGEST_CAPTION if config.longest_caption_per_image else None)
 
 
-def _units(element) -> int:
-    """Input units an element of the read step stands for: a spill chunk one per sample."""
-    return chunk_size(element) if isinstance(element, tuple) else 1
-
-
-def _clip_step(samples, config: ClipConfig, dataset: str, rejects: list, spilled: bool):
-    """Step 3 on samples (or spill chunks of them); returns (samples, scores or None)."""
-    if config.score_field:
-        samples, dropped = apply_step(samples, "InputScore",
-                                      InputScore(config.score_field, config.threshold), dataset)
-        rejects.append(dropped)
-        scores = samples | "InputScores" >> beam.Map(lambda s: s.clip_score)
-        return samples, scores
-    # Batches formed by grouping on the sample id, the same on every runner, and RunInference
-    # told not to batch: its own BatchElements emits the last batch from finish_bundle, which
-    # the Dask runner drops (docs/running-at-scale.md). Samples are grouped before decoding:
-    # their JPEG bytes are smaller than the decoded pixels.
-    batches = samples | "ClipBatches" >> Batches(config.batch_size, spilled=spilled)
-    examples, dropped = apply_step(batches, "ClipDecode", ClipPreprocess(model_input_size(config)),
-                                   dataset)
-    rejects.append(dropped)
-    predictions = examples | "ClipScore" >> RunInference(
-        OpenClipModelHandler(config).with_no_batching())
-    scores = predictions | "ClipScores" >> beam.Map(lambda p: float(p.inference))
-    samples, dropped = apply_step(predictions, "ClipThreshold", ClipThreshold(config.threshold),
-                                  dataset)
-    rejects.append(dropped)
-    return samples, scores
-
-
-def _stats(scores, config: PairsConfig):
-    """CLIP's status, and the score histogram when a model or an input field scored the pairs
-    (the sink adds the languages of the kept samples)."""
-    clip, threshold = describe_clip(config.clip), config.clip.threshold
-    if scores is None:
-        return {"clip": clip}
-
-    def to_stats(histogram):
-        return {"clip": clip, "histogram": histogram_stats(histogram, threshold),
-                "clip_scored": sum(histogram)}
-
-    return (scores | "KeyScores" >> beam.Map(lambda score: (0, score))
-            | "ScoreHistogram" >> beam.CombinePerKey(ScoreHistogram())
-            | "Stats" >> beam.Map(lambda kv: to_stats(kv[1])))
+def _kept_language(sample: Sample) -> dict:
+    return {"kept_languages": {sample.language or "und": 1}}
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | None = None,
         beam_argv: list[str] | None = None, shard_formats: list[str] | None = None,
         samples_per_shard: int = 1000) -> dict[str, Any]:
-    """Clean the pairs under `inputs` into `output_dir`; returns the report."""
+    """Clean the pairs under `inputs` into `output_dir`, a task per input unit; returns the
+    report."""
     config = config or PairsConfig()
-    files = pair_inputs(inputs)
-    log.info("corpus pairs: %d input file(s); CLIP %s", len(files), describe_clip(config.clip))
+    tasks = plan_tasks(pair_inputs(inputs))
+    log.info("corpus pairs: %d task(s); CLIP %s", len(tasks), describe_clip(config.clip))
+    spec = run_spec(output_dir, dataset, config, shard_formats or ["webdataset"],
+                    samples_per_shard)
     return run_pipeline(
-        lambda p: build(p, files, output_dir, dataset, config, shard_formats or ["webdataset"],
-                        samples_per_shard),
+        lambda pipeline, execution: run_tasks(pipeline, [spec], CleanPairs(dataset, config),
+                                              tasks, execution),
         beam_argv or [], output_dir)
 
 

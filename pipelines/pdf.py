@@ -1,47 +1,54 @@
 """`corpus pdf`: PDF pages -> OCR samples with word and line boxes (Appendix A.4).
 
-files, folders, zips ─> ListDocuments ─> (reshuffle) ─> PlanPageRanges
-  ─> first range of each PDF ──────┬─> RenderAndSpill: render, A.4 page rules
-  ─> other ranges ─> (reshuffle) ──┘   (filters/pages.py), spill ─> OCR shards
+A task per few input files, done whole by one process (`pipelines.tasks`):
 
-One PDF fans out into page ranges of `pages_per_range` pages. Its first range is rendered where
-it was vetted, by the render process that holds it open; the other ranges are reshuffled, so a
-900-page PDF keeps many workers busy instead of pinning one. A range that lands elsewhere costs
-its process a fresh start on that PDF: reading and opening it, and loading its fonts and images
-again (about 15 ms on the benchmark's documents), which is why ranges are 32 pages long. Input
-is counted in pages after the fan-out; a PDF that cannot be read at all is one errored unit with
-its reason.
+  files, folders, zips ─> tasks ─> per file: its PDFs (a zip's members, from its central
+  directory) ─> per PDF, in one render process: read, hash, vet, render every page in order
+  ─> A.4 page rules (filters/pages.py) ─> the task's shards, rejects and marker
+
+Tasks are formed from the names of the expanded inputs alone: the machine that launches a run
+opens no PDF. A zip (Common Crawl's PDF corpus comes in zips of a thousand PDFs) is a task of its
+own; loose PDFs go `documents_per_task` (32) to a task, in key order: at ten pages a PDF, a
+shard of about 300 pages, and for a hundred thousand PDFs some three thousand tasks. The grouping
+depends on the inputs and the config only, never on the number of workers, so any runner and
+worker count write the same shards.
+
+One render process renders a PDF from its first page to its last, so the PDF is read, opened and
+its fonts and images loaded once. The pages of one PDF do not spread over workers: a 1000-page
+PDF pins one process for some seconds (6-15 s at the benchmark's 6-15 ms a page), which is
+acceptable while other tasks keep the other workers busy. Input is counted in pages; a PDF that
+cannot be read at all is one errored unit with its reason.
 
 PDFs are read (local files), hashed, vetted and rendered in render processes (`isolate: true`):
 MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
 `page_time_limit_s` (or one that crashes MuPDF) is ended by killing that process, which is then
-restarted for the rest. The processes are shared by the plan and render steps of a worker
-(`RenderProcesses`), so a PDF vetted by one is rendered from the copy it holds open.
-
-The render step applies the page rules and writes the pages that pass to the sink's spill file
-itself, as `corpus pairs` does: a page then goes through no further transform and no shuffle;
-only its range's spill chunk does.
+restarted for the rest of the PDF, reading it again (a changed file is refused: `input_changed`).
+Each worker process has one render process, started in `setup` and kept across its tasks (a
+start costs about 0.7 CPU seconds, the rendering of some 50 pages), stopped when the step ends
+(`serve`, for the tasks run in this process) or when the worker process exits (a forked pool
+worker leaves without running atexit handlers: a multiprocessing finalizer stops it).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
+import logging
 import math
+import multiprocessing.util
 import os
 import select
 import socket
 import subprocess
 import sys
-import threading
+import weakref
 import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 from multiprocessing.connection import Connection
 
-import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -49,14 +56,16 @@ from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Region, Sample, Source
-from filters.base import Reject, rule_name
+from filters.base import Reject, rule_name, set_up
 from filters.pages import PDF_REASON_ORDER, PageRulesConfig, pdf_page_rules
-from pipelines.common import (SplitRejects, StepFn, add_common_arguments, apply_step, counted,
-                              errored_reject, print_summary, run_pipeline)
-from pipelines.sinks import CountAll, SpillSamples, chunk_size, collector_paused, write_run
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import Counts, RunSpec, collector_paused
+from pipelines.tasks import Task, run_tasks
 from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
-                           PdfProblem, RenderedPage, RenderOptions, VetRequest, Vetted, open_pdf,
-                           read_at_most, receive_result, render_pages, send_request)
+                           PdfProblem, RenderedPage, RenderOptions, VetRequest, Vetted, let_go,
+                           open_pdf, read_at_most, receive_result, render_pages, send_request)
+
+log = logging.getLogger(__name__)
 
 PIPELINE = "pdf"
 TASK = "ocr"
@@ -66,6 +75,7 @@ RENDER_PROCESS_MAIN = ("import sys; from renderers.pdf import serve_socket; "
                        "serve_socket(int(sys.argv[1]), int(sys.argv[2]))")
 STARTUP_LIMIT_S = 120  # spawning the render process and importing PyMuPDF, on a busy machine
 REASON_ORDER = DOCUMENT_REASONS + INPUT_REASONS + PAGE_REASONS + PDF_REASON_ORDER
+FAILURES = "rule_failures_any_order"  # the report's stat, and its key in the tasks' counts
 
 
 @dataclass
@@ -73,8 +83,8 @@ class PdfConfig:
     render: RenderOptions = field(default_factory=RenderOptions)
     documents: DocumentPolicy = field(default_factory=DocumentPolicy)
     rules: PageRulesConfig = field(default_factory=PageRulesConfig)
-    pages_per_range: int = 32  # pages rendered by one work item; ranges spread over workers
-    page_time_limit_s: float = 30.0  # per page: open (first page) + render + extract + encode
+    documents_per_task: int = 32  # loose PDFs per task (a zip is a task of its own)
+    page_time_limit_s: float = 30.0  # per page (and per PDF vetting): render + extract + encode
     max_pdf_bytes: int = 256 * 1024 * 1024  # larger files (or zip members) are not read
     isolate: bool = True  # vet and render in child processes; needed for the time limit
     memory_limit_mb: int = 4096  # address-space cap of each child process; 0: none
@@ -84,8 +94,8 @@ class PdfConfig:
         self.rules.validate()
         if self.memory_limit_mb < 0:
             raise ValueError("memory_limit_mb must be 0 (no limit) or positive")
-        if self.pages_per_range < 1 or self.page_time_limit_s <= 0 or self.max_pdf_bytes < 1:
-            raise ValueError("pages_per_range, page_time_limit_s and max_pdf_bytes must be "
+        if self.documents_per_task < 1 or self.page_time_limit_s <= 0 or self.max_pdf_bytes < 1:
+            raise ValueError("documents_per_task, page_time_limit_s and max_pdf_bytes must be "
                              "positive")
 
 
@@ -107,22 +117,39 @@ class DocumentRef:
 
 
 @dataclass(frozen=True)
-class PageRange:
+class VettedDocument:
+    """A PDF that passed vetting: its bytes' sha256 and its page count."""
+
     doc: DocumentRef
     sha256: str
-    pages: tuple[int, ...]  # 0-based page indices
     page_count: int
 
     @property
     def uri(self) -> str:
         return self.doc.pdf_uri
 
-    @property
-    def key(self) -> str:
-        return f"{self.doc.key}#pages={self.pages[0] + 1}-{self.pages[-1] + 1}"
+    def page_key(self, index: int) -> str:
+        return f"{self.doc.key}#page={index + 1}"
 
 
 INPUT_EXTENSIONS = (".pdf", ".zip")
+
+
+def is_zip(file: InputFile) -> bool:
+    return file.path.lower().endswith(".zip")
+
+
+def plan_pdf_tasks(files: list[InputFile], documents_per_task: int) -> list[Task]:
+    """Each zip a task of its own, the loose PDFs `documents_per_task` to a task; tasks in the
+    order of their first file's key. Only names are looked at: no file is opened."""
+    loose = [file for file in files if not is_zip(file)]
+    groups = [loose[start:start + documents_per_task]
+              for start in range(0, len(loose), documents_per_task)]
+    groups += [[file] for file in files if is_zip(file)]
+    groups.sort(key=lambda group: group[0].relative)
+    return [Task(index, tuple(group)) for index, group in enumerate(groups)]
+
+
 def _open_file(uri: str):
     return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
@@ -139,8 +166,8 @@ class ListDocuments:
     def __init__(self, dataset: str):
         self.dataset = dataset
 
-    def __call__(self, item: InputFile):
-        if not item.path.lower().endswith(".zip"):
+    def __call__(self, item: InputFile) -> list[DocumentRef | Reject]:
+        if not is_zip(item):
             return [DocumentRef(item.path, item.relative)]
         try:
             with _open_file(item.path) as f, zipfile.ZipFile(f) as archive:
@@ -193,6 +220,26 @@ def local_path(doc: DocumentRef) -> str | None:
 
 # ---- the render process ----------------------------------------------------------------------
 
+_LIVE = weakref.WeakSet()  # the render processes this process may still have running
+_stops_at_exit_of: int | None = None  # the process whose exit stops them
+
+
+def _stop_at_exit(process: RenderProcess) -> None:
+    """Have `process` stopped, if still running, when this process exits. A multiprocessing
+    finalizer rather than atexit: a forked pool worker leaves through `os._exit`, after running
+    multiprocessing's finalizers but no atexit handler (a main process runs both)."""
+    global _stops_at_exit_of
+    _LIVE.add(process)
+    if _stops_at_exit_of != os.getpid():  # a forked worker starts without its parent's finalizers
+        multiprocessing.util.Finalize(None, _stop_live, exitpriority=10)
+        _stops_at_exit_of = os.getpid()
+
+
+def _stop_live() -> None:
+    for process in list(_LIVE):
+        process.stop()
+
+
 class RenderProcess:
     """A child process running renderers.pdf.serve, talking over a socket pair; killed and
     restarted when a page overruns the time limit or crashes it. A plain subprocess rather than
@@ -203,6 +250,7 @@ class RenderProcess:
         self.memory_limit_mb = memory_limit_mb
         self.process = self.conn = self.poller = None
         self.held_sha = None
+        self.owner = None  # the process that started it: only that one can end it
 
     def start(self) -> None:
         ours, theirs = socket.socketpair()
@@ -212,6 +260,8 @@ class RenderProcess:
              str(self.memory_limit_mb)],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         theirs.close()
+        self.owner = os.getpid()
+        _stop_at_exit(self)
         self.conn = Connection(ours.detach())
         # one poll object for the life of the process: Connection.poll builds a selector per call
         self.poller = select.poll()
@@ -223,8 +273,9 @@ class RenderProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.kill()
-            self.process.wait()
+            if self.owner == os.getpid():  # a copy inherited by a forked worker only lets go
+                self.process.kill()
+                self.process.wait()
             self.conn.close()
         self.process = self.conn = self.poller = None
 
@@ -235,7 +286,7 @@ class RenderProcess:
     def __del__(self):
         try:
             self.stop()
-        except (OSError, AttributeError):  # interpreter shutdown
+        except (OSError, AttributeError, TypeError):  # interpreter shutdown
             pass
 
     def vet(self, request: VetRequest, time_limit: float) -> Vetted | PdfProblem:
@@ -260,8 +311,8 @@ class RenderProcess:
     def render(self, request: PageRequest, load: Callable[[], bytes], time_limit: float):
         """Yield (page index, RenderedPage | PdfProblem) for every requested page, in order.
         `load()` gives the PDF's bytes (None: the process reads `request.path` itself); it is
-        called only when the process does not hold that PDF open already, so consecutive ranges
-        of one PDF read it once."""
+        called only when the process does not hold that PDF open already (the one it vetted),
+        so only after a restart."""
         remaining = list(request.pages)
         while remaining:
             if self.process is None:
@@ -309,126 +360,128 @@ class RenderProcess:
                     self.stop()  # abandoned midway: its unread results must not leak
 
 
-class RenderProcesses:
-    """The render processes of this Python process, shared by PlanPageRanges and RenderPages.
-    The process that vetted a PDF still holds it open, so when the same worker renders that
-    PDF's ranges it is not read, hashed, sent or opened again. A caller borrows a process for one
-    PDF or one range; concurrent callers (Beam may run bundles on several threads) get one each,
-    and a process is started only when every existing one is busy."""
+# ---- the work of a task ------------------------------------------------------------------------
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._idle: list[RenderProcess] = []
-        self.started: list[RenderProcess] = []  # every one made (the benchmark reads their CPU)
+class RenderDocuments:
+    """The work of a PDF task: an input file -> its PDFs -> for each, a sample or a reject per
+    page in page order (or one reject for a PDF refused whole), and `Counts` of the pages failing
+    each A.4 rule. A PDF is vetted and rendered start to end by one render process, which keeps
+    it open in between. An unexpected failure costs the PDF it happened in, not its zip."""
+
+    def __init__(self, config: PdfConfig, dataset: str):
+        self.config, self.dataset = config, dataset
+        self.rules = pdf_page_rules(config.rules)
+        self.list_documents = ListDocuments(dataset)
+        self.renderer: RenderProcess | None = None
 
     @contextlib.contextmanager
-    def borrow(self, memory_limit_mb: int, sha256: str | None = None):
-        with self._lock:
-            fitting = [p for p in self._idle if p.memory_limit_mb == memory_limit_mb]
-            holding = [p for p in fitting if sha256 is not None and p.held_sha == sha256]
-            chosen = (holding or fitting or [None])[-1]
-            if chosen is None:
-                chosen = RenderProcess(memory_limit_mb)
-                self.started.append(chosen)
-            else:
-                self._idle.remove(chosen)
+    def serve(self, processes: int):
+        """Around a step: the render process of a run done in this process ends with the step
+        (a pool worker's ends when the worker exits)."""
         try:
-            yield chosen
+            yield
         finally:
-            with self._lock:
-                self._idle.append(chosen)
+            self.close()
 
-    def stop(self) -> None:
-        """End every idle process (a busy one is ended by its borrower's stop, if at all)."""
-        with self._lock:
-            for process in self._idle:
-                process.stop()
+    def setup(self, worker: int) -> None:
+        set_up(self.rules)
+        if self.renderer is not None and self.renderer.owner != os.getpid():
+            self.close()  # a forked copy of the parent's: only let go of it
+        if self.config.isolate and self._render_process().process is None:
+            try:
+                self.renderer.start()
+            except RuntimeError as error:  # each PDF tries again, and is refused if it fails
+                log.warning("worker %d: %s", worker, error)
 
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.stop()
+            self.renderer = None
 
-RENDER_PROCESSES = RenderProcesses()
+    def _render_process(self) -> RenderProcess:
+        if self.renderer is None:
+            self.renderer = RenderProcess(self.config.memory_limit_mb)
+        return self.renderer
 
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject | Counts]:
+        for doc in self.list_documents(file):
+            if isinstance(doc, Reject):
+                yield doc
+            else:
+                yield from self._document(doc)
 
-# ---- planning and rendering --------------------------------------------------------------------
-
-class PlanPageRanges:
-    """A PDF -> its page ranges (after vetting it), or one reject for the whole document."""
-
-    def __init__(self, config: PdfConfig, dataset: str):
-        self.config, self.dataset = config, dataset
-
-    def __call__(self, doc: DocumentRef):
+    def _document(self, doc: DocumentRef) -> Iterator[Sample | Reject | Counts]:
+        failures: Counter = Counter()
         try:
-            page_count, sha256 = self._vet(doc)
+            # a PDF's pages and their regions are built and kept by the hundred: collections
+            # walking every object of the worker meanwhile cost a tenth of its time per page
+            with collector_paused():
+                yield from self._pages(doc, failures)
+        except Exception as error:  # the dead letter of one PDF: its pages so far stay counted
+            yield _reject(self.dataset, doc.pdf_uri, doc.key,
+                          PdfProblem(type(error).__name__, "errored", str(error)[:1000]))
+        if failures:
+            yield Counts({FAILURES: dict(failures)})
+
+    def _pages(self, doc: DocumentRef, failures: Counter) -> Iterator[Sample | Reject]:
+        try:
+            document, rendered = self._open(doc)
         except PdfProblem as problem:
-            return [_reject(self.dataset, doc.pdf_uri, doc.key, problem)]
-        step = self.config.pages_per_range
-        return [PageRange(doc, sha256, tuple(range(first, min(first + step, page_count))),
-                          page_count) for first in range(0, page_count, step)]
-
-    def _vet(self, doc: DocumentRef) -> Vetted:
-        path = local_path(doc) if self.config.isolate else None
-        data = None if path else read_document(doc, self.config.max_pdf_bytes)
-        if not self.config.isolate:
-            return Vetted(open_pdf(data, self.config.documents).page_count,
-                          hashlib.sha256(data).hexdigest())
-        request = VetRequest(data, self.config.documents, path, self.config.max_pdf_bytes)
-        with RENDER_PROCESSES.borrow(self.config.memory_limit_mb) as worker:
-            result = worker.vet(request, self.config.page_time_limit_s)
-        if isinstance(result, PdfProblem):
-            raise result
-        return result
-
-
-class RenderPages:
-    """A page range -> one OCR sample or one reject per page."""
-
-    def __init__(self, config: PdfConfig, dataset: str):
-        self.config, self.dataset = config, dataset
-        self.held: tuple[str, object] | None = None  # (sha256, open document) without isolation
-
-    def __call__(self, page_range: PageRange):
-        load = functools.partial(self._read, page_range)
-        if not self.config.isolate:
-            return self._results(page_range, self._render_here(page_range, load))
-        path = local_path(page_range.doc)
-        request = PageRequest(page_range.sha256, None, list(page_range.pages), self.config.render,
-                              path, self.config.max_pdf_bytes)
-        with RENDER_PROCESSES.borrow(self.config.memory_limit_mb, page_range.sha256) as worker:
-            return self._results(page_range, worker.render(
-                request, (lambda: None) if path else load, self.config.page_time_limit_s))
-
-    def _results(self, page_range: PageRange, rendered) -> list:
-        results = []
+            yield _reject(self.dataset, doc.pdf_uri, doc.key, problem)
+            return
         for index, result in rendered:
             if isinstance(result, PdfProblem):
-                results.append(self._page_reject(page_range, index, result))
+                yield _reject(self.dataset, document.uri, document.page_key(index), result)
             else:
-                results.append(self._sample(page_range, result))
-        return results
+                yield self._checked(self._sample(document, result), failures)
 
-    def _read(self, page_range: PageRange) -> bytes:
-        data = read_document(page_range.doc, self.config.max_pdf_bytes)
-        if hashlib.sha256(data).hexdigest() != page_range.sha256:
+    def _open(self, doc: DocumentRef):
+        """(the vetted PDF, its pages as (index, RenderedPage | PdfProblem) in order); raises
+        PdfProblem for a PDF refused whole."""
+        if not self.config.isolate:
+            data = read_document(doc, self.config.max_pdf_bytes)
+            opened = open_pdf(data, self.config.documents)
+            document = VettedDocument(doc, hashlib.sha256(data).hexdigest(), opened.page_count)
+            return document, self._render_here(opened)
+        path = local_path(doc)
+        data = None if path else read_document(doc, self.config.max_pdf_bytes)
+        request = VetRequest(data, self.config.documents, path, self.config.max_pdf_bytes)
+        renderer = self._render_process()
+        vetted = renderer.vet(request, self.config.page_time_limit_s)
+        if isinstance(vetted, PdfProblem):
+            raise vetted
+        document = VettedDocument(doc, vetted.sha256, vetted.page_count)
+        pages = PageRequest(document.sha256, None, list(range(document.page_count)),
+                            self.config.render, path, self.config.max_pdf_bytes)
+        # after a restart the process reads a local file again itself; a zip member is sent
+        load = (lambda: None) if path else functools.partial(self._read_again, document)
+        return document, renderer.render(pages, load, self.config.page_time_limit_s)
+
+    def _render_here(self, opened) -> Iterator[tuple[int, RenderedPage | PdfProblem]]:
+        try:
+            yield from enumerate(render_pages(opened, range(opened.page_count),
+                                              self.config.render))
+        finally:
+            let_go(opened)
+
+    def _read_again(self, document: VettedDocument) -> bytes:
+        data = read_document(document.doc, self.config.max_pdf_bytes)
+        if hashlib.sha256(data).hexdigest() != document.sha256:
             raise PdfProblem("input_changed", "errored", "the file changed during the run")
         return data
 
-    def _render_here(self, page_range: PageRange, load: Callable[[], bytes]):
-        pages = list(page_range.pages)
-        if self.held is None or self.held[0] != page_range.sha256:
-            try:
-                self.held = (page_range.sha256, open_pdf(load(), None))  # vetted when planned
-            except PdfProblem as problem:
-                return [(index, problem) for index in pages]
-        return zip(pages, render_pages(self.held[1], pages, self.config.render))
+    def _checked(self, sample: Sample, failures: Counter) -> Sample | Reject:
+        """The page, or its reject under the first A.4 rule it fails; `failures` counts every
+        rule it fails."""
+        try:
+            failed = rule_failures(sample, self.rules)
+        except Exception as error:  # as filters.base.checked: a failing rule costs this page
+            return Reject.of(sample, type(error).__name__, "errored", str(error)[:1000])
+        failures.update(failed)
+        return Reject.of(sample, failed[0]) if failed else sample
 
-    def _page_key(self, page_range: PageRange, index: int) -> str:
-        return f"{page_range.doc.key}#page={index + 1}"
-
-    def _page_reject(self, page_range: PageRange, index: int, problem: PdfProblem) -> Reject:
-        return _reject(self.dataset, page_range.uri, self._page_key(page_range, index), problem)
-
-    def _sample(self, page_range: PageRange, page: RenderedPage) -> Sample:
-        key = self._page_key(page_range, page.index)
+    def _sample(self, document: VettedDocument, page: RenderedPage) -> Sample:
+        key = document.page_key(page.index)
         # positional: a page has hundreds of words, and keywords cost half as much again
         regions = [Region("word", text, box)
                    for text, box in zip(page.word_texts, page.word_boxes)]
@@ -436,10 +489,10 @@ class RenderPages:
                     for line in page.lines]
         return Sample(
             id=sample_id(self.dataset, key), dataset=self.dataset, task=TASK,
-            source=Source(uri=page_range.uri, key=key, page=page.index + 1,
-                          sha256=page_range.sha256),
+            source=Source(uri=document.uri, key=key, page=page.index + 1,
+                          sha256=document.sha256),
             images=[page.image], text=page.text, regions=regions,
-            extra={"page_count": page_range.page_count, "rotation": page.rotation,
+            extra={"page_count": document.page_count, "rotation": page.rotation,
                    "page_size_pt": [round(page.width_pt, 2), round(page.height_pt, 2)],
                    "zoom": round(page.zoom, 4), "inkless_lines": page.inkless_lines,
                    "unmapped_symbols": page.unmapped_symbols})
@@ -455,123 +508,40 @@ def rule_failures(sample: Sample, rules: list) -> list[str]:
     return failed
 
 
-@dataclass(frozen=True)
-class RuleFailures:
-    """How many pages of one range fail each A.4 rule, counting every rule a page fails."""
-
-    counts: dict
-
-
-class RenderAndSpill(SpillSamples):
-    """A page range -> a reject for each page that fails to render or fails an A.4 rule (the
-    first in paper order), one spill chunk holding the pages that pass, and the range's
-    `RuleFailures`."""
-
-    def __init__(self, config: PdfConfig, dataset: str, spill_to: str):
-        super().__init__(spill_to)
-        self.render = StepFn(RenderPages(config, dataset), dataset)
-        self.rules = pdf_page_rules(config.rules)
-        self.dataset = dataset
-
-    def setup(self):
-        self.render.setup()
-
-    def process(self, page_range: PageRange):
-        # a range's pages and their regions stay alive until spilled: collections walking
-        # every object of the worker meanwhile cost a sixth of the worker's time per page
-        with collector_paused():
-            return self._outputs(page_range)
-
-    def _outputs(self, page_range: PageRange) -> list:
-        outputs, path, places, failures = [], None, [], Counter()
-        for result in self.render.process(page_range):
-            if not isinstance(result, Reject):
-                result = self._checked(result, failures)
-            if isinstance(result, Reject):
-                outputs.append(result)
-                continue
-            path, place = self.spill(result)
-            places.append(place)
-        if places:
-            outputs.append((path, places))
-        if failures:
-            outputs.append(RuleFailures(dict(failures)))
-        return outputs
-
-    def _checked(self, sample: Sample, failures: Counter) -> Sample | Reject:
-        try:
-            failed = rule_failures(sample, self.rules)
-        except Exception as error:  # as in common.StepFn: a failing rule costs this page only
-            return counted(errored_reject(sample, error, self.dataset))
-        failures.update(failed)
-        return counted(Reject.of(sample, failed[0])) if failed else sample
-
-
-def is_first_range(page_range: PageRange) -> bool:
-    return page_range.pages[0] == 0
-
-
-def _pages(element) -> int:
-    """Input pages an element of the render step stands for."""
-    if isinstance(element, RuleFailures):
-        return 0
-    return chunk_size(element) if isinstance(element, tuple) else 1
-
-
-def _failure_stats(counts: dict) -> dict:
+def failure_stats(counts: dict) -> dict:
+    """The report's stats from the tasks' summed counts: pages failing each rule, every rule in
+    paper order even at zero."""
+    found = counts.get(FAILURES, {})
     order = {reason: i for i, reason in enumerate(PDF_REASON_ORDER)}
-    ordered = dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-    return {"rule_failures_any_order": ordered,
+    every = {reason: 0 for reason in PDF_REASON_ORDER} | found
+    ordered = dict(sorted(every.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return {FAILURES: ordered,
             "note": "pages failing each A.4 rule, counting every rule a page fails"}
 
 
 # ---- the pipeline -----------------------------------------------------------------------------
 
-def build(pipeline, files: list[InputFile], *, output_dir: str, dataset: str, config: PdfConfig,
-          formats: list[str], samples_per_shard: int) -> None:
-    file_pc = (pipeline | "Files" >> beam.Create(files)
-               | "SpreadFiles" >> beam.Reshuffle())
-    docs, list_rejects = apply_step(file_pc, "ListDocuments", ListDocuments(dataset), dataset)
-    ranges, plan_rejects = apply_step(docs | "SpreadDocuments" >> beam.Reshuffle(),
-                                      "PlanPageRanges", PlanPageRanges(config, dataset), dataset)
-    render = RenderAndSpill(config, dataset, output_dir)
-    here = (ranges | "FirstRanges" >> beam.Filter(is_first_range)
-            | "RenderFirstRanges" >> beam.ParDo(render))
-    spread = (ranges | "OtherRanges" >> beam.Filter(lambda r: not is_first_range(r))
-              | "SpreadPageRanges" >> beam.Reshuffle()
-              | "RenderOtherRanges" >> beam.ParDo(render))
-    rendered = (here, spread) | "Rendered" >> beam.Flatten()
-    input_count = (rendered, list_rejects, plan_rejects) | "CountInput" >> CountAll(_pages)
-    chunks_and_failures, render_rejects = rendered | "SplitRendered" >> SplitRejects()
-    spilled = chunks_and_failures | "SpillChunks" >> beam.Filter(
-        lambda element: isinstance(element, tuple))
-    # exactly one stats element on every runner: a sum per reason seeded with zeros, gathered
-    # on one constant key (no CombineGlobally; docs/running-at-scale.md)
-    failures = chunks_and_failures | "AllRuleFailures" >> beam.FlatMap(
-        lambda element: element.counts.items() if isinstance(element, RuleFailures) else [])
-    zeros = pipeline | "NoRuleFailures" >> beam.Create([(r, 0) for r in PDF_REASON_ORDER])
-    stats = ((failures, zeros) | "FlattenRuleFailures" >> beam.Flatten()
-             | "SumRuleFailures" >> beam.CombinePerKey(sum)
-             | "OneKey" >> beam.Map(lambda count: (0, count))
-             | "GatherRuleFailures" >> beam.GroupByKey()
-             | "RuleFailureStats" >> beam.MapTuple(lambda _, counts: _failure_stats(dict(counts))))
+def run_spec(output_dir: str, dataset: str, config: PdfConfig, formats: list[str],
+             samples_per_shard: int) -> RunSpec:
     rules = pdf_page_rules(config.rules)
-    write_run(pipeline, None, [list_rejects, plan_rejects, render_rejects], input_count,
-              output_dir=output_dir, pipeline_name=PIPELINE, dataset=dataset, task=TASK,
-              reason_order=REASON_ORDER, formats=formats, samples_per_shard=samples_per_shard,
-              config=to_mapping(config) | {"rule_names": [rule_name(r) for r in rules]},
-              stats=stats, spilled=spilled)
+    return RunSpec(PIPELINE, dataset, TASK, output_dir, REASON_ORDER, formats=formats,
+                   samples_per_shard=samples_per_shard,
+                   config=to_mapping(config) | {"rule_names": [rule_name(r) for r in rules]},
+                   finish_stats=failure_stats)
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PdfConfig | None = None,
         beam_argv: list[str] | None = None, formats: list[str] | None = None,
         samples_per_shard: int = 1000) -> dict:
+    """Render the PDFs under `inputs` into OCR shards in `output_dir`; returns the report."""
     config = config or PdfConfig()
     config.validate()
-    files = expand_inputs(inputs, INPUT_EXTENSIONS)
+    tasks = plan_pdf_tasks(expand_inputs(inputs, INPUT_EXTENSIONS), config.documents_per_task)
+    log.info("corpus pdf: %d task(s)", len(tasks))
+    spec = run_spec(output_dir, dataset, config, formats or ["webdataset"], samples_per_shard)
     return run_pipeline(
-        lambda p: build(p, files, output_dir=output_dir, dataset=dataset, config=config,
-                        formats=formats or ["webdataset"], samples_per_shard=samples_per_shard),
+        lambda pipeline, execution: run_tasks(pipeline, [spec], RenderDocuments(config, dataset),
+                                              tasks, execution),
         beam_argv or [], output_dir)
 
 

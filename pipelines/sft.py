@@ -7,6 +7,16 @@ placeholder in its turn and an entry of `sample.images`, in order of appearance;
 writes `Picture N: <img>…</img>` back, numbered in that order, and marks which spans carry loss:
 the assistant answers and the special tokens, never role names or prompts
 (`corpus.formats.format_sample`).
+
+A task per annotation file (`pipelines.tasks`), done whole by one process:
+
+  records (JSON, JSON Lines, Parquet, tars of KEY.json + image) -> a sample per dialogue
+  (images read and decoded) -> the dialogue rules (`filters.dialogue`) -> the task's shards,
+  rejects and marker
+
+Dialogue sets ship as a few large files or as many tar/Parquet parts of a few thousand records:
+either way a file is a natural task, and a large set has as many tasks as parts. A single huge
+file is one task (its records are read in one pass).
 """
 from __future__ import annotations
 
@@ -15,22 +25,20 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import apache_beam as beam
-
 from corpus.config import load_config, to_mapping
 from corpus.formats import IMAGE_PLACEHOLDER
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Image, Sample, Source, Turn
-from filters.base import Reject
+from filters.base import Reject, checked, set_up
 from filters.dialogue import REASON_ORDER as RULE_REASONS
 from filters.dialogue import dialogue_rules
 from filters.grounding import IMAGE_PROBLEM
 from pipelines.annotations import IMAGE_EXTENSIONS, RECORD_EXTENSIONS, AnnotationRecord, \
-    ImageStore, decode_image, embedded_image_bytes, image_problem_of, iter_records
-from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
-    print_summary, run_pipeline
-from pipelines.sinks import write_run
+    ImageStore, decode_image, embedded_image_bytes, image_problem_of, read_records
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import RunSpec
+from pipelines.tasks import plan_tasks, run_tasks
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
               "bot": "assistant", "model": "assistant", "system": "system"}
@@ -86,18 +94,14 @@ def place_images(turns: list[Turn], count: int) -> list[Turn]:
 
 
 class ReadDialogues:
-    """Step: one annotation file -> one SFT sample per dialogue, plus record rejects."""
+    """One annotation file -> one SFT sample per dialogue, plus record rejects."""
 
     def __init__(self, dataset: str, config: SftConfig, images: str | None):
         self.dataset, self.config = dataset, config
         self.store = ImageStore(images)
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        for record in iter_records(file.path, file.relative):
-            if record.error:
-                yield record.reject(self.dataset)
-                continue
-            yield self.sample_of(record)
+        return read_records(file, self.dataset, lambda record: [self.sample_of(record)])
 
     def sample_of(self, record: AnnotationRecord) -> Sample | Reject:
         messages = record.fields.get("conversations", record.fields.get("messages"))
@@ -139,24 +143,34 @@ class ReadDialogues:
         return images, None, ""
 
 
+class CleanDialogues:
+    """The work of an SFT task: the dialogues of one annotation file through the rules."""
+
+    def __init__(self, dataset: str, config: SftConfig, images: str | None):
+        self.reader = ReadDialogues(dataset, config, images)
+        self.rules = dialogue_rules()
+
+    def setup(self, worker: int) -> None:
+        set_up(self.rules)
+
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        for item in self.reader(file):
+            yield item if isinstance(item, Reject) else checked(item, self.rules)
+
+
 def run(inputs: list[str], output_dir: str, dataset: str, config: SftConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
         samples_per_shard: int = 1000) -> dict[str, Any]:
-    files = expand_inputs(inputs, RECORD_EXTENSIONS)
-
-    def build(pipeline):
-        samples, reader_rejects = apply_step(
-            pipeline | "Inputs" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle(),
-            "Read", ReadDialogues(dataset, config, images), dataset)
-        samples = samples | "SpreadSamples" >> beam.Reshuffle()
-        input_count = count_elements("Input", samples, reader_rejects)
-        kept, rule_rejects = apply_step(samples, "Rules", RulesStep(dialogue_rules()), dataset)
-        write_run(pipeline, kept, [reader_rejects, rule_rejects], input_count,
-                  output_dir=output_dir, pipeline_name="sft", dataset=dataset, task="sft",
-                  reason_order=REASON_ORDER, formats=shard_formats or ["webdataset"],
-                  samples_per_shard=samples_per_shard, config=to_mapping(config))
-
-    return run_pipeline(build, beam_argv, output_dir)
+    """Dialogues under `inputs` into `output_dir`, a task per annotation file; returns the
+    report."""
+    tasks = plan_tasks(expand_inputs(inputs, RECORD_EXTENSIONS))
+    spec = RunSpec("sft", dataset, "sft", output_dir, REASON_ORDER,
+                   formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
+                   config=to_mapping(config))
+    work = CleanDialogues(dataset, config, images)
+    return run_pipeline(
+        lambda pipeline, execution: run_tasks(pipeline, [spec], work, tasks, execution),
+        beam_argv, output_dir)
 
 
 def add_arguments(parser) -> None:

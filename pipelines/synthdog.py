@@ -1,37 +1,50 @@
 """`corpus synthdog`: SynthDoG synthetic documents as OCR samples with a quad per text line (A.4).
 
 Reads no input files: sample `i` of a run is made from (seed, i) alone, so any range of indices
-can be rendered anywhere, in any order, and gives the same images. The requested indices fan
-out over Beam workers as ranges; each worker builds the template once (`setup`). Each index is one input
-unit: kept, dropped `no_text_placed` (the layout fitted no line), or errored (e.g.
-`unreadable_background`, a background file that passed the header check but does not decode).
+can be rendered anywhere, in any order, and gives the same images. A task is a contiguous range
+of indices (`IndexRange`), done whole by one process (`pipelines.tasks`):
+
+  indices [start, start + count) -> ranges -> per index: render + JPEG -> the task's shard,
+  rejects and marker -> report (sums of the kept samples' line counts, the template's inventory)
+
+A range holds ceil(count / 256) indices, at most `samples_per_shard`: a small run still has up
+to 256 tasks to spread over a many-core machine (a task of one image costs about 1 % more than
+rendering it), and a large one writes shards of `samples_per_shard` images. The ranges depend on
+the count and the shard size only, never on the workers.
+
+Each process builds the template once (`setup`); the process that starts the run has already
+built one for the report's inventory (and to fail before anything runs), which its own work and
+the workers it forks reuse. Each index is one input unit: kept, dropped `no_text_placed` (the
+layout fitted no line), or errored (e.g. `unreadable_background`, a background file that passed
+the header check but does not decode; any other exception on an index errs that index only).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import apache_beam as beam
-
 from corpus.config import ConfigError, load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject
-from pipelines.common import add_common_arguments, apply_step, count_elements, print_summary, \
-    run_pipeline
-from pipelines.sinks import write_run
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import RunSpec
+from pipelines.tasks import Task, run_tasks
 from renderers.synthdog.config import SynthDogConfig
 from renderers.synthdog.fonts import FontError
 from renderers.synthdog.template import SynthDoG, encode_jpeg, render
 from renderers.synthdog.text_source import CorpusError
 from renderers.synthdog.textures import TextureError
 
+PIPELINE = "synthdog"
+TASK = "ocr"
 REASONS = ["no_text_placed", "unreadable_background"]
-# Indices are created as ranges and expanded on the workers. Enough ranges to spread over many
-# workers (the Dask runner partitions only what `beam.Create` holds), none over 1,000 indices.
-MIN_RANGES, MAX_RANGE = 256, 1000
+# Enough tasks to spread a small run over many cores; a task holds at most samples_per_shard.
+MIN_TASKS = 256
 STAT_KEYS = ("lines", "chars_skipped_missing_glyph", "lines_outside_image", "en", "zh")
 
 
@@ -52,37 +65,108 @@ class SynthIndex:
         return f"synthdog://{self.key}"
 
 
+@dataclass(frozen=True)
+class IndexRange:
+    """Indices [start, stop) of the run seeded `seed`: the unit of a task."""
+
+    start: int
+    stop: int
+    seed: int
+    lang: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.lang}/{self.seed}/{self.start}-{self.stop}"
+
+    @property
+    def uri(self) -> str:
+        return f"synthdog://{self.key}"
+
+    def indices(self) -> Iterator[SynthIndex]:
+        for index in range(self.start, self.stop):
+            yield SynthIndex(index, self.seed, self.lang)
+
+
+def task_size(count: int, samples_per_shard: int) -> int:
+    """Indices per task: at least MIN_TASKS tasks while they hold under samples_per_shard."""
+    return max(1, min(samples_per_shard, -(-count // MIN_TASKS)))
+
+
+def plan_ranges(start: int, count: int, seed: int, lang: str,
+                samples_per_shard: int) -> list[Task]:
+    size = task_size(count, samples_per_shard)
+    stop = start + count
+    return [Task(i, (IndexRange(first, min(first + size, stop), seed, lang),))
+            for i, first in enumerate(range(start, stop, size))]
+
+
+# ---- the template, once per process --------------------------------------------------------------
+
+_built: dict[str, SynthDoG] = {}  # the run's template, by config, while the run lasts
+
+
+def _config_key(config: SynthDogConfig) -> str:
+    return json.dumps(to_mapping(config), sort_keys=True, default=str)
+
+
+@contextlib.contextmanager
+def shared_template(config: SynthDogConfig) -> Iterator[SynthDoG]:
+    """The template built here for the run, found by the run's work in this process and in the
+    workers forked from it (building one takes 1 to 1.7 s of CPU, two or three images' worth).
+    Dropped when the run ends: a later run reads its fonts and textures again."""
+    key = _config_key(config)
+    _built[key] = SynthDoG(config)
+    try:
+        yield _built[key]
+    finally:
+        _built.pop(key, None)
+
+
+def template_for(config: SynthDogConfig) -> SynthDoG:
+    built = _built.get(_config_key(config))
+    return built if built is not None else SynthDoG(config)
+
+
+# ---- the work ------------------------------------------------------------------------------------
+
 class RenderSynthDog:
-    """Step: one index -> one OCR sample, or a counted reject."""
+    """The work of a synthdog task: each index of its range -> one OCR sample or a reject."""
 
     def __init__(self, config: SynthDogConfig, dataset: str):
         self.config, self.dataset = config, dataset
         self.template = None
 
-    def setup(self):
+    def setup(self, worker: int) -> None:
         if self.template is None:
-            self.template = SynthDoG(self.config)
+            self.template = template_for(self.config)
 
-    def __call__(self, item: SynthIndex) -> Iterator[Sample | Reject]:
-        self.setup()
+    def __getstate__(self):
+        return {**self.__dict__, "template": None}  # each process has its own (`setup`)
+
+    def __call__(self, unit: IndexRange) -> Iterator[Sample | Reject]:
+        for item in unit.indices():
+            yield self.render_one(item)
+
+    def render_one(self, item: SynthIndex) -> Sample | Reject:
         uid = sample_id(self.dataset, item.key)
         try:
             data = render(self.template, item.seed, item.index)
+            if not data["lines"]:
+                return Reject(uid, self.dataset, item.uri, item.key, "no_text_placed")
+            return to_sample(data, item, uid, self.dataset)
         except TextureError as error:
-            yield Reject(uid, self.dataset, item.uri, item.key, "unreadable_background",
-                         "errored", str(error)[:1000])
-            return
-        if not data["lines"]:
-            yield Reject(uid, self.dataset, item.uri, item.key, "no_text_placed")
-            return
-        yield to_sample(data, item, uid, self.dataset)
+            return Reject(uid, self.dataset, item.uri, item.key, "unreadable_background",
+                          "errored", str(error)[:1000])
+        except Exception as error:  # the dead letter of one index
+            return Reject(uid, self.dataset, item.uri, item.key, type(error).__name__,
+                          "errored", str(error)[:1000])
 
 
 def to_sample(data: dict, item: SynthIndex, uid: str, dataset: str) -> Sample:
     height, width = data["image"].shape[:2]
     lines = data["lines"]
     return Sample(
-        id=uid, dataset=dataset, task="ocr", source=Source(uri=item.uri, key=item.key),
+        id=uid, dataset=dataset, task=TASK, source=Source(uri=item.uri, key=item.key),
         images=[Image(encode_jpeg(data["image"], data["quality"]), "jpeg", width, height)],
         # SynthDoG's own label: the lines' text joined by spaces.
         text=" ".join(line["text"] for line in lines),
@@ -95,25 +179,22 @@ def to_sample(data: dict, item: SynthIndex, uid: str, dataset: str) -> Sample:
     )
 
 
-def _sample_stats(sample: Sample) -> tuple[int, dict[str, int]]:
-    return 0, {"lines": len(sample.regions),
-               "chars_skipped_missing_glyph": sample.extra["chars_skipped_missing_glyph"],
-               "lines_outside_image": sample.extra["lines_outside_image"],
-               sample.language: 1}
+# ---- the report ----------------------------------------------------------------------------------
+
+def sample_stats(sample: Sample) -> dict[str, int]:
+    """What a kept sample adds to the report's stats."""
+    return {"lines": len(sample.regions),
+            "chars_skipped_missing_glyph": sample.extra["chars_skipped_missing_glyph"],
+            "lines_outside_image": sample.extra["lines_outside_image"],
+            sample.language: 1}
 
 
-def _sum_stats(dicts) -> dict[str, int]:
-    total = dict.fromkeys(STAT_KEYS, 0)
-    for stats in dicts:
-        for key, value in stats.items():
-            total[key] = total.get(key, 0) + value
-    return total
-
-
-def _index_range(chunk: tuple[int, int], seed: int, lang: str) -> Iterator[SynthIndex]:
-    start, stop = chunk
-    for index in range(start, stop):
-        yield SynthIndex(index, seed, lang)
+def stats_with(inventory: dict):
+    def finish_stats(counts: dict) -> dict:
+        """The sums over kept samples (every STAT_KEYS entry, zero when nothing was kept),
+        then the template's inventory."""
+        return {**dict.fromkeys(STAT_KEYS, 0), **counts, "inventory": inventory}
+    return finish_stats
 
 
 def run(output_dir: str, dataset: str, config: SynthDogConfig, beam_argv: list[str], *,
@@ -124,33 +205,19 @@ def run(output_dir: str, dataset: str, config: SynthDogConfig, beam_argv: list[s
     fonts, corpus or textures cannot be used."""
     if count < 1:
         raise ConfigError(f"count must be at least 1, got {count}")
-    inventory = SynthDoG(config).inventory  # fails fast, and goes into the report
-    step = min(MAX_RANGE, max(1, -(-count // MIN_RANGES)))
-    chunks = [(s, min(s + step, start + count)) for s in range(start, start + count, step)]
-    lang = config.lang
-
-    def build(pipeline):
-        indices = (pipeline
-                   | "Ranges" >> beam.Create(chunks)
-                   | "SpreadRanges" >> beam.Reshuffle()
-                   | "Indices" >> beam.FlatMap(_index_range, seed, lang)
-                   | "SpreadIndices" >> beam.Reshuffle())
-        input_count = count_elements("Input", indices)
-        samples, rejects = apply_step(indices, "Render", RenderSynthDog(config, dataset), dataset)
-        # a sum per constant key (not CombineGlobally, see pipelines/common.py); the zero
-        # entry makes the sum exist even when nothing was kept
-        stats = ((samples | "SampleStats" >> beam.Map(_sample_stats),
-                  pipeline | "ZeroStats" >> beam.Create([(0, {})]))
-                 | "AllStats" >> beam.Flatten()
-                 | "SumStats" >> beam.CombinePerKey(_sum_stats)
-                 | "StatsValue" >> beam.Map(lambda kv: {**kv[1], "inventory": inventory}))
-        write_run(pipeline, samples, [rejects], input_count, output_dir=output_dir,
-                  pipeline_name="synthdog", dataset=dataset, task="ocr", reason_order=REASONS,
-                  formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
-                  config={**to_mapping(config), "seed": seed, "start": start, "count": count},
-                  stats=stats)
-
-    return run_pipeline(build, beam_argv, output_dir)
+    tasks = plan_ranges(start, count, seed, config.lang, samples_per_shard)
+    with shared_template(config) as template:  # fails fast, and goes into the report
+        spec = RunSpec(PIPELINE, dataset, TASK, output_dir, REASONS,
+                       formats=shard_formats or ["webdataset"],
+                       samples_per_shard=samples_per_shard,
+                       config={**to_mapping(config), "seed": seed, "start": start,
+                               "count": count},
+                       kept_counts=sample_stats, finish_stats=stats_with(template.inventory))
+        return run_pipeline(
+            lambda pipeline, execution: run_tasks(pipeline, [spec],
+                                                  RenderSynthDog(config, dataset), tasks,
+                                                  execution),
+            beam_argv, output_dir)
 
 
 def add_arguments(parser) -> None:

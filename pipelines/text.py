@@ -1,13 +1,30 @@
 """`corpus text`: plain text -> pure-text shards (task `text`) for stage 2 and 3.
 
-Flow: input files -> Read (a document per .txt file or blank-line block, per JSONL record, per
-Parquet row; streamed, a document over `max_document_bytes` is rejected without being held) ->
-control characters removed, HTML cleaned, empty / too short / too long, language -> exact
-duplicates removed (GroupByKey on the normalised-text hash; the smallest id is kept) -> long
-documents split into chunks that fit `max_tokens` -> shards + rejects + report.
+A task is a few input files, done whole by one process (`pipelines.tasks`):
 
-The report counts units after the fan-out: each chunk of a kept document is one unit, and each
-rejected document (or unreadable input) is one unit.
+  files -> Read (a document per .txt file or blank-line block, per JSONL record, per Parquet
+  row; streamed, a document over `max_document_bytes` is rejected without being held) ->
+  control characters removed, HTML cleaned, empty / too short / too long, language -> long
+  documents split into chunks that fit `max_tokens` -> the task's shards, rejects and marker
+
+With `deduplicate` (the default) exact duplicates are removed across the whole run: the tasks
+stage their chunks and send out only (normalised-text hash of the document, document id): of
+the documents sharing a hash the smallest id is kept, with all its chunks, then each task writes
+its shards without the others (`Choice`, `pipelines.sinks`). A chunk carries its document's id
+and hash in `extra` (`document_id`, `document_hash`), so all chunks of a document go together.
+
+Tasks: a file is a unit; consecutive files (in input order) share a task while together they
+hold at most TASK_BYTES (4 MiB: some 8 s of one core, which reads, checks and tokenizes about
+0.5 MB/s) and number at most MAX_FILES_PER_TASK. So a folder of many small files (a document
+per file) does not become a task, a shard and a marker per document, while a file of a few MiB
+or more is a task of its own. Boundaries depend on the files' names and sizes only, never on
+the workers; a file that changes size can move the boundaries after it (those tasks are then
+redone on resume).
+
+The report counts units after the fan-out: each chunk is one unit, kept or not, and each
+document rejected before chunking (or unreadable input) is one unit. So a duplicate of a
+document long enough to be chunked counts one `duplicate_document` per chunk (the choice is
+made after chunking, where only keys travel); a short duplicate counts one.
 """
 from __future__ import annotations
 
@@ -16,24 +33,22 @@ import logging
 import os
 from typing import Any, BinaryIO, Iterator
 
-import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
-from filters.base import Reject
+from filters.base import Reject, checked, set_up
 from filters.language import LanguageRule
 from filters.text_docs import TextDocsConfig, chunk_text, control_characters, document_html, \
     empty_document, normalized_hash
 from filters.text_rules import TextLength
-from pipelines.common import METRICS_NAMESPACE, RulesStep, add_common_arguments, apply_step, \
-    count_elements, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
 from pipelines.pairs import bounded_lines
-from pipelines.sinks import write_run
+from pipelines.sinks import Choice, RunSpec
+from pipelines.tasks import Task, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +58,11 @@ TEXT_EXTENSIONS = (".txt", ".jsonl", ".parquet")
 BINARY_PROBE_BYTES = 8192
 REASON_ORDER = ["empty_document", "text_too_short", "text_too_long", "language_not_allowed",
                 "language_uncertain", "duplicate_document"]
+TASK_BYTES = 4 << 20  # files smaller than this share a task, up to this many bytes together
+MAX_FILES_PER_TASK = 1000
 
 
-# ---- reading ------------------------------------------------------------------------------------
+# ---- reading -------------------------------------------------------------------------------------
 
 class TextReader:
     """One input file -> Samples (one per document) and Rejects, in bounded memory."""
@@ -163,25 +180,7 @@ class TextReader:
                         yield self.document(file, key, text)
 
 
-class ReadText(beam.DoFn):
-    """Streams one file's documents (see pipelines.pairs.ReadPairs for why not StepFn)."""
-
-    def __init__(self, reader: TextReader):
-        self.reader = reader
-
-    def process(self, file: InputFile):
-        try:
-            for result in self.reader(file):
-                if isinstance(result, Reject):
-                    Metrics.counter(METRICS_NAMESPACE, f"errored_{result.reason}").inc()
-                yield result
-        except (OSError, ValueError) as error:
-            Metrics.counter(METRICS_NAMESPACE, "errored_unreadable_file").inc()
-            yield self.reader.reject(file, "<file>", "unreadable_file",
-                                     f"{type(error).__name__}: {error}")
-
-
-# ---- rules, duplicates, chunks -------------------------------------------------------------------
+# ---- rules, chunks -------------------------------------------------------------------------------
 
 class SampledLanguageRule(LanguageRule):
     """The language rule on the first characters of a long document (fastText is linear)."""
@@ -214,14 +213,6 @@ def document_rules(config: TextDocsConfig) -> list:
     return rules
 
 
-def first_of_duplicates(element):
-    """Keep the smallest id of documents with the same normalised text."""
-    _, samples = element
-    ranked = sorted(samples, key=lambda s: s.id)
-    return [ranked[0]] + [Reject.of(s, "duplicate_document", detail=f"duplicate of {ranked[0].id}")
-                          for s in ranked[1:]]
-
-
 class Chunker:
     """A document -> samples of at most `max_tokens - 1` tokens (room for the EOS token)."""
 
@@ -236,16 +227,18 @@ class Chunker:
             self._tokenizer = TextTokenizer.load(self.tokenizer_path) if self.tokenizer_path \
                 else TextTokenizer.default()
 
-    def __call__(self, sample: Sample):
+    def __call__(self, sample: Sample) -> list[Sample]:
         self.setup()
         chunks = chunk_text(sample.text, self.max_tokens - 1, self._tokenizer.count)
         if len(chunks) == 1:
             return [Sample(**{**sample.__dict__, "text": chunks[0]})]
+        # every chunk names its document, by id and by the hash duplicates are found by
+        document = {"chunks": len(chunks), "document_id": sample.id,
+                    "document_hash": normalized_hash(sample.text)}
         return [Sample(**{**sample.__dict__,
                           "id": sample_id(sample.dataset, f"{sample.source.key}/{i}"),
                           "text": chunk, "decisions": sample.decisions + ["chunked"],
-                          "extra": {**sample.extra, "chunk": i, "chunks": len(chunks),
-                                    "document_id": sample.id}})
+                          "extra": {**sample.extra, "chunk": i, **document}})
                 for i, chunk in enumerate(chunks)]
 
     def __getstate__(self):
@@ -255,75 +248,120 @@ class Chunker:
         self.__init__(**state)
 
 
-def build(pipeline, files: list[InputFile], output_dir: str, dataset: str,
-          config: TextDocsConfig, shard_formats: list[str], samples_per_shard: int) -> None:
-    read = (pipeline
-            | "Files" >> beam.Create(files)
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadText(TextReader(dataset, config))))
-    documents = read | "ReadDocuments" >> beam.Filter(lambda x: not isinstance(x, Reject))
-    rejects = [read | "ReadRejects" >> beam.Filter(lambda x: isinstance(x, Reject))]
-    documents, dropped = apply_step(documents, "DocumentRules",
-                                    RulesStep(document_rules(config)), dataset)
-    rejects.append(dropped)
-    if config.deduplicate:
-        grouped = (documents | "KeyByTextHash" >> beam.Map(lambda s: (normalized_hash(s.text), s))
-                   | "GroupByText" >> beam.GroupByKey())
-        documents, dropped = apply_step(grouped, "Deduplicate", first_of_duplicates, dataset)
-        rejects.append(dropped)
-    chunks, dropped = apply_step(documents, "Chunk",
-                                 Chunker(config.max_tokens, config.tokenizer), dataset)
-    rejects.append(dropped)
-    input_count = count_elements("CountUnits", chunks, *rejects)
-    stats = _stats(pipeline, documents, chunks)
-    write_run(pipeline, chunks, rejects, input_count, output_dir=output_dir,
-              pipeline_name=PIPELINE, dataset=dataset, task=TASK, reason_order=REASON_ORDER,
-              formats=shard_formats, samples_per_shard=samples_per_shard,
-              config=to_mapping(config), stats=stats)
+# ---- the work of a task --------------------------------------------------------------------------
+
+class CleanText:
+    """The work of a text task: the documents of one input file through the rules, each kept
+    document cut into chunks. A reader failure partway costs one errored unit
+    (`unreadable_file`); a chunking failure, its document."""
+
+    def __init__(self, dataset: str, config: TextDocsConfig):
+        self.reader = TextReader(dataset, config)
+        self.rules = document_rules(config)
+        self.chunker = Chunker(config.max_tokens, config.tokenizer)
+
+    def setup(self, worker: int) -> None:
+        set_up(self.rules)
+        self.chunker.setup()
+
+    def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        for item in self._read(file):
+            if isinstance(item, Sample):
+                item = checked(item, self.rules)
+            if isinstance(item, Reject):
+                yield item
+            else:
+                yield from self._chunks(item)
+
+    def _read(self, file: InputFile) -> Iterator[Sample | Reject]:
+        try:
+            yield from self.reader(file)
+        except (OSError, ValueError) as error:
+            yield self.reader.reject(file, "<file>", "unreadable_file",
+                                     f"{type(error).__name__}: {error}")
+
+    def _chunks(self, document: Sample) -> list[Sample | Reject]:
+        try:
+            return self.chunker(document)
+        except Exception as error:  # the dead letter of one document
+            return [Reject.of(document, type(error).__name__, "errored", str(error)[:1000])]
 
 
-def _stats(pipeline, documents, chunks):
-    """Kept documents, chunks, chunked documents, languages (one dict, no side inputs)."""
-    def tag(kind):
-        return lambda value: (0, (kind, value))
+def plan_file_tasks(files: list[InputFile]) -> list[Task]:
+    """Consecutive files, as many to a task as fit in TASK_BYTES (at least one)."""
+    groups: list[list[InputFile]] = []
+    held = 0
+    for file in files:
+        size = file_size(file.path)
+        if not groups or held + size > TASK_BYTES or len(groups[-1]) == MAX_FILES_PER_TASK:
+            groups.append([])
+            held = 0
+        groups[-1].append(file)
+        held += size
+    return [Task(i, tuple(group)) for i, group in enumerate(groups)]
 
-    pieces = (
-        pipeline | "StatsBase" >> beam.Create([(0, ("base", None))]),
-        documents | "DocumentOnes" >> beam.Map(lambda s: (s.language or "und", 1))
-        | "CountLanguages" >> beam.CombinePerKey(sum) | "TagLanguages" >> beam.Map(tag("language")),
-        chunks | "ChunkOnes" >> beam.Map(lambda s: ("chunks", 1))
-        | "CountChunks" >> beam.CombinePerKey(sum) | "TagChunks" >> beam.Map(tag("count")),
-        chunks | "ChunkedOnes" >> beam.FlatMap(
-            lambda s: [("chunked_documents", 1)] if s.extra.get("chunk") == 0 else [])
-        | "CountChunked" >> beam.CombinePerKey(sum) | "TagChunked" >> beam.Map(tag("count")),
-    )
 
-    def merge(element):
-        _, values = element
-        stats: dict[str, Any] = {"kept_documents_by_language": {}, "chunks": 0,
-                                 "chunked_documents": 0}
-        for kind, value in values:
-            if kind == "language":
-                stats["kept_documents_by_language"][value[0]] = value[1]
-            elif kind == "count":
-                stats[value[0]] = value[1]
-        stats["kept_documents"] = sum(stats["kept_documents_by_language"].values())
-        stats["kept_documents_by_language"] = dict(sorted(
-            stats["kept_documents_by_language"].items()))
-        return stats
+def file_size(path: str) -> int:
+    """A file's size; 0 when it cannot be asked (its reading reports the problem)."""
+    try:
+        fs, inner = fsspec.core.url_to_fs(path)
+        return int(fs.size(inner) or 0)
+    except Exception:  # an input the task will find unreadable
+        return 0
 
-    return (pieces | "GatherStats" >> beam.Flatten() | "GroupStats" >> beam.GroupByKey()
-            | "Stats" >> beam.Map(merge))
+
+# ---- duplicates and the report -------------------------------------------------------------------
+
+def same_document_text(sample: Sample) -> tuple[str, str, str]:
+    """The choice key of a document's samples (it, or each of its chunks): documents with the
+    same normalised text form a group, and the smallest document id is kept, with every chunk
+    of it."""
+    document = sample.extra.get("document_id", sample.id)
+    text_hash = sample.extra.get("document_hash") or normalized_hash(sample.text)
+    return text_hash, document, document
+
+
+EXACT_DUPLICATES = Choice(same_document_text, "duplicate_document")
+
+
+def kept_counts(sample: Sample) -> dict:
+    """A kept sample counts as a chunk; a document's first (or only) one counts the document."""
+    chunk = sample.extra.get("chunk")
+    counts: dict[str, Any] = {"chunks": 1}
+    if chunk in (None, 0):
+        counts["kept_documents_by_language"] = {sample.language or "und": 1}
+    if chunk == 0:
+        counts["chunked_documents"] = 1
+    return counts
+
+
+def finish_stats(counts: dict) -> dict:
+    languages = dict(sorted(counts.get("kept_documents_by_language", {}).items()))
+    return {"kept_documents_by_language": languages, "chunks": counts.get("chunks", 0),
+            "chunked_documents": counts.get("chunked_documents", 0),
+            "kept_documents": sum(languages.values())}
+
+
+def run_spec(output_dir: str, dataset: str, config: TextDocsConfig, shard_formats: list[str],
+             samples_per_shard: int) -> RunSpec:
+    return RunSpec(PIPELINE, dataset, TASK, output_dir, REASON_ORDER, formats=shard_formats,
+                   samples_per_shard=samples_per_shard, config=to_mapping(config),
+                   kept_counts=kept_counts, finish_stats=finish_stats,
+                   choice=EXACT_DUPLICATES if config.deduplicate else None)
 
 
 def run(inputs: list[str], output_dir: str, dataset: str = "text",
         config: TextDocsConfig | None = None, beam_argv: list[str] | None = None,
         shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
+    """Clean the text under `inputs` into `output_dir`; returns the report."""
     config = config or TextDocsConfig()
-    files = expand_inputs(inputs, TEXT_EXTENSIONS)
+    tasks = plan_file_tasks(expand_inputs(inputs, TEXT_EXTENSIONS))
+    log.info("corpus text: %d task(s)", len(tasks))
+    spec = run_spec(output_dir, dataset, config, shard_formats or ["webdataset"],
+                    samples_per_shard)
     return run_pipeline(
-        lambda p: build(p, files, output_dir, dataset, config,
-                        shard_formats or ["webdataset"], samples_per_shard),
+        lambda pipeline, execution: run_tasks(pipeline, [spec], CleanText(dataset, config),
+                                              tasks, execution),
         beam_argv or [], output_dir)
 
 

@@ -8,33 +8,58 @@ forms read (docs/vqa.md lists the fields):
 - OCR-VQA's `dataset.json`: per image, parallel `questions` and `answers` lists;
 - Visual Genome's `question_answers.json`: per image, a `qas` list.
 The unit counted is the question, after fan-out and after the VQAv2 join.
+
+Two kinds of run task (`pipelines.tasks`), each done whole by one process, all in one run:
+
+  file tasks, one per annotation file:
+    records -> whole questions (images read and decoded) -> rules -> the task's shards
+  VQAv2 halves, which one file cannot join:
+    files -> ReadHalves (small records: fields, image paths; no image decoded) ->
+    GroupByKey(question_id) -> a question's halves, to one of N join tasks by a hash of its id
+  join tasks:
+    halves -> the joined question (its image read and decoded) -> rules -> the task's shards
+
+A file is a natural task (sets ship as a few large files or many parts). The join tasks are
+numbered after the file tasks; N depends only on the input files' total size and
+`samples_per_shard` (`join_task_count`), so a join task holds about a shard of VQAv2 questions
+whatever the runner and its workers. A join task no question hashes to writes nothing. The
+files of a run are read twice, once by their tasks and once for the halves, which are the only
+records that travel through the runner.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
-from filters.base import Reject
+from filters.base import Reject, checked, set_up
 from filters.grounding import IMAGE_PROBLEM, image_problem
 from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, empty_question
 from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
-    decode_image, embedded_image_bytes, image_paths_of, image_problem_of, iter_records, \
-    load_record_image
-from pipelines.common import RulesStep, add_common_arguments, apply_step, count_elements, \
-    print_summary, run_pipeline
-from pipelines.sinks import write_run
+    image_paths_of, iter_records, load_record_image, loaded_image, read_records, \
+    record_image_bytes
+from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.sinks import RunSpec
+from pipelines.tasks import Task, plan_tasks, run_tasks
 
-JOIN_PART = "vqa_join_part"  # "question" | "annotation": half of a VQAv2 pair, until joined
+log = logging.getLogger(__name__)
+
 REASON_ORDER = ["unreadable_file", "malformed_json", "malformed_record", "unmatched_annotation",
                 "duplicate_question", "missing_image", "corrupt_image", "empty_question",
                 "no_answer", "answer_confidence_too_low"]
+# VQAv2 holds somewhat under a kilobyte of JSON per question over its two files (ten answers
+# each): join tasks get about `samples_per_shard` questions per this many input bytes.
+INPUT_BYTES_PER_JOINED_QUESTION = 1024
 
 
 @dataclass
@@ -61,59 +86,128 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def join_part(fields: dict[str, Any]) -> str | None:
+    """Which half of a VQAv2 pair a record is (one with a `question_id` and either the
+    question or the answers): "question" or "annotation"; None for any other record."""
+    if isinstance(fields.get("qas"), list) or isinstance(fields.get("questions"), list):
+        return None
+    has_question = _text(fields.get("question")) is not None
+    has_answers = "answers" in fields or _text(fields.get("answer")) is not None
+    if "question_id" not in fields or has_question == has_answers:
+        return None
+    return "question" if has_question else "annotation"
+
+
+@dataclass
+class JoinHalf:
+    """Half of a VQAv2 pair until joined: the record's fields (no bytes, no nested objects),
+    and for a question the paths its image may have, or the image bytes the record carries
+    (decoded by the join task)."""
+
+    part: str  # "question" | "annotation"
+    uri: str
+    key: str
+    fields: dict
+    image_paths: tuple = ()
+    image: bytes | None = field(default=None, repr=False)
+    image_sha256: str = ""  # stands for the carried image in the join task's fingerprint
+
+
+@dataclass
+class QuestionHalves:
+    """The unit of a join task: every half read for one question id, questions first, each
+    kind in key order."""
+
+    question_id: str
+    halves: tuple
+
+    @property
+    def uri(self) -> str:
+        return self.halves[0].uri
+
+    @property
+    def key(self) -> str:
+        return self.halves[0].key
+
+
 class ReadVqa:
-    """Step: one annotation file -> questions as samples (or VQAv2 halves to join), rejects."""
+    """One annotation file -> its whole questions as samples, and rejects (`__call__`); or
+    its VQAv2 halves, for the join (`halves`)."""
 
     def __init__(self, dataset: str, config: VqaConfig, images: str | None):
         self.dataset, self.config = dataset, config
         self.store = ImageStore(images)
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        for record in iter_records(file.path, file.relative):
-            if record.error:
-                yield record.reject(self.dataset)
-                continue
-            yield from self.samples_of(record)
+        return read_records(file, self.dataset, self.samples_of)
+
+    def halves(self, file: InputFile) -> Iterator[tuple[str, JoinHalf]]:
+        """(question id, half) of each VQAv2 half in the file. A record or file that fails
+        here fails in the file's task too, which counts it."""
+        try:
+            for record in iter_records(file.path, file.relative):
+                part = None if record.error else join_part(record.fields)
+                if part is None:
+                    continue
+                try:
+                    half = self.half_of(record, part)
+                except Exception:  # the file's task makes this record its reject
+                    continue
+                yield str(record.fields["question_id"]), half
+        except Exception as error:  # the file's task counts what it could not read
+            log.warning("reading VQAv2 halves of %s stopped: %s", file.path, error)
 
     def samples_of(self, record: AnnotationRecord) -> Iterator[Sample | Reject]:
         fields = record.fields
         if isinstance(fields.get("qas"), list):  # Visual Genome: {id, qas: [{question, answer}]}
-            image_fields = {k: v for k, v in fields.items() if k != "qas"}
-            image_fields.setdefault("image_id", fields.get("id"))
-            loaded = None
-            for index, qa in enumerate(fields["qas"]):
-                if not isinstance(qa, dict):
-                    yield record.reject(self.dataset, "malformed_record", "dropped")
-                    continue
-                if loaded is None:
-                    loaded = self._load(record, {**image_fields, **qa})
-                key = f"{record.key}#{qa.get('qa_id', index)}"
-                yield self._sample(record, key, qa, loaded)
-            if not fields["qas"]:
-                yield record.reject(self.dataset, "no_answer", "dropped", "empty qas list")
+            yield from self._visual_genome(record)
             return
         if isinstance(fields.get("questions"), list):  # OCR-VQA: parallel lists per image
-            questions, answers = fields["questions"], fields.get("answers")
-            if not isinstance(answers, list) or len(answers) != len(questions):
-                yield record.reject(self.dataset, "malformed_record", "dropped",
-                                    "questions and answers differ in length")
-                return
-            loaded = self._load(record, fields)
-            for index, (question, answer) in enumerate(zip(questions, answers)):
-                yield self._sample(record, f"{record.key}#{index}",
-                                   {"question": question, "answer": answer}, loaded)
+            yield from self._ocr_vqa(record)
+            return
+        part = join_part(fields)
+        if part is not None:
+            # read for the join by `halves`; made here too so that a record that cannot be
+            # one is this task's reject instead of vanishing from the join
+            self.half_of(record, part)
             return
         has_question = _text(fields.get("question")) is not None
         has_answers = "answers" in fields or _text(fields.get("answer")) is not None
         if has_question and has_answers:
             yield self._sample(record, record.key, fields, self._load(record, fields))
-        elif "question_id" in fields and (has_question or has_answers):
-            yield self._join_part(record, "question" if has_question else "annotation")
         elif has_question:
             yield record.reject(self.dataset, "no_answer", "dropped")
         else:
             yield record.reject(self.dataset, "malformed_record", "dropped",
                                 "no question and answer fields")
+
+    def _visual_genome(self, record: AnnotationRecord) -> Iterator[Sample | Reject]:
+        fields = record.fields
+        image_fields = {k: v for k, v in fields.items() if k != "qas"}
+        image_fields.setdefault("image_id", fields.get("id"))
+        loaded = None
+        for index, qa in enumerate(fields["qas"]):
+            if not isinstance(qa, dict):
+                yield record.reject(self.dataset, "malformed_record", "dropped")
+                continue
+            if loaded is None:
+                loaded = self._load(record, {**image_fields, **qa})
+            key = f"{record.key}#{qa.get('qa_id', index)}"
+            yield self._sample(record, key, qa, loaded)
+        if not fields["qas"]:
+            yield record.reject(self.dataset, "no_answer", "dropped", "empty qas list")
+
+    def _ocr_vqa(self, record: AnnotationRecord) -> Iterator[Sample | Reject]:
+        fields = record.fields
+        questions, answers = fields["questions"], fields.get("answers")
+        if not isinstance(answers, list) or len(answers) != len(questions):
+            yield record.reject(self.dataset, "malformed_record", "dropped",
+                                "questions and answers differ in length")
+            return
+        loaded = self._load(record, fields)
+        for index, (question, answer) in enumerate(zip(questions, answers)):
+            yield self._sample(record, f"{record.key}#{index}",
+                               {"question": question, "answer": answer}, loaded)
 
     def _load(self, record: AnnotationRecord, fields: dict[str, Any]) -> LoadedImage:
         return load_record_image(AnnotationRecord(record.uri, record.key, fields, record.members),
@@ -141,112 +235,153 @@ class ReadVqa:
                       images=[loaded.image] if loaded.image else [], text=answer or "",
                       question=question.strip(), answer=answer, extra=extra)
 
-    def _join_part(self, record: AnnotationRecord, part: str) -> Sample:
-        """Half of a VQAv2 pair, carrying what the join needs: the fields, and for the
-        question its image if the record holds one, else the paths to look for."""
-        extra: dict[str, Any] = {
-            JOIN_PART: part,
-            "fields": {k: v for k, v in record.fields.items()
-                       if not isinstance(v, (bytes, bytearray, dict))}}
-        images = []
-        if part == "question":
-            extra["image_paths"] = image_paths_of(record.fields, self.config.image_template)
-            if _holds_image(record):
-                loaded = load_record_image(record, self.store)
-                images = [loaded.image] if loaded.image else []
-        return Sample(id=sample_id(self.dataset, record.key), dataset=self.dataset, task="vqa",
-                      source=Source(uri=record.uri, key=record.key), images=images, extra=extra)
+    def half_of(self, record: AnnotationRecord, part: str) -> JoinHalf:
+        """Half of a VQAv2 pair, carrying what the join needs."""
+        fields = {k: v for k, v in record.fields.items()
+                  if not isinstance(v, (bytes, bytearray, dict))}
+        if part != "question":
+            return JoinHalf(part, record.uri, record.key, fields)
+        image = record_image_bytes(record)
+        return JoinHalf(part, record.uri, record.key, fields,
+                        tuple(image_paths_of(record.fields, self.config.image_template)), image,
+                        hashlib.sha256(image).hexdigest() if image is not None else "")
 
-
-def _holds_image(record: AnnotationRecord) -> bool:
-    return bool(record.members) or any(
-        embedded_image_bytes(record.fields.get(n)) is not None for n in ("image", "img"))
-
-
-class JoinVqaPair:
-    """Step: (question_id, halves) -> one sample, or the reason the halves do not pair."""
-
-    def __init__(self, dataset: str, reader: ReadVqa):
-        self.dataset, self.reader = dataset, reader
-
-    def __call__(self, element: tuple[Any, list[Sample]]) -> Iterator[Sample | Reject]:
-        question_id, halves = element
-        questions = sorted((s for s in halves if s.extra[JOIN_PART] == "question"),
-                           key=lambda s: s.id)
-        annotations = [s for s in halves if s.extra[JOIN_PART] == "annotation"]
+    # -- the join
+    def joined(self, unit: QuestionHalves) -> Iterator[Sample | Reject]:
+        """The question of a question id joined with its annotation, or the reasons its
+        halves do not pair: an annotation without a question, a question given twice (the
+        one of smallest id is kept), a question without an annotation."""
+        question_id = unit.question_id
+        questions = sorted((h for h in unit.halves if h.part == "question"),
+                           key=lambda h: sample_id(self.dataset, h.key))
+        annotations = [h for h in unit.halves if h.part == "annotation"]
         if not questions:
             for annotation in annotations:
-                yield Reject.of(annotation, "unmatched_annotation",
-                                detail=f"question_id {question_id}")
+                yield self._half_reject(annotation, "unmatched_annotation",
+                                        f"question_id {question_id}")
             return
         for duplicate in questions[1:]:
-            yield Reject.of(duplicate, "duplicate_question", detail=f"question_id {question_id}")
+            yield self._half_reject(duplicate, "duplicate_question", f"question_id {question_id}")
         question = questions[0]
         if not annotations:
-            yield Reject.of(question, "no_answer", detail="no annotation for the question")
+            yield self._half_reject(question, "no_answer", "no annotation for the question")
             return
-        fields = {**annotations[0].extra["fields"], **question.extra["fields"]}
-        record = AnnotationRecord(question.source.uri, question.source.key, fields)
-        if question.images:
-            loaded = LoadedImage(question.images[0])
-        else:
-            data = self.reader.store.first(question.extra["image_paths"], question.source.uri)
-            loaded = _decoded(data, question.extra["image_paths"])
-        yield self.reader._sample(record, question.source.key, fields, loaded)
+        fields = {**annotations[0].fields, **question.fields}
+        record = AnnotationRecord(question.uri, question.key, fields)
+        yield self._sample(record, question.key, fields, self._question_image(question))
+
+    def _half_reject(self, half: JoinHalf, reason: str, detail: str) -> Reject:
+        return AnnotationRecord(half.uri, half.key, {}).reject(self.dataset, reason, "dropped",
+                                                               detail)
+
+    def _question_image(self, question: JoinHalf) -> LoadedImage:
+        if question.image is not None:
+            return loaded_image(question.image)
+        if not question.image_paths:
+            return LoadedImage(None, "missing_image", "record names no image")
+        data = self.store.first(list(question.image_paths), question.uri)
+        if data is None:
+            return LoadedImage(None, "missing_image",
+                               f"not found: {question.image_paths[0]}"[:500])
+        return loaded_image(data)
 
 
-def _decoded(data: bytes | None, paths: list[str]) -> LoadedImage:
-    if data is None:
-        return LoadedImage(None, "missing_image", f"not found: {paths[:1]}")
-    try:
-        return LoadedImage(decode_image(data))
-    except ValueError as error:
-        return LoadedImage(None, image_problem_of(error), str(error)[:500])
+class CleanVqa:
+    """The work of a VQA task: the whole questions of a file, or the joined questions of a
+    join task, through the rules."""
+
+    def __init__(self, dataset: str, config: VqaConfig, images: str | None):
+        self.reader = ReadVqa(dataset, config, images)
+        self.rules = rules(config)
+
+    def setup(self, worker: int) -> None:
+        set_up(self.rules)
+
+    def __call__(self, unit: InputFile | QuestionHalves) -> Iterator[Sample | Reject]:
+        questions = self.reader.joined(unit) if isinstance(unit, QuestionHalves) \
+            else self.reader(unit)
+        for item in questions:
+            yield item if isinstance(item, Reject) else checked(item, self.rules)
 
 
-def _is_join_part(sample: Sample) -> bool:
-    return JOIN_PART in sample.extra
+# ---- the join tasks ------------------------------------------------------------------------
+
+def join_task_count(files: list[InputFile], samples_per_shard: int) -> int:
+    """How many join tasks a run has: enough for about `samples_per_shard` questions each
+    were the inputs all VQAv2 (from their sizes, listed, never read)."""
+    sizes = [matched.metadata_list[0].size_in_bytes if matched.metadata_list else 0
+             for matched in FileSystems.match([file.path for file in files])]
+    per_task = INPUT_BYTES_PER_JOINED_QUESTION * samples_per_shard
+    return max(1, math.ceil(sum(sizes) / per_task))
+
+
+def join_bucket(question_id: str, buckets: int) -> int:
+    """The join task of a question among `buckets`, the same on every run and runner."""
+    digest = hashlib.sha256(question_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % buckets
+
+
+def _question_halves(question_id: str, halves) -> QuestionHalves:
+    ordered = sorted(halves, key=lambda h: (h.part != "question", h.key, h.uri))
+    return QuestionHalves(question_id, tuple(ordered))
+
+
+def _join_task(index: int, units) -> Task:
+    return Task(index, tuple(sorted(units, key=lambda unit: unit.question_id)))
+
+
+class JoinTasks(beam.PTransform):
+    """(question id, half) records -> join tasks: the halves of a question meet in one unit,
+    units go to `buckets` tasks (numbered from `first`) by a hash of their question id."""
+
+    def __init__(self, first: int, buckets: int):
+        super().__init__()
+        self.first, self.buckets = first, buckets
+
+    def expand(self, halves):
+        first, buckets = self.first, self.buckets
+        return (halves
+                | "GroupHalves" >> beam.GroupByKey()
+                | "Unit" >> beam.MapTuple(_question_halves)
+                | "KeyByTask" >> beam.Map(
+                    lambda unit: (first + join_bucket(unit.question_id, buckets), unit))
+                | "GroupUnits" >> beam.GroupByKey()
+                | "Task" >> beam.MapTuple(_join_task))
+
+
+# ---- the pipeline ----------------------------------------------------------------------------
+
+def _kept_confidence(sample: Sample) -> dict:
+    return {"answer_confidence": {sample.extra.get("answer_confidence", "single_answer"): 1}}
+
+
+def _confidence_stats(counts: dict) -> dict:
+    """How confident the chosen answers of the kept questions are."""
+    return {"answer_confidence": dict(sorted(counts.get("answer_confidence", {}).items()))}
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
         samples_per_shard: int = 1000) -> dict[str, Any]:
+    """Questions under `inputs` into `output_dir`: a task per annotation file, then the join
+    tasks of the VQAv2 halves; returns the report."""
     files = expand_inputs(inputs, RECORD_EXTENSIONS)
+    join_tasks = join_task_count(files, samples_per_shard)
+    spec = RunSpec("vqa", dataset, "vqa", output_dir, REASON_ORDER,
+                   formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
+                   config=to_mapping(config), kept_counts=_kept_confidence,
+                   finish_stats=_confidence_stats)
+    work = CleanVqa(dataset, config, images)
 
-    def build(pipeline):
-        reader = ReadVqa(dataset, config, images)
-        samples, reader_rejects = apply_step(
-            pipeline | "Inputs" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle(),
-            "Read", reader, dataset)
-        whole = samples | "Whole" >> beam.Filter(lambda s: not _is_join_part(s))
-        pairs = (samples | "Halves" >> beam.Filter(_is_join_part)
-                 | "KeyByQuestion" >> beam.Map(lambda s: (str(s.extra["fields"]["question_id"]), s))
-                 | "GroupPairs" >> beam.GroupByKey())
-        joined, join_rejects = apply_step(pairs, "Join", JoinVqaPair(dataset, reader), dataset)
-        questions = (whole, joined) | "AllQuestions" >> beam.Flatten()
-        questions = questions | "SpreadQuestions" >> beam.Reshuffle()
-        input_count = count_elements("Input", questions, reader_rejects, join_rejects)
-        kept, rule_rejects = apply_step(questions, "Rules", RulesStep(rules(config)), dataset)
-        # how confident the chosen answers are; a sum per constant key, not CombineGlobally
-        stats = (kept | "ConfidenceOf" >> beam.Map(
-                     lambda s: (0, {s.extra.get("answer_confidence", "single_answer"): 1}))
-                 | "SumConfidences" >> beam.CombinePerKey(_sum_counts)
-                 | "ConfidenceStats" >> beam.Map(lambda kv: {"answer_confidence": kv[1]}))
-        write_run(pipeline, kept, [reader_rejects, join_rejects, rule_rejects], input_count,
-                  output_dir=output_dir, pipeline_name="vqa", dataset=dataset, task="vqa",
-                  reason_order=REASON_ORDER, formats=shard_formats or ["webdataset"],
-                  samples_per_shard=samples_per_shard, config=to_mapping(config), stats=stats)
+    def build(pipeline, execution):
+        file_tasks = pipeline | "FileTasks" >> beam.Create(plan_tasks(files))
+        joins = (pipeline | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
+                 | "ReadHalves" >> beam.FlatMap(work.reader.halves)
+                 | "JoinTasks" >> JoinTasks(len(files), join_tasks))
+        tasks = (file_tasks, joins) | "AllTasks" >> beam.Flatten()
+        run_tasks(pipeline, [spec], work, tasks, execution, count=len(files) + join_tasks)
 
     return run_pipeline(build, beam_argv, output_dir)
-
-
-def _sum_counts(counts) -> dict[str, int]:
-    """Sum of count dicts (inputs and partial sums alike, as Beam's combiner needs)."""
-    total: dict[str, int] = {}
-    for count in counts:
-        for key, value in count.items():
-            total[key] = total.get(key, 0) + value
-    return dict(sorted(total.items()))
 
 
 def add_arguments(parser) -> None:

@@ -10,7 +10,7 @@ Offline: the page's own bytes are served from memory, files under the page's loc
 disk, `data:` URLs work; every other request is aborted and counted, and the browser is launched
 with a dead proxy and a resolver that resolves nothing, so no fetch can leave the machine.
 
-No Beam here: `pipelines/html.py` wraps this in a DoFn.
+No Beam here: `pipelines/html.py` runs one in each worker process.
 """
 from __future__ import annotations
 

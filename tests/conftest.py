@@ -26,3 +26,13 @@ def make_sample(key="k0", text="a red square", task="captioning", dataset="unit"
 def beam_argv():
     """Beam flags for tests: the single-process runner, fastest for tiny inputs."""
     return list(IN_MEMORY)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory):
+    """A random-init tiny open_clip model saved to a file, loaded as a real checkpoint is."""
+    from pipelines.clip import TINY_MODEL_NAME, ClipConfig, write_tiny_checkpoint
+
+    config_path, checkpoint = write_tiny_checkpoint(str(tmp_path_factory.mktemp("clip")))
+    return ClipConfig(model=TINY_MODEL_NAME, checkpoint=checkpoint, model_config=config_path,
+                      threshold=0.0, batch_size=4)

@@ -1,19 +1,20 @@
-"""The plumbing fed the worst a step can do, all in one run: exceptions (with huge messages,
-after partial output), a step returning nothing iterable, reader rejects with free-form ids,
-text that is not valid Unicode, a 1 MB caption, something that is not a sample. The run
-completes and every input ends under a named reason, counted exactly once."""
+"""The plumbing fed the worst a task's work can do, all in one run: exceptions (with huge
+messages, after partial output), a work returning nothing iterable, reader rejects with
+free-form ids, text that is not valid Unicode, a 1 MB caption, something that is not a sample.
+The run completes and every input ends under a named reason, counted exactly once."""
 from __future__ import annotations
 
 import os
 
-import apache_beam as beam
 import pyarrow.parquet as pq
 
 from conftest import make_sample
 from corpus.shards import read_shard
-from filters.base import Reject
-from pipelines.common import RulesStep, apply_step, count_elements, run_pipeline
-from pipelines.sinks import write_run
+from corpus.schema import Sample
+from filters.base import Reject, checked
+from pipelines.common import run_pipeline
+from pipelines.sinks import RunSpec
+from pipelines.tasks import plan_tasks, run_tasks
 
 DATASET = "nasty"
 HUGE = "x" * 5000
@@ -48,7 +49,7 @@ def read_nasty(key: str):
 
 
 def _yield_then_fail(key):
-    yield make_sample(key=key, text="this one is never kept", dataset=DATASET)
+    yield make_sample(key=key, text="read before the input broke", dataset=DATASET)
     raise OSError("broke halfway")
 
 
@@ -64,18 +65,26 @@ KEYS = ["good0", "good1", "good2", "raises_huge", "raises_after_output", "return
         "reader_reject", "two_rejects", "undecodable", "megabyte_caption", "short", "not_a_sample"]
 
 
+class ReadNasty:
+    def __init__(self, rules):
+        self.rules = rules
+
+    def setup(self, worker):
+        pass
+
+    def __call__(self, key):
+        for item in read_nasty(key):
+            yield checked(item, self.rules) if isinstance(item, Sample) else item
+
+
 def build(output_dir: str, long_captions_allowed: bool):
     rules = [caption_too_short] + ([] if long_captions_allowed else [caption_too_long])
+    spec = RunSpec("nasty", DATASET, "captioning", output_dir,
+                   ["caption_too_short", "caption_too_long"],
+                   formats=["webdataset", "parquet"], samples_per_shard=2)
 
-    def build_pipeline(pipeline):
-        keys = pipeline | beam.Create(KEYS)
-        samples, read_rejects = apply_step(keys, "Read", read_nasty, DATASET)
-        input_count = count_elements("CountInput", samples, read_rejects)
-        kept, dropped = apply_step(samples, "Rules", RulesStep(rules), DATASET)
-        write_run(pipeline, kept, [read_rejects, dropped], input_count, output_dir=output_dir,
-                  pipeline_name="nasty", dataset=DATASET, task="captioning",
-                  reason_order=["caption_too_short", "caption_too_long"],
-                  formats=["webdataset", "parquet"], samples_per_shard=2)
+    def build_pipeline(pipeline, execution):
+        run_tasks(pipeline, [spec], ReadNasty(rules), plan_tasks(KEYS, 3), execution)
     return build_pipeline
 
 
@@ -90,13 +99,13 @@ def rejects_table(output_dir) -> list[dict]:
 def test_every_nasty_input_is_accounted_for_once(tmp_path, beam_argv):
     report = run_pipeline(build(str(tmp_path), long_captions_allowed=False), beam_argv,
                           str(tmp_path))
-    # 12 inputs; "two_rejects" is two units, "returns_none" and "raises_*" one each.
-    assert report["input"] == 13
-    assert report["kept"] == 3
+    # 12 inputs; "two_rejects" is two units, "raises_after_output" a sample read before the
+    # failure and the failure, "returns_none" and "raises_huge" one each.
+    assert report["input"] == 14
+    assert report["kept"] == 4
     assert report["dropped"] == {"caption_too_short": 1, "caption_too_long": 1}
-    assert report["errored"] == {"AttributeError": 1, "OSError": 1, "RuntimeError": 1,
-                                 "TypeError": 1, "corrupt_image": 1, "truncated_tar": 2,
-                                 "unwritable_sample": 1}
+    assert report["errored"] == {"OSError": 1, "RuntimeError": 1, "TypeError": 2,
+                                 "corrupt_image": 1, "truncated_tar": 2, "unwritable_sample": 1}
     rows = rejects_table(tmp_path)
     assert len(rows) == report["dropped_total"] + report["errored_total"] == 10
     by_reason = {}
@@ -106,19 +115,19 @@ def test_every_nasty_input_is_accounted_for_once(tmp_path, beam_argv):
     assert by_reason["corrupt_image"][0]["id"] == "free-form id, not hex"
     assert "\\udcff" in by_reason["unwritable_sample"][0]["text"]  # escaped, not lost
     assert "surrogates not allowed" in by_reason["unwritable_sample"][0]["detail"]
-    # A failing element that is not a sample is described by its text.
+    # A failing unit is described by its text.
     assert by_reason["OSError"][0]["uri"] == "raises_after_output"
-    assert by_reason["TypeError"][0]["uri"] == "returns_none"
-    assert by_reason["AttributeError"][0]["uri"] == "just a string"  # the rule got a str
+    assert sorted(row["uri"] for row in by_reason["TypeError"]) == ["not_a_sample",
+                                                                    "returns_none"]
     kept = [s.source.key for shard in report["shards"]
             for s in read_shard(str(tmp_path / shard["path"]))]
-    assert sorted(kept) == ["good0", "good1", "good2"]
+    assert sorted(kept) == ["good0", "good1", "good2", "raises_after_output"]
 
 
 def test_a_megabyte_caption_is_written_whole(tmp_path, beam_argv):
     report = run_pipeline(build(str(tmp_path), long_captions_allowed=True), beam_argv,
                           str(tmp_path))
-    assert report["kept"] == 4
+    assert report["kept"] == 5
     texts = {s.source.key: s.text for shard in report["shards"]
              for s in read_shard(str(tmp_path / shard["path"]))}
     assert texts["megabyte_caption"] == "word " * 200_000

@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from corpus.ids import sample_id
-from test_sinks import (ReadNumber, assert_same_outputs, expected_counts, read_batches,
-                        read_predictions, run_plumbing, write_batches, write_predictions)
+from test_sinks import ReadNumbers, assert_same_outputs, expected_counts, run_plumbing
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +62,7 @@ def test_dask_writes_the_same_bytes_as_direct(tmp_path, dask_address, direct_out
     pids = tmp_path / "pids"
     pids.mkdir()
     report = run_plumbing(tmp_path / "out", dask_argv(dask_address), count=COUNT,
-                          reader=ReadNumber(pid_dir=str(pids)))
+                          work=ReadNumbers(pid_dir=str(pids)))
     assert report["kept"] == expected_counts(COUNT)["kept"]
     assert_same_outputs(tmp_path / "out", direct_output)
     workers = {int(name) for name in os.listdir(pids)}
@@ -90,25 +88,9 @@ def test_a_worker_killed_midway_changes_nothing(tmp_path, dask_address, direct_o
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
     report = run_plumbing(tmp_path / "out", dask_argv(dask_address), count=COUNT,
-                          reader=ReadNumber(pid_dir=str(pids), seconds=0.1))
+                          work=ReadNumbers(pid_dir=str(pids), seconds=0.1))
     killer.join()
     assert killed, "no worker was killed"
     assert report["input"] == COUNT
     assert_same_outputs(tmp_path / "out", direct_output)
 
-
-def test_batches_are_the_same_on_dask(tmp_path, dask_address, beam_argv):
-    ids = [sample_id("unit", f"k{i}") for i in range(23)]
-    (tmp_path / "direct").mkdir()
-    (tmp_path / "dask").mkdir()
-    write_batches(ids, str(tmp_path / "direct"), beam_argv)
-    write_batches(ids, str(tmp_path / "dask"), dask_argv(dask_address))
-    assert read_batches(tmp_path / "dask") == read_batches(tmp_path / "direct")
-
-
-def test_run_inference_over_batches_loses_nothing_on_dask(tmp_path, dask_address):
-    # With its own batching (beam.BatchElements) RunInference loses the last batch of every
-    # partition on this runner; over `Batches` with `with_no_batching()` it sees every element.
-    ids = [sample_id("unit", f"k{i}") for i in range(23)]
-    write_predictions(ids, str(tmp_path), dask_argv(dask_address))
-    assert read_predictions(tmp_path) == {i: str(int(i[:4], 16) * 2) for i in ids}

@@ -150,16 +150,29 @@ def test_example_config_loads_with_overrides():
     assert config.box_format == "xyxy"
 
 
-def test_records_of_the_other_kind_are_counted_not_lost(tmp_path, beam_argv):
+def _mixed_records(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "mixed.jsonl").write_text(
         json.dumps({"caption": "a dog", "ref_exps": [[0, 5, 0.1, 0.1, 0.5, 0.5, 0.9]]}) + "\n"
         + json.dumps({"phrase": "a dog", "bbox": [1, 1, 5, 5], "image": "x.jpg"}) + "\n")
-    report = run([str(folder)], str(tmp_path / "out"), "mixed", GroundingConfig(), beam_argv,
-                 kind="regions")
+    return [str(folder)]
+
+
+def test_records_of_the_other_kind_are_counted_not_lost(tmp_path, beam_argv):
+    report = run(_mixed_records(tmp_path), str(tmp_path / "out"), "mixed", GroundingConfig(),
+                 beam_argv, kind="regions")
     for task in ("ref_grounding", "grounded_captioning"):
         assert report["tasks"][task]["dropped"] == {"other_record_kind": 1, "missing_image": 1}
+
+
+def test_a_grit_run_keeping_nothing_still_reports_its_span_counts(tmp_path, beam_argv):
+    report = run(_mixed_records(tmp_path), str(tmp_path / "out"), "mixed", GroundingConfig(),
+                 beam_argv, kind="grit")
+    grounding = report["tasks"]["grounding"]
+    assert grounding["dropped"] == {"other_record_kind": 1, "missing_image": 1}
+    assert grounding["stats"] == {"spans_in": 0, "boxes_in": 0, "spans_kept": 0,
+                                  "boxes_kept": 0}
 
 
 def test_refer_refs_take_their_box_and_image_from_coco_instances(tmp_path, beam_argv):

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image as PILImage
 
 from conftest import make_image
-from corpus.inputs import expand_inputs
+from corpus.inputs import InputFile, expand_inputs
+from filters.base import Reject
 from pipelines.annotations import RECORD_EXTENSIONS, ImageNotFound, ImageStore, decode_image, \
-    image_paths_of, iter_records, json_record_list
+    image_paths_of, iter_records, json_record_list, read_records
 
 
 def test_json_documents_give_their_records():
@@ -39,6 +40,22 @@ def test_unreadable_lines_and_files_become_error_records(tmp_path):
         tar.addfile(info, io.BytesIO(data))
     truncated.write_bytes(buffer.getvalue()[:1200])
     assert [r.error for r in iter_records(str(truncated), "c.tar")] == ["truncated_tar"]
+
+
+def test_a_record_whose_conversion_fails_costs_that_record_only(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"x": 1}\n{"x": 0}\n{"x": \n{"x": 2}\n')
+
+    def items_of(record):
+        yield f"{record.key} half"
+        yield 1 / record.fields["x"]
+
+    items = list(read_records(InputFile(str(jsonl), "a.jsonl"), "set", items_of))
+    rejects = [(i.key, i.reason, i.status) for i in items if isinstance(i, Reject)]
+    assert rejects == [("a.jsonl#1", "ZeroDivisionError", "errored"),
+                       ("a.jsonl#2", "malformed_json", "errored")]
+    assert [i for i in items if not isinstance(i, Reject)] == [
+        "a.jsonl#0 half", 1.0, "a.jsonl#1 half", "a.jsonl#3 half", 0.5]
 
 
 def test_input_names_are_relative_to_the_folder_given(tmp_path):

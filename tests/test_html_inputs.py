@@ -1,12 +1,19 @@
 """`corpus html` without a browser: charset decisions, geometry clipping, local file access,
-input expansion, the WARC reader and the config."""
+input expansion, the WARC reader, the tasks a run is cut into, the order a task's pages leave
+in, and the config."""
+import dataclasses
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
 from corpus.config import ConfigError, load_config
 from corpus.samples.html import make_site, make_warc
-from pipelines.html import HtmlConfig, ReadPagesFn, expand_inputs
+from pipelines.html import (HtmlConfig, HtmlFiles, PageReader, RenderPages, expand_inputs,
+                            plan_html_tasks)
+from pipelines.sinks import Counts, RunSpec
+from pipelines.tasks import fingerprint
 from renderers.html import (LOCAL_ORIGIN, PageError, PageJob, decode_html, declared_charset,
                             lines_in_capture, local_path, looks_binary, normalize_charset)
 
@@ -111,8 +118,8 @@ def test_expand_inputs_walks_folders_and_matches_globs(tmp_path):
 
 def test_warc_reader_yields_one_page_per_html_response(tmp_path):
     warc = make_warc(str(tmp_path / "w" / "pages.warc.gz"))
-    reader = ReadPagesFn("unit", 100_000)
-    results = list(reader.process(expand_inputs([warc])[0]))
+    reader = PageReader("unit", 100_000)
+    results = list(reader(expand_inputs([warc])[0]))
     pages = [r for r in results if isinstance(r, PageJob)]
     rejects = sorted(r.reason for r in results if not isinstance(r, PageJob))
     assert [p.url for p in pages] == ["https://news.example.cn/today.html",
@@ -128,7 +135,7 @@ def test_truncated_warc_keeps_earlier_pages_and_counts_one_error(tmp_path):
     data = open(warc, "rb").read()
     broken = tmp_path / "w" / "broken.warc.gz"
     broken.write_bytes(data[: len(data) // 2] + b"not gzip at all" * 10)
-    results = list(ReadPagesFn("unit", 100_000).process(expand_inputs([str(broken)])[0]))
+    results = list(PageReader("unit", 100_000)(expand_inputs([str(broken)])[0]))
     errors = [r for r in results if not isinstance(r, PageJob)
               and r.status == "errored"]
     assert [e.reason for e in errors] == ["corrupt_warc"]
@@ -138,12 +145,98 @@ def test_truncated_warc_keeps_earlier_pages_and_counts_one_error(tmp_path):
 def test_oversized_and_unreadable_files_are_counted(tmp_path):
     big = tmp_path / "big.html"
     big.write_bytes(b"<p>" + b"x" * 200 + b"</p>")
-    results = list(ReadPagesFn("unit", 100).process(expand_inputs([str(big)])[0]))
+    results = list(PageReader("unit", 100)(expand_inputs([str(big)])[0]))
     assert results[0].reason == "page_too_large"
-    missing = expand_inputs([str(big)])[0]
-    missing.uri = str(tmp_path / "gone.html")
-    results = list(ReadPagesFn("unit", 100).process(missing))
+    missing = dataclasses.replace(expand_inputs([str(big)])[0], uri=str(tmp_path / "gone.html"))
+    results = list(PageReader("unit", 100)(missing))
     assert (results[0].reason, results[0].status) == ("unreadable_input", "errored")
+
+
+def test_tasks_are_each_warc_and_runs_of_html_files_in_key_order(tmp_path):
+    make_site(str(tmp_path / "in" / "site"))
+    make_warc(str(tmp_path / "in" / "a.warc.gz"))
+    make_warc(str(tmp_path / "in" / "z.warc.gz"))
+    inputs = expand_inputs([str(tmp_path / "in")])
+    tasks = plan_html_tasks(inputs, 3)
+    units = [task.units for task in tasks]
+    assert [task.index for task in tasks] == list(range(len(tasks)))
+    assert all(len(task_units) == 1 for task_units in units)
+    names = [[f.key for f in unit.files] if isinstance(unit, HtmlFiles) else unit.key
+             for (unit,) in units]
+    html_keys = sorted(f.key for f in inputs if f.kind == "html")
+    assert len(html_keys) == 7
+    assert names == ["a.warc.gz", html_keys[0:3], html_keys[3:6], html_keys[6:], "z.warc.gz"]
+    assert units[0][0].path.endswith("a.warc.gz")
+    # Planned again: the same tasks; a page edited in place changes its task's fingerprint
+    # only (the fingerprint takes the sizes and times of a unit's files).
+    assert [repr(t) for t in plan_html_tasks(inputs, 3)] == [repr(t) for t in tasks]
+    spec = RunSpec("html", "unit", "ocr", str(tmp_path / "out"), [])
+    before = [fingerprint([spec], task) for task in tasks]
+    edited = next(f.uri for f in inputs if f.key == html_keys[4])
+    os.utime(edited, (time.time() + 60, time.time() + 60))
+    after = [fingerprint([spec], task) for task in tasks]
+    assert [a == b for a, b in zip(after, before)] == [True, True, False, True, True]
+
+
+class FakeRenderer:
+    """Finishes the pages it is given in reverse order: the later a page, the sooner."""
+
+    def __init__(self, results: dict):
+        self.results, self.submitted = results, 0
+        self.pool = ThreadPoolExecutor(8)
+
+    def submit(self, job: PageJob) -> Future:
+        self.submitted += 1
+        delay = 0.05 * max(0, 8 - self.submitted)
+
+        def finish():
+            time.sleep(delay)
+            result = self.results[job.key]
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return self.pool.submit(finish)
+
+
+def test_a_tasks_pages_leave_in_the_order_read_whatever_finishes_first(tmp_path):
+    from renderers.html import Line, RenderedPage, RenderFailure
+
+    site = make_site(str(tmp_path / "site"))
+    inputs = expand_inputs([site])
+    (unit,) = plan_html_tasks(inputs, 100)[0].units
+    keys = [f.key for f in unit.files]
+
+    def page(text):
+        return RenderedPage(b"png", "png", 640, 480, [Line(text, (0, 0, 10, 10))], text,
+                            {"blocked_requests": 2})
+
+    results = {key: page(f"page {key} with enough characters") for key in keys}
+    results[keys[1]] = RenderFailure("load_timeout", detail="stage load")
+    results[keys[2]] = RuntimeError("the browser went away")
+    results[keys[3]] = page("tiny")
+    work = RenderPages("unit", HtmlConfig())
+    work.renderer = FakeRenderer(results)
+    items = list(work(unit))
+    counts = [item.values for item in items if isinstance(item, Counts)]
+    outcomes = [item for item in items if not isinstance(item, Counts)]
+    assert [item.source.key if hasattr(item, "source") else item.key for item in outcomes] == keys
+    assert [getattr(item, "reason", "kept") for item in outcomes[:4]] == \
+        ["kept", "load_timeout", "render_failed", "too_few_characters"]
+    assert outcomes[2].status == "errored" and "went away" in outcomes[2].detail
+    assert len(counts) == len(keys) - 2
+    assert counts[0] == {"blocked_requests": 2, "local_requests": 0, "missing_local": 0,
+                         "dialogs": 0, "popups": 0, "lines_outside_capture": 0,
+                         "pages_rendered": 1}
+
+
+def test_the_work_pickles_without_its_browser():
+    import pickle
+
+    work = RenderPages("unit", HtmlConfig())
+    work.renderer = object()  # stands for a started browser, which cannot travel
+    copy = pickle.loads(pickle.dumps(work))
+    assert copy.renderer is None and copy.config == work.config
 
 
 def test_config_yaml_loads_and_rejects_typos(tmp_path):

@@ -1,7 +1,11 @@
 """`corpus html` end to end on the demo inputs (a folder with CSS and an image, and a WARC
-file), with the in-memory Beam runner: exact accounting, shards in the shared OCR form."""
+file), with the in-memory Beam runner: exact accounting, shards in the shared OCR form (a task,
+hence a shard, for the folder and one for the WARC); the same shard bytes from forked workers
+and from the Dask runner."""
 import json
 import os
+import time
+import uuid
 
 import pytest
 
@@ -38,8 +42,14 @@ def test_demo_report_accounts_for_every_page(demo):
 
 def test_shards_hold_ocr_samples_with_line_boxes(demo):
     output, report = demo
-    samples = {s.source.uri.rsplit("/", 1)[-1]: s
-               for s in read_shard(os.path.join(output, report["shards"][0]["path"]))}
+    assert [shard["path"] for shard in report["shards"]] == \
+        ["shards/ocr-00000-of-00002.tar", "shards/ocr-00001-of-00002.tar"]
+    shards = [[s.source.key for s in read_shard(os.path.join(output, shard["path"]))]
+              for shard in report["shards"]]
+    assert shards[0] == ["birds.html", "dialogs.html", "layout.html", "tea.html"]  # key order
+    assert [key.split("#")[0] for key in shards[1]] == ["pages.warc.gz"] * 2  # record order
+    samples = {s.source.uri.rsplit("/", 1)[-1]: s for shard in report["shards"]
+               for s in read_shard(os.path.join(output, shard["path"]))}
     assert set(samples) == {"birds.html", "tea.html", "layout.html", "dialogs.html", "birds",
                             "today.html"}
     birds = samples["birds.html"]
@@ -104,16 +114,94 @@ def test_config_defaults_follow_the_page_rules():
     assert RenderConfig().chromium == "/usr/bin/chromium"
 
 
-@pytest.mark.slow
-def test_dask_runner_writes_the_same_shards(tmp_path, beam_argv):
-    """The graph keeps to what the Dask runner supports: same report, same shard bytes."""
-    from distributed import LocalCluster, default_client
-
+def small_site(folder) -> str:
+    """Three pages of the demo site: two kept, one too short."""
     from corpus.samples.html import make_site
 
-    site = make_site(str(tmp_path / "site"))
+    site = make_site(str(folder))
     for name in ("dense.html", "icons.html", "dialogs.html", "layout.html"):
         os.remove(os.path.join(site, name))
+    return site
+
+
+def browsers_left(token: str, wait_s: float = 5.0) -> list:
+    """Browser processes still running that were started under the environment variable
+    `token` (inherited by forked workers, Playwright's driver and Chromium, and kept when an
+    exiting worker's browser is reparented); a browser closing is given `wait_s` to go."""
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [p for p in psutil.process_iter() if _is_our_browser(p, token)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def _is_our_browser(process, token: str) -> bool:
+    import psutil
+
+    try:
+        return (process.status() != psutil.STATUS_ZOMBIE and token in process.environ()
+                and any(arg.startswith("--corpus-renderer=") for arg in process.cmdline()))
+    except psutil.Error:  # gone meanwhile, or another user's
+        return False
+
+
+def traced_finalizers(monkeypatch, log) -> None:
+    """Each browser's exit finalizer writes `started PID` when made and `closed PID` when run
+    (forked workers inherit the patch)."""
+    from multiprocessing.util import Finalize
+
+    def traced(obj, callback, **options):
+        def close():
+            callback()
+            with open(log, "a") as f:
+                f.write(f"closed {os.getpid()}\n")
+
+        with open(log, "a") as f:
+            f.write(f"started {os.getpid()}\n")
+        return Finalize(obj, close, **options)
+
+    monkeypatch.setattr(html, "Finalize", traced)
+
+
+@pytest.mark.slow
+def test_forked_workers_write_the_same_shards_and_close_their_browsers(tmp_path, beam_argv,
+                                                                       monkeypatch):
+    token = f"CORPUS_HTML_TEST_{uuid.uuid4().hex}"
+    monkeypatch.setenv(token, "1")
+    log = tmp_path / "browsers.log"
+    traced_finalizers(monkeypatch, log)
+    site = small_site(tmp_path / "site")
+    config = HtmlConfig(render=RenderConfig(viewport_width=640, viewport_height=640,
+                                            pool_size=2), pages_per_batch=1)
+    one = html.run([site], str(tmp_path / "one"), "unit", config, beam_argv)
+    assert browsers_left(token) == []  # the browser of the one worker closed with its step
+    assert log.read_text().split() == ["started", str(os.getpid()), "closed", str(os.getpid())]
+    log.unlink()
+    two = html.run([site], str(tmp_path / "two"), "unit", config, ["--workers=2"])
+    assert browsers_left(token) == []
+    events = [line.split() for line in log.read_text().splitlines()]
+    started = sorted(pid for event, pid in events if event == "started")
+    closed = sorted(pid for event, pid in events if event == "closed")
+    # each forked worker closed its own browser as it left
+    assert started == closed and str(os.getpid()) not in started
+    assert len(set(started)) == len(started) >= 1
+    assert (two["input"], two["kept"], two["dropped"]) == \
+        (one["input"], one["kept"], one["dropped"]) == (3, 2, {"too_few_characters": 1})
+    assert len(one["shards"]) == 2  # a page per task: the kept two
+    for shard in one["shards"]:
+        assert (tmp_path / "one" / shard["path"]).read_bytes() == \
+            (tmp_path / "two" / shard["path"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_dask_runner_writes_the_same_shards(tmp_path, beam_argv):
+    """The tasks run on Dask workers as they run here: same report, same shard bytes."""
+    from distributed import LocalCluster, default_client
+
+    site = small_site(tmp_path / "site")
     config = HtmlConfig(render=RenderConfig(viewport_width=640, viewport_height=640,
                                             pool_size=2))
     direct = html.run([site], str(tmp_path / "direct"), "unit", config, beam_argv)

@@ -35,7 +35,7 @@ def task_samples(task, n, dataset="unit"):
 
 
 def write_run_dir(run_dir, task, samples, shards=1, pipeline="unit", dataset="unit", dropped=0):
-    """A run output as `pipelines.sinks.write_run` leaves it: shards/ and report.json."""
+    """A run output as a pipeline leaves it: shards/ and report.json."""
     os.makedirs(os.path.join(run_dir, "shards"), exist_ok=True)
     infos = []
     for index in range(shards):
@@ -224,20 +224,28 @@ def test_fsspec_uris_are_written_as_given():
         fs.rm(local, recursive=True)
 
 
-def test_pipeline_sink_output_builds_and_validates(tmp_path, beam_argv):
-    import apache_beam as beam
+class _GivenSamples:
+    def __init__(self, samples):
+        self.samples = samples
 
-    from pipelines.common import pipeline_options
-    from pipelines.sinks import write_run
+    def setup(self, worker):
+        pass
+
+    def __call__(self, index):
+        yield self.samples[index]
+
+
+def test_pipeline_sink_output_builds_and_validates(tmp_path, beam_argv):
+    from pipelines.common import run_pipeline
+    from pipelines.sinks import RunSpec
+    from pipelines.tasks import plan_tasks, run_tasks
 
     samples = task_samples("vqa", 4)
-    with beam.Pipeline(options=pipeline_options(beam_argv)) as pipeline:
-        kept = pipeline | beam.Create(samples)
-        count = pipeline | "Count" >> beam.Create([4])
-        write_run(pipeline, kept, [], count,
-                  output_dir=str(tmp_path / "vqa"), pipeline_name="vqa", dataset="unit",
-                  task="vqa", reason_order=[], formats=["webdataset", "parquet"],
-                  samples_per_shard=2)
+    spec = RunSpec("vqa", "unit", "vqa", str(tmp_path / "vqa"), [],
+                   formats=["webdataset", "parquet"], samples_per_shard=2)
+    run_pipeline(lambda pipeline, execution: run_tasks(
+        pipeline, [spec], _GivenSamples(samples), plan_tasks(list(range(4)), 4), execution),
+        beam_argv, str(tmp_path / "vqa"))
     manifest = build_manifest(2, [SourceSpec(str(tmp_path / "vqa"))])
     (source,) = manifest.sources
     assert source.task == "vqa" and source.samples == 4

@@ -1,10 +1,12 @@
 """`corpus pairs` end to end on small inputs of every supported form, in-memory runner."""
 import argparse
+import dataclasses
 import glob
 import hashlib
 import io
 import json
 import os
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -189,7 +191,7 @@ def test_rule_order_follows_the_config():
                      "pattern_cleaner", "text_length", "academic_special_tag"]
 
 
-def test_read_step_applies_the_first_rules_one_element_per_pair(tmp_path):
+def test_a_task_applies_the_rules_to_each_pair_of_its_file(tmp_path):
     from corpus.samples.pairs import make_photo, write_img2dataset_tar
     from filters.base import Reject
 
@@ -205,10 +207,10 @@ def test_read_step_applies_the_first_rules_one_element_per_pair(tmp_path):
             raise ValueError("rule failed")
         return "too_short" if len(sample.text) < 8 else None
 
-    reader = pairs.PairReader("unit", pairs.PairsConfig())
-    step = pairs.ReadPairs(reader, [too_short])
-    step.setup()
-    results = list(step.process(pairs.InputFile(str(tar), "00000.tar")))
+    work = pairs.CleanPairs("unit", pairs.PairsConfig())
+    work.before = [too_short]
+    work.setup(0)
+    results = list(work(pairs.InputFile(str(tar), "00000.tar")))
     outcomes = {r.source.key if not isinstance(r, Reject) else r.key:
                 "kept" if not isinstance(r, Reject) else (r.status, r.reason) for r in results}
     # A rule's exception costs its own pair only; the rest of the file is still read.
@@ -219,7 +221,7 @@ def test_read_step_applies_the_first_rules_one_element_per_pair(tmp_path):
     assert len(results) == 4
 
 
-def test_clip_decode_takes_a_batch_and_rejects_only_the_bad_images():
+def test_clip_scores_a_batch_and_rejects_only_the_bad_images(tiny_clip_config):
     from conftest import make_sample
     from corpus.samples.pairs import make_photo
     from corpus.schema import Image
@@ -227,12 +229,16 @@ def test_clip_decode_takes_a_batch_and_rejects_only_the_bad_images():
     good = [make_sample(key=f"k{i}", images=[Image(make_photo(120, 90, i), "jpeg", 120, 90)])
             for i in range(2)]
     bad = make_sample(key="bad", images=[Image(b"\xff\xd8 not a jpeg", "jpeg", 120, 90)])
-    examples, reject = pairs.ClipPreprocess(32)([good[0], bad, good[1]])
-    assert [e.sample.id for e in examples] == [good[0].id, good[1].id]
-    assert examples[0].pixels.shape == (32, 32, 3)
-    assert (reject.id, reject.reason, reject.status) == (bad.id, "corrupt_image", "errored")
-    only_bad = pairs.ClipPreprocess(32)([bad])
-    assert [r.reason for r in only_bad] == ["corrupt_image"]  # no empty batch goes on
+    config = pairs.PairsConfig(clip=dataclasses.replace(tiny_clip_config, threshold=-1.0))
+    work = pairs.CleanPairs("unit", config)
+    work.setup(0)
+    bins = Counter()
+    results = list(work._scored([good[0], bad, good[1]], bins))
+    assert [r.id for r in results] == [bad.id, good[0].id, good[1].id]
+    assert (results[0].reason, results[0].status) == ("corrupt_image", "errored")
+    assert all(-1 <= r.clip_score <= 1 for r in results[1:])
+    assert sum(bins.values()) == 2  # the scored ones
+    assert [r.reason for r in work._scored([bad], bins)] == ["corrupt_image"]
 
 
 def test_same_image_in_two_tars_keeps_the_longest_caption_once(tmp_path, beam_argv):
@@ -254,12 +260,8 @@ def test_same_image_in_two_tars_keeps_the_longest_caption_once(tmp_path, beam_ar
         ["a green field in spring", "a red kite over a green field"]
     assert not (tmp_path / "out" / "_spill").exists()
 
-    reader = pairs.ReadPairs(pairs.PairReader("web", pairs.PairsConfig()), None,
-                             spill_to=str(tmp_path / "spill"))
-    (chunk,) = list(reader.process(pairs.InputFile(str(tmp_path / "in" / "00000.tar"),
-                                                   "00000.tar")))
-    path, places = chunk
-    assert len(places) == 2 and os.path.dirname(path) == str(tmp_path / "spill" / "_spill")
+    staged = [name for name in os.listdir(tmp_path / "out" / "_done")]
+    assert staged == ["captioning-00000-of-00002.json", "captioning-00001-of-00002.json"]
 
 
 @pytest.mark.parametrize("output_format", ["webdataset", "files"])
@@ -409,3 +411,22 @@ def test_a_table_read_in_parts_gives_what_it_gives_whole(tmp_path, beam_argv, mo
     assert parted["input"] == len(rows)
     assert kept_by_key(tmp_path / "parts").keys() == kept_by_key(tmp_path / "whole").keys()
     assert rejects_by_key(tmp_path / "parts") == rejects_by_key(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_worker_processes_and_a_shared_model_write_the_bytes_of_one_process(tmp_path, shared):
+    """CLIP on: two forked workers, each with its model or both sending their batches to one
+    model process, write what one process writes."""
+    from conftest import IN_MEMORY
+    from corpus.config import load_config
+    from corpus.samples.pairs import write_demo_inputs
+    from test_sinks import assert_same_outputs
+
+    inputs = write_demo_inputs(str(tmp_path / "inputs"))
+    config = load_config(pairs.PairsConfig, inputs.config_path, "demo")
+    config = dataclasses.replace(config, clip=dataclasses.replace(
+        config.clip, batch_size=3, share_model_across_processes=shared))
+    one = pairs.run(inputs.patterns, str(tmp_path / "one"), "demo", config, IN_MEMORY)
+    two = pairs.run(inputs.patterns, str(tmp_path / "two"), "demo", config, ["--workers=2"])
+    assert one["stats"]["clip_scored"] == two["stats"]["clip_scored"] > 20
+    assert_same_outputs(tmp_path / "one", tmp_path / "two")

@@ -1,23 +1,26 @@
-"""`corpus pdf` end to end on generated PDFs: exact reports, fan-out, zips, the render process
-with its time limit, OCR text formatting and the config file."""
+"""`corpus pdf` end to end on generated PDFs: exact reports, tasks, zips, the render process
+with its time limit and its end with its worker, OCR text formatting and the config file."""
 import hashlib
+import multiprocessing
 import os
 import zipfile
 
+import psutil
 import pymupdf
 import pytest
 
 from corpus.config import load_config
 from corpus.formats import OCR_PROMPT, format_sample, render
-from corpus.inputs import expand_inputs
+from corpus.inputs import InputFile, expand_inputs
 from corpus.samples import pdf as samples
 from corpus.shards import read_shard
 from filters.pages import PageRulesConfig
 import pipelines.pdf as pdf_pipeline
 import renderers.pdf as renderers_pdf
-from pipelines.pdf import (INPUT_EXTENSIONS, DocumentRef, ListDocuments, PdfConfig, PlanPageRanges,
-                           RenderPages, RenderProcess, run, run_demo)
-from renderers.pdf import DocumentPolicy, PageRequest, RenderOptions, VetRequest
+from pipelines.pdf import (INPUT_EXTENSIONS, ListDocuments, PdfConfig, RenderDocuments,
+                           RenderProcess, plan_pdf_tasks, run, run_demo)
+from pipelines.sinks import Counts
+from renderers.pdf import DocumentPolicy, PageRequest, RenderOptions, VetRequest, send_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +39,42 @@ def write(path, data):
     with open(path, "wb") as f:
         f.write(data)
     return str(path)
+
+
+def work_results(config, *paths):
+    """What the work of a task yields for these input files, set up as a worker sets it up."""
+    work = RenderDocuments(config, "unit")
+    with work.serve(1):
+        work.setup(0)
+        return [item for path in paths
+                for item in work(InputFile(str(path), os.path.basename(str(path))))]
+
+
+def without_counts(items):
+    return [item for item in items if not isinstance(item, Counts)]
+
+
+def still_running(pids):
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return running
+
+
+def record_render_processes(monkeypatch, pid_file):
+    """Every render process started from now on, forked workers' included, noted in a file."""
+    real_start = RenderProcess.start
+
+    def start(self):
+        real_start(self)
+        with open(pid_file, "a") as f:
+            f.write(f"{self.process.pid}\n")
+
+    monkeypatch.setattr(RenderProcess, "start", start)
 
 
 def test_demo_report_counts_every_page_and_document(tmp_path, beam_argv):
@@ -79,33 +118,72 @@ def test_samples_carry_source_geometry_and_ocr_text(tmp_path, beam_argv):
     assert text.count("<quad>") == len(lines)
 
 
-def test_fan_out_into_single_page_ranges_keeps_the_count(tmp_path, beam_argv):
+def test_a_task_per_document_keeps_the_count_and_the_page_order(tmp_path, beam_argv):
     write(tmp_path / "in" / "rotated.pdf", samples.rotated_pdf())
     write(tmp_path / "in" / "english.pdf", samples.english_pdf())
-    config = PdfConfig(pages_per_range=1, isolate=False)
+    config = PdfConfig(documents_per_task=1, isolate=False)
     report = run([str(tmp_path / "in")], str(tmp_path / "out"), "unit", config, beam_argv)
     assert (report["input"], report["kept"], report["dropped_total"]) == (5, 5, 0)
-    pages = sorted((s.source.key, s.source.page) for s in kept_samples(str(tmp_path / "out")))
-    assert pages[0] == ("english.pdf#page=1", 1) and pages[-1] == ("rotated.pdf#page=3", 3)
+    assert [s["path"] for s in report["shards"]] == ["shards/ocr-00000-of-00002.tar",
+                                                      "shards/ocr-00001-of-00002.tar"]
+    pages = [(s.source.key, s.source.page) for s in kept_samples(str(tmp_path / "out"))]
+    assert pages == [("english.pdf#page=1", 1), ("english.pdf#page=2", 2),
+                     ("rotated.pdf#page=1", 1), ("rotated.pdf#page=2", 2),
+                     ("rotated.pdf#page=3", 3)]
 
 
-def test_reruns_give_byte_identical_shards_whatever_the_range_size(tmp_path, beam_argv):
+def test_the_same_bytes_whatever_the_workers_and_no_render_process_left(tmp_path, beam_argv,
+                                                                         monkeypatch):
+    """Tasks do not depend on the number of workers; the render processes of the run end with
+    it, in this process (one worker) and in forked pool workers (two)."""
     write(tmp_path / "in" / "rotated.pdf", samples.rotated_pdf())
-    shards = []
-    for run_name, per_range in (("a", 1), ("b", 8)):
-        out = tmp_path / run_name
-        run([str(tmp_path / "in")], str(out), "unit",
-            PdfConfig(pages_per_range=per_range, isolate=False), beam_argv)
-        shards.append((out / "shards" / "ocr-00000-of-00001.tar").read_bytes())
-    assert shards[0] == shards[1]
+    write(tmp_path / "in" / "english.pdf", samples.english_pdf())
+    write(tmp_path / "in" / "math.pdf", samples.math_pdf())
+    pid_file = tmp_path / "render-processes"
+    record_render_processes(monkeypatch, pid_file)
+    outputs = []
+    for name, argv in (("one", beam_argv), ("two", ["--workers=2"])):
+        out = tmp_path / name
+        run([str(tmp_path / "in")], str(out), "unit", PdfConfig(documents_per_task=2), argv)
+        pids = [int(line) for line in pid_file.read_text().split()]
+        assert pids and not still_running(pids)
+        written = [f"{folder}/{n}" for folder in ("shards", "rejects")
+                   if (out / folder).is_dir() for n in sorted(os.listdir(out / folder))]
+        outputs.append({file: (out / file).read_bytes() for file in written})
+    assert list(outputs[0]) == ["shards/ocr-00000-of-00002.tar", "shards/ocr-00001-of-00002.tar"]
+    assert outputs[0] == outputs[1]
 
 
-def test_plan_page_ranges(tmp_path):
-    path = write(tmp_path / "r.pdf", samples.rotated_pdf())
-    ranges = PlanPageRanges(PdfConfig(pages_per_range=2), "unit")(DocumentRef(path, "r.pdf"))
-    assert [r.pages for r in ranges] == [(0, 1), (2,)]
-    assert {r.page_count for r in ranges} == {3}
-    assert ranges[1].key == "r.pdf#pages=3-3"
+def test_a_worker_that_exits_ends_its_busy_render_process(tmp_path):
+    """A forked pool worker leaves through os._exit, without atexit handlers: a render process
+    still busy on a slow page when its worker ends is ended with it."""
+    pid_file = tmp_path / "pid"
+    data = slow_pdf()
+    held = []  # as a pool worker's job holds its work: alive until the process ends
+
+    def worker():
+        process = RenderProcess()
+        held.append(process)
+        process.start()
+        pid_file.write_text(str(process.process.pid))
+        send_request(process.conn, PageRequest("sha", data, [0], RenderOptions(dpi=288)))
+
+    child = multiprocessing.get_context("fork").Process(target=worker)
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    assert not still_running([int(pid_file.read_text())])
+
+
+def test_tasks_are_a_zip_each_and_loose_pdfs_in_groups():
+    # names only: none of these files exists, and none is opened
+    files = [InputFile(f"/nowhere/{name}", name) for name in
+             ("a.pdf", "b.pdf", "c.zip", "d.pdf", "e.PDF", "f.ZIP", "g.pdf")]
+    tasks = plan_pdf_tasks(files, 2)
+    assert [[f.relative for f in task.units] for task in tasks] == [
+        ["a.pdf", "b.pdf"], ["c.zip"], ["d.pdf", "e.PDF"], ["f.ZIP"], ["g.pdf"]]
+    assert [task.index for task in tasks] == [0, 1, 2, 3, 4]
+    assert len(plan_pdf_tasks(files, 32)) == 3
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
@@ -138,11 +216,10 @@ def test_oversized_members_are_not_read(tmp_path, beam_argv):
 
 def test_local_files_too_large_or_gone_are_refused_by_the_render_process(tmp_path, monkeypatch):
     big = write(tmp_path / "big.pdf", samples.english_pdf())
-    plan = PlanPageRanges(PdfConfig(max_pdf_bytes=1000), "unit")
-    [reject] = plan(DocumentRef(big, "big.pdf"))
-    assert (reject.reason, reject.status) == ("pdf_too_large", "errored")
-    [reject] = plan(DocumentRef(str(tmp_path / "gone.pdf"), "gone.pdf"))
-    assert reject.reason == "unreadable_input"
+    too_large, gone = work_results(PdfConfig(max_pdf_bytes=1000), big, tmp_path / "gone.pdf")
+    assert (too_large.reason, too_large.status, too_large.key) == ("pdf_too_large", "errored",
+                                                                   "big.pdf")
+    assert (gone.reason, gone.key) == ("unreadable_input", "gone.pdf")
     monkeypatch.setattr(renderers_pdf, "READ_CHUNK_BYTES", 7)  # read in many chunks
     with open(big, "rb") as f:
         assert renderers_pdf.read_pdf_file(big, 1 << 20) == f.read()
@@ -193,14 +270,37 @@ def test_isolated_rendering_in_the_pipeline(tmp_path, beam_argv):
     assert (report["input"], report["kept"]) == (1, 1)
 
 
-def test_render_pages_step_turns_problems_into_rejects(tmp_path):
+@pytest.mark.parametrize("isolate", [False, True])
+def test_the_work_turns_problems_into_rejects_in_page_order(tmp_path, isolate):
     path = write(tmp_path / "rules.pdf", samples.rule_pages_pdf())
-    config = PdfConfig(isolate=False, render=RenderOptions(max_page_pixels=400_000))
-    [page_range] = PlanPageRanges(config, "unit")(DocumentRef(path, "rules.pdf"))
-    results = RenderPages(config, "unit")(page_range)
-    assert len(results) == 5
-    dense = results[2]  # 612x792 pt at 80 dpi is 680x880 = 598,400 px
-    assert (dense.reason, dense.key) == ("page_too_large", "rules.pdf#page=3")
+    config = PdfConfig(isolate=isolate, render=RenderOptions(max_page_pixels=400_000))
+    *pages, counts = work_results(config, path)
+    # 612x792 pt at 80 dpi is 680x880 = 598,400 px; the first page is a small one
+    assert [(p.reason, p.status, p.key) for p in pages] == [
+        ("image_too_small", "dropped", "rules.pdf#page=1")] + [
+        ("page_too_large", "dropped", f"rules.pdf#page={n}") for n in range(2, 6)]
+    assert counts == Counts({"rule_failures_any_order": {"image_too_small": 1}})
+
+
+def test_an_unexpected_failure_costs_its_pdf_only(tmp_path, monkeypatch):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("one.pdf", samples.english_pdf())
+        z.writestr("two.pdf", samples.math_pdf())
+    real_sample = RenderDocuments._sample
+
+    def failing_on_a_page(self, document, page):
+        if document.doc.member == "one.pdf" and page.index == 1:
+            raise ValueError("a bug")
+        return real_sample(self, document, page)
+
+    monkeypatch.setattr(RenderDocuments, "_sample", failing_on_a_page)
+    items = without_counts(work_results(PdfConfig(isolate=False), archive))
+    assert [(getattr(item, "reason", "kept"), getattr(item, "key", None) or item.source.key)
+            for item in items] == [("kept", "a.zip#one.pdf#page=1"),
+                                   ("ValueError", "a.zip#one.pdf"),
+                                   ("kept", "a.zip#two.pdf#page=1")]
+    assert (items[1].status, items[1].detail) == ("errored", "a bug")
 
 
 def test_example_config_loads(tmp_path):
@@ -211,42 +311,28 @@ def test_example_config_loads(tmp_path):
     assert hires.render.dpi == 144 and hires.rules == PageRulesConfig()
 
 
-@pytest.mark.parametrize("isolate, expected_reads", [(False, 2), (True, 0)])
-def test_consecutive_ranges_of_one_pdf_read_it_once(tmp_path, monkeypatch, isolate,
-                                                    expected_reads):
-    """Without isolation the PDF is read to plan and once more for all its ranges; isolated,
-    the render process reads a local file itself to vet it and holds it open for the ranges."""
+@pytest.mark.parametrize("isolate, expected_reads", [(False, 1), (True, 0)])
+def test_a_pdf_is_read_once_for_all_its_pages(tmp_path, monkeypatch, isolate, expected_reads):
+    """Without isolation the worker reads the PDF once, to vet and render it; isolated, the
+    render process reads a local file itself to vet it and holds it open for every page."""
     path = write(tmp_path / "rotated.pdf", samples.rotated_pdf())
     reads = []
     real_read = pdf_pipeline.read_document
     monkeypatch.setattr(pdf_pipeline, "read_document", lambda *a: reads.append(a) or real_read(*a))
-    config = PdfConfig(pages_per_range=1, isolate=isolate)
-    ranges = PlanPageRanges(config, "unit")(DocumentRef(path, "rotated.pdf"))
-    step = RenderPages(config, "unit")
-    pages = [result for page_range in ranges for result in step(page_range)]
+    pages = without_counts(work_results(PdfConfig(isolate=isolate), path))
     assert [p.source.page for p in pages] == [1, 2, 3] and len(reads) == expected_reads
-
-
-def test_ranges_rendered_after_another_pdf_was_vetted_read_it_again(tmp_path):
-    rotated = write(tmp_path / "rotated.pdf", samples.rotated_pdf())
-    english = write(tmp_path / "english.pdf", samples.english_pdf())
-    config = PdfConfig(pages_per_range=2)
-    plan, render = PlanPageRanges(config, "unit"), RenderPages(config, "unit")
-    first, second = plan(DocumentRef(rotated, "rotated.pdf"))
-    plan(DocumentRef(english, "english.pdf"))  # the render process now holds this one
-    pages = render(first) + render(second)
-    assert [p.source.page for p in pages] == [1, 2, 3]
-    with open(rotated, "rb") as f:
+    with open(path, "rb") as f:
         assert {p.source.sha256 for p in pages} == {hashlib.sha256(f.read()).hexdigest()}
 
 
 @pytest.mark.parametrize("zipped", [False, True])
-def test_a_file_changed_after_planning_is_refused_by_the_render_process(tmp_path, zipped):
-    """The render process reads a local file again itself, a zip member is sent to it: either
-    way a PDF whose bytes no longer match the planned hash is not rendered."""
+@pytest.mark.parametrize("changed", [False, True])
+def test_after_a_page_over_the_time_limit_the_rest_of_the_pdf_renders(tmp_path, monkeypatch,
+                                                                     zipped, changed):
+    """The render process killed on a slow page is restarted and reads the PDF again (a local
+    file itself, a zip member sent to it), so the next page renders; a PDF whose bytes no
+    longer match the vetted hash by then is not rendered."""
     path = tmp_path / "docs.zip" if zipped else tmp_path / "doc.pdf"
-    doc = (DocumentRef(str(path), "docs.zip", "doc.pdf") if zipped
-           else DocumentRef(str(path), "doc.pdf"))
 
     def put(data):
         if zipped:
@@ -255,36 +341,38 @@ def test_a_file_changed_after_planning_is_refused_by_the_render_process(tmp_path
         else:
             write(path, data)
 
-    put(samples.english_pdf())
-    config = PdfConfig()
-    [page_range] = PlanPageRanges(config, "unit")(doc)
-    PlanPageRanges(config, "unit")(DocumentRef(write(tmp_path / "other.pdf",
-                                                     samples.math_pdf()), "other.pdf"))
-    put(samples.math_pdf())
-    rejects = RenderPages(config, "unit")(page_range)
-    assert [r.reason for r in rejects] == ["input_changed", "input_changed"]
+    put(slow_pdf())
+    real_vet, real_start = RenderProcess.vet, RenderProcess.start
+
+    def vet_then_change_on_restart(self, *args):
+        result = real_vet(self, *args)
+        monkeypatch.setattr(RenderProcess, "start", lambda process: (
+            put(samples.math_pdf()), real_start(process)))
+        return result
+
+    if changed:
+        monkeypatch.setattr(RenderProcess, "vet", vet_then_change_on_restart)
+    config = PdfConfig(page_time_limit_s=0.5, render=RenderOptions(dpi=144))
+    first, second = without_counts(work_results(config, path))
+    prefix = "docs.zip#doc.pdf" if zipped else "doc.pdf"
+    assert (first.reason, first.key) == ("render_timeout", f"{prefix}#page=1")
+    if changed:
+        assert (second.reason, second.key) == ("input_changed", f"{prefix}#page=2")
+    else:
+        assert "A quick page" in second.text and second.source.key == f"{prefix}#page=2"
 
 
-def test_render_processes_are_shared_and_one_per_concurrent_caller():
-    pool = pdf_pipeline.RenderProcesses()
-    with pool.borrow(0) as first:
-        with pool.borrow(0) as second:
-            assert first is not second
-    first.held_sha = "a"
-    with pool.borrow(0, "a") as again:
-        assert again is first
-    with pool.borrow(700) as other:
-        assert other not in (first, second)
-    assert len(pool.started) == 3
-
-
-def test_a_file_changed_after_planning_is_refused(tmp_path):
-    path = write(tmp_path / "doc.pdf", samples.english_pdf())
-    config = PdfConfig(isolate=False)
-    [page_range] = PlanPageRanges(config, "unit")(DocumentRef(path, "doc.pdf"))
-    write(tmp_path / "doc.pdf", samples.math_pdf())
-    rejects = RenderPages(config, "unit")(page_range)
-    assert [r.reason for r in rejects] == ["input_changed", "input_changed"]
+def test_the_render_process_serves_every_task_of_a_step_and_ends_with_it(tmp_path):
+    paths = [write(tmp_path / "math.pdf", samples.math_pdf()),
+             write(tmp_path / "english.pdf", samples.english_pdf())]
+    work = RenderDocuments(PdfConfig(), "unit")
+    with work.serve(1):
+        work.setup(0)
+        process = work.renderer.process
+        for path in paths:
+            assert without_counts(work(InputFile(path, os.path.basename(path))))
+            assert work.renderer.process is process
+    assert work.renderer is None and process.poll() is not None
 
 
 def test_vetting_in_the_render_process():

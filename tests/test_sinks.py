@@ -1,4 +1,4 @@
-"""The generic plumbing (steps, counting, shards, rejects, report) on a tiny pipeline of its own.
+"""The generic plumbing (tasks, shards, rejects, markers, report) on a tiny pipeline of its own.
 
 `build_plumbing_pipeline` is the pipeline the Dask, resume and determinism tests run too; run as
 a script, this module runs it (the resume test kills such a process midway).
@@ -12,44 +12,53 @@ import os
 import sys
 import time
 
-import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import IN_MEMORY, make_sample
-from corpus.ids import bucket_of, id_number, sample_id
+from corpus.ids import sample_id
 from corpus.report import REPORT_NAME
 from corpus.shards import read_shard
-from filters.base import Reject
-from pipelines.common import RulesStep, apply_step, count_elements, run_pipeline
-from pipelines.sinks import MARKER_DIR, SPILL_DIR, ById, CountAll, GroupIntoBuckets, SpillFile, \
-    cut_chunk, read_spilled, write_run
+from filters.base import Reject, checked
+from pipelines.common import plan_execution, run_pipeline
+from pipelines.sinks import MARKER_DIR, SPILL_DIR, Choice, Counts, RunSpec
+from pipelines.tasks import plan_tasks, run_tasks
 
 DATASET = "plumbing"
 REASON_ORDER = ["caption_too_short"]
+NUMBERS_PER_TASK = 5
 
 
-class ReadNumber:
-    """The reader of the plumbing pipeline: input `i` becomes a sample, a named reader reject
-    (every 7th) or an exception (every 11th). It can log its process id (which workers ran)
-    and sleep (to be killed midway)."""
+def caption_too_short(sample):
+    return "caption_too_short" if len(sample.text) < 8 else None
+
+
+class ReadNumbers:
+    """The work of the plumbing pipeline: unit `i` becomes a sample (dropped by the rule when
+    its caption is short), a named reader reject (every 7th) or an exception (every 11th). It
+    can note its process id (which workers ran) and sleep (to be killed midway)."""
 
     def __init__(self, pid_dir: str | None = None, seconds: float = 0.0):
         self.pid_dir, self.seconds = pid_dir, seconds
+
+    def setup(self, worker: int) -> None:
+        pass
 
     def __call__(self, i: int):
         if self.pid_dir:
             open(os.path.join(self.pid_dir, str(os.getpid())), "a").close()
         time.sleep(self.seconds)
+        yield Counts({"read": 1})
         key = f"k{i}"
         if i % 7 == 3:
-            return [Reject(sample_id(DATASET, key), DATASET, f"mem://{key}", key, "corrupt_image",
-                           "errored", "not an image")]
+            yield Reject(sample_id(DATASET, key), DATASET, f"mem://{key}", key, "corrupt_image",
+                         "errored", "not an image")
+            return
         if i % 11 == 5:
             raise ValueError(f"cannot read {key}")
         text = "short" if i % 5 == 0 else f"caption number {i} of the plumbing test"
-        return [make_sample(key=key, text=text, dataset=DATASET,
-                            images=[_image(i)])]
+        yield checked(make_sample(key=key, text=text, dataset=DATASET, images=[_image(i)]),
+                      [caption_too_short])
 
 
 def _image(i: int):
@@ -58,28 +67,24 @@ def _image(i: int):
     return make_image(16 + i % 5, 12, ((37 * i) % 256, (91 * i) % 256, 128))
 
 
-def caption_too_short(sample):
-    return "caption_too_short" if len(sample.text) < 8 else None
+def plumbing_spec(output_dir: str, count: int, samples_per_shard: int, **fields) -> RunSpec:
+    return RunSpec("plumbing", DATASET, "captioning", output_dir, REASON_ORDER,
+                   formats=["webdataset", "parquet"], samples_per_shard=samples_per_shard,
+                   config={"count": count}, **fields)
 
 
 def build_plumbing_pipeline(output_dir: str, count: int, samples_per_shard: int,
-                            reader: ReadNumber | None = None):
-    def build(pipeline):
-        numbers = pipeline | "Numbers" >> beam.Create(list(range(count)))
-        samples, read_rejects = apply_step(numbers, "Read", reader or ReadNumber(), DATASET)
-        kept, rule_rejects = apply_step(samples, "Rules", RulesStep([caption_too_short]), DATASET)
-        input_count = count_elements("CountInput", samples, read_rejects)
-        stats = input_count | "Stats" >> beam.Map(lambda n: {"read": n})
-        write_run(pipeline, kept, [read_rejects, rule_rejects], input_count,
-                  output_dir=output_dir, pipeline_name="plumbing", dataset=DATASET,
-                  task="captioning", reason_order=REASON_ORDER,
-                  formats=["webdataset", "parquet"], samples_per_shard=samples_per_shard,
-                  config={"count": count}, stats=stats)
+                            work: ReadNumbers | None = None):
+    tasks = plan_tasks(list(range(count)), NUMBERS_PER_TASK)
+    spec = plumbing_spec(output_dir, count, samples_per_shard)
+
+    def build(pipeline, execution):
+        run_tasks(pipeline, [spec], work or ReadNumbers(), tasks, execution)
     return build
 
 
-def run_plumbing(output_dir, beam_argv, count=40, samples_per_shard=4, reader=None):
-    return run_pipeline(build_plumbing_pipeline(str(output_dir), count, samples_per_shard, reader),
+def run_plumbing(output_dir, beam_argv, count=40, samples_per_shard=4, work=None):
+    return run_pipeline(build_plumbing_pipeline(str(output_dir), count, samples_per_shard, work),
                         beam_argv, str(output_dir))
 
 
@@ -100,7 +105,8 @@ def expected_counts(count: int) -> dict:
 
 
 def output_files(output_dir) -> dict[str, bytes]:
-    """Every file of a run, relative path -> bytes; the report without its timing, no plot."""
+    """Every file of a run, relative path -> bytes; the report without its timing, the markers
+    without their fingerprints (they hold the inputs' modification times), no plot."""
     files = {}
     for root, _, names in os.walk(output_dir):
         for name in names:
@@ -114,6 +120,10 @@ def output_files(output_dir) -> dict[str, bytes]:
                 report = json.loads(data)
                 report.pop("wall_seconds", None)
                 data = json.dumps(report, sort_keys=True).encode()
+            elif MARKER_DIR in relative.split(os.sep):
+                marker = json.loads(data)
+                marker.pop("fingerprint", None)
+                data = json.dumps(marker, sort_keys=True).encode()
             files[relative] = data
     return files
 
@@ -134,29 +144,41 @@ def test_plumbing_accounts_for_every_input(tmp_path, beam_argv):
     assert report["dropped"] == expected["dropped"]
     assert report["errored"] == expected["errored"]
     assert report["stats"] == {"read": 40}
-    assert len(report["shards"]) == -(-expected["kept"] // 4)
+    tasks = 40 // NUMBERS_PER_TASK
     ids = []
     for shard in report["shards"]:
         samples = list(read_shard(str(tmp_path / shard["path"])))
-        assert len(samples) == shard["samples"]
-        assert [s.id for s in samples] == sorted(s.id for s in samples)
-        bucket = int(shard["path"].split("-")[1])
-        assert all(bucket_of(s.id, len(report["shards"])) == bucket for s in samples)
+        assert len(samples) == shard["samples"] <= 4
+        # task i wrote the samples of its numbers, in their order
+        name = shard["path"].split("/")[1]
+        task = int(name.split("-")[1])
+        assert name.split("-")[3].split(".")[0] == f"{tasks:05d}"
+        numbers = [int(s.source.key[1:]) for s in samples]
+        assert numbers == sorted(numbers)
+        assert all(n // NUMBERS_PER_TASK == task for n in numbers)
         ids += [s.id for s in samples]
     assert len(ids) == len(set(ids)) == expected["kept"]
-    assert sorted(os.listdir(tmp_path / MARKER_DIR)) == sorted(
-        s["path"].split("/")[1].replace(".tar", ".json") for s in report["shards"])
+    # one marker per task, rejects or shards or both
+    assert sorted(os.listdir(tmp_path / MARKER_DIR)) == [
+        f"captioning-{i:05d}-of-{tasks:05d}.json" for i in range(tasks)]
     assert not [n for n in os.listdir(tmp_path / "shards") if ".tmp-" in n]
-    assert not (tmp_path / SPILL_DIR).exists()  # the spill files go once every bucket is written
-    # each bucket writes its part of the rejects table: the rejects whose ids fall in it
+    assert not (tmp_path / SPILL_DIR).exists()
     rows = 0
     for name in os.listdir(tmp_path / "rejects"):
-        bucket, of = int(name.split("-")[1]), int(name.split("-")[3].split(".")[0])
+        task = int(name.split("-")[1])
         table = pq.read_table(tmp_path / "rejects" / name).to_pylist()
-        assert of == len(report["shards"])
-        assert all(bucket_of(row["id"], of) == bucket for row in table)
+        assert all(row["key"] == "" or int(row["key"][1:]) // NUMBERS_PER_TASK == task
+                   for row in table)
         rows += len(table)
     assert rows == report["dropped_total"] + report["errored_total"]
+
+
+def test_a_unit_that_fails_partway_is_one_errored_unit(tmp_path, beam_argv):
+    report = run_plumbing(tmp_path, beam_argv, count=6)
+    assert report["errored"] == {"ValueError": 1, "corrupt_image": 1}
+    table = pq.read_table(tmp_path / "rejects" / "rejects-00001-of-00002.parquet").to_pylist()
+    (failed,) = [row for row in table if row["reason"] == "ValueError"]
+    assert (failed["uri"], failed["detail"]) == ("5", "ValueError: cannot read k5")
 
 
 def test_empty_input_writes_a_report_and_no_shards(tmp_path, beam_argv):
@@ -165,119 +187,37 @@ def test_empty_input_writes_a_report_and_no_shards(tmp_path, beam_argv):
     assert not (tmp_path / "shards").exists()
 
 
-def test_count_all_is_nothing_for_nothing_and_sums_several(beam_argv):
-    from apache_beam.testing.util import assert_that, equal_to
-
-    with beam.Pipeline(argv=beam_argv) as pipeline:
-        empty = pipeline | "Empty" >> beam.Create([])
-        three = pipeline | "Three" >> beam.Create([1, 2, 3])
-        assert_that(empty | "CountEmpty" >> CountAll(), equal_to([]), label="Nothing")
-        assert_that((empty, three, three) | "CountMany" >> CountAll(), equal_to([6]), label="Six")
-        assert_that(three | "Sizes" >> CountAll(lambda e: e), equal_to([6]), label="Sizes")
-
-
-def test_group_into_buckets_follows_bucket_of(beam_argv):
-    from apache_beam.testing.util import assert_that
-
-    ids = [sample_id("unit", f"k{i}") for i in range(23)]
-
-    def check(groups):
-        assert {g[1] for g in groups} == {5}
-        assert sorted(i for g in groups for i in g[2]) == sorted(ids)
-        assert all(bucket_of(i, 5) == g[0] for g in groups for i in g[2])
-
-    with beam.Pipeline(argv=beam_argv) as pipeline:
-        groups = (pipeline | beam.Create(ids) | GroupIntoBuckets(ById(5, id_number)))
-        assert_that(groups, check)
+@pytest.mark.parametrize("workers", [2, 3])
+def test_worker_processes_write_the_bytes_of_one(tmp_path, workers):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    run_plumbing(tmp_path / "one", IN_MEMORY)
+    run_plumbing(tmp_path / "many", [f"--workers={workers}"], work=ReadNumbers(str(pids)))
+    assert_same_outputs(tmp_path / "one", tmp_path / "many")
+    ran_in = {int(name) for name in os.listdir(pids)}
+    assert ran_in and os.getpid() not in ran_in  # forked workers did the work
 
 
-def write_batches(ids, folder: str, argv) -> None:
-    """Run `Batches(4)` over ids; each batch lands in a file named after its first id."""
-    from pipelines.common import Batches
-
-    def save(batch):
-        with open(os.path.join(folder, batch[0]), "w") as f:
-            f.write(" ".join(batch))
-
-    with beam.Pipeline(argv=argv) as pipeline:
-        _ = (pipeline | beam.Create(ids) | Batches(4, id_of=lambda i: i) | beam.Map(save))
-
-
-class Doubler:
-    """A stand-in model: the "prediction" of an id is its first 4 hex digits, doubled."""
-
-    def __call__(self, element_id: str) -> int:
-        return int(element_id[:4], 16) * 2
-
-
-class HexModelHandler:
-    @staticmethod
-    def make():
-        from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-
-        class Handler(ModelHandler):
-            def load_model(self):
-                return Doubler()
-
-            def run_inference(self, batch, model, inference_args=None):
-                return [PredictionResult(i, model(i)) for i in batch]
-
-        return Handler()
+def test_execution_plans():
+    options, runner, execution = plan_execution([])
+    assert runner is not None and execution.local and execution.workers == (os.cpu_count() or 1)
+    _, _, execution = plan_execution(["--direct_num_workers=7"])
+    assert (execution.local, execution.workers) == (True, 7)
+    _, _, execution = plan_execution(IN_MEMORY)
+    assert (execution.local, execution.workers) == (True, 1)
+    _, _, execution = plan_execution([*IN_MEMORY, "--workers=3"])
+    assert (execution.local, execution.workers) == (True, 3)
+    options, runner, execution = plan_execution(
+        ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+         "--direct_num_workers=2"])
+    assert runner is None and not execution.local and execution.workers == 1
+    assert options.get_all_options()["direct_num_workers"] == 2
+    options, runner, execution = plan_execution(["--runner=DataflowRunner", "--workers", "8"])
+    assert (runner, execution.local, execution.workers) == (None, False, 8)
+    assert "--workers" not in " ".join(options.get_all_options(retain_unknown_options=True))
 
 
-def write_predictions(ids, folder: str, argv) -> None:
-    """RunInference over `Batches` (its own batching off): one file per prediction."""
-    from apache_beam.ml.inference.base import RunInference
-
-    from pipelines.common import Batches
-
-    def save(result):
-        with open(os.path.join(folder, result.example), "w") as f:
-            f.write(str(result.inference))
-
-    with beam.Pipeline(argv=argv) as pipeline:
-        _ = (pipeline | beam.Create(ids) | Batches(4, id_of=lambda i: i)
-             | RunInference(HexModelHandler.make().with_no_batching()) | beam.Map(save))
-
-
-def read_predictions(folder) -> dict[str, str]:
-    return {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
-
-
-def test_run_inference_over_batches_sees_every_element(tmp_path, beam_argv):
-    ids = [sample_id("unit", f"k{i}") for i in range(23)]
-    write_predictions(ids, str(tmp_path), beam_argv)
-    assert read_predictions(tmp_path) == {i: str(int(i[:4], 16) * 2) for i in ids}
-
-
-def read_batches(folder) -> list[list[str]]:
-    return sorted(open(os.path.join(folder, n)).read().split() for n in os.listdir(folder))
-
-
-def test_batches_are_sorted_cuts_of_id_buckets(tmp_path, beam_argv):
-    ids = [sample_id("unit", f"k{i}") for i in range(23)]
-    write_batches(ids, str(tmp_path), beam_argv)
-    batches = read_batches(tmp_path)
-    assert sorted(i for b in batches for i in b) == sorted(ids)
-    assert all(1 <= len(b) <= 4 and b == sorted(b) for b in batches)
-    assert all(len({bucket_of(i, 6) for i in b}) == 1 for b in batches)  # ceil(23 / 4) buckets
-
-
-def test_default_runner_flags_yield_to_the_command_line():
-    from pipelines.common import pipeline_options
-
-    options = pipeline_options(["--direct_num_workers=7"]).get_all_options()
-    assert (options["runner"], options["direct_num_workers"]) == ("DirectRunner", 7)
-    assert options["direct_running_mode"] == "multi_processing"
-
-
-def test_id_number_takes_free_form_ids():
-    assert id_number("00000000000a") == 10
-    assert id_number("not hex at all") == id_number("not hex at all")
-
-
-@pytest.mark.slow
-def test_rerun_keeps_verified_buckets_and_rewrites_damaged_ones(tmp_path, beam_argv):
+def test_rerun_skips_finished_tasks_and_redoes_damaged_ones(tmp_path, beam_argv):
     run_plumbing(tmp_path, beam_argv)
     shards = sorted((tmp_path / "shards").iterdir())
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards}
@@ -285,14 +225,16 @@ def test_rerun_keeps_verified_buckets_and_rewrites_damaged_ones(tmp_path, beam_a
     data = bytearray(damaged.read_bytes())
     data[600] ^= 0xFF  # same size, other bytes: only the checksum can tell
     damaged.write_bytes(bytes(data))
-    (tmp_path / "shards" / "captioning-00000-of-00002.tar").write_bytes(b"old bucket count")
-    run_plumbing(tmp_path, beam_argv)
+    (tmp_path / "shards" / "captioning-00000-of-00003.tar").write_bytes(b"old task count")
+    pids = tmp_path.parent / (tmp_path.name + "-pids")
+    pids.mkdir()
+    run_plumbing(tmp_path, beam_argv, work=ReadNumbers(str(pids)))
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
              for p in (tmp_path / "shards").iterdir()}
-    assert sorted(after) == sorted(before)  # the stale file of another bucket count is gone
-    same_bucket = damaged.name.rsplit(".", 1)[0]
+    assert sorted(after) == sorted(before)  # the stale file of another task count is gone
+    task = damaged.name.split("-")[1]
     for name in before:
-        if name.startswith(same_bucket):
+        if name.split("-")[1] == task:
             assert after[name] != before[name], f"{name} was not rewritten"
         else:
             assert after[name] == before[name], f"{name} was rewritten"
@@ -301,15 +243,54 @@ def test_rerun_keeps_verified_buckets_and_rewrites_damaged_ones(tmp_path, beam_a
     assert_same_outputs(tmp_path, clean)
 
 
-@pytest.mark.slow
-def test_changed_content_is_rewritten(tmp_path, beam_argv):
+def test_a_changed_run_is_redone(tmp_path, beam_argv):
     run_plumbing(tmp_path, beam_argv, count=12, samples_per_shard=100)
-    (marker,) = (tmp_path / MARKER_DIR).iterdir()
-    old = json.loads(marker.read_text())["content_sha256"]
-    run_plumbing(tmp_path, beam_argv, count=13, samples_per_shard=100)  # one more kept sample
-    assert json.loads(marker.read_text())["content_sha256"] != old
-    assert sum(1 for _ in read_shard(str(tmp_path / "shards/captioning-00000-of-00001.tar"))) == \
-        expected_counts(13)["kept"]
+    first = (tmp_path / "shards" / "captioning-00000-of-00003.tar").stat().st_mtime_ns
+    run_plumbing(tmp_path, beam_argv, count=12, samples_per_shard=2)  # other shard sizes
+    assert (tmp_path / "shards" / "captioning-00000-of-00003.tar").stat().st_mtime_ns != first
+    assert (tmp_path / "shards" / "captioning-00000-of-00003-p1.tar").exists()
+    report = json.loads((tmp_path / REPORT_NAME).read_text())
+    assert report["kept"] == expected_counts(12)["kept"]
+
+
+def test_a_choice_sees_every_task_and_kept_counts_follow_it(tmp_path, beam_argv):
+    """The first of the samples sharing a caption is kept, across tasks; only their keys meet.
+    `kept_counts` counts over the samples written."""
+    texts = ["a cat", "a dog", "a cat", "a bird", "a dog", "a cat"]
+
+    class Texts:
+        def setup(self, worker):
+            pass
+
+        def __call__(self, i):
+            yield make_sample(key=f"k{i}", text=texts[i], dataset=DATASET)
+
+    choice = Choice(lambda s: (s.text, int(s.source.key[1:]), s.id), "same_text")
+    spec = RunSpec("unit", DATASET, "unit", str(tmp_path), ["same_text"], samples_per_shard=2,
+                   stats={"fixed": 1}, kept_counts=lambda s: {"kept_texts": {s.text: 1}},
+                   choice=choice)
+
+    def build(pipeline, execution):
+        run_tasks(pipeline, [spec], Texts(), plan_tasks(list(range(6)), 2), execution)
+
+    report = run_pipeline(build, beam_argv, str(tmp_path))
+    assert (report["input"], report["kept"], report["dropped"]) == (6, 3, {"same_text": 3})
+    assert report["stats"] == {"fixed": 1, "kept_texts": {"a bird": 1, "a cat": 1, "a dog": 1}}
+    kept = sorted(s.source.key for shard in report["shards"]
+                  for s in read_shard(str(tmp_path / shard["path"])))
+    assert kept == ["k0", "k1", "k3"]
+    assert not (tmp_path / SPILL_DIR).exists()
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()}
+    run_pipeline(build, beam_argv, str(tmp_path))  # the same choice: the files are kept
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()} == first
+
+
+def test_reject_table_columns_are_the_reject_fields():
+    import dataclasses
+
+    from pipelines.sinks import REJECT_SCHEMA
+
+    assert [f.name for f in dataclasses.fields(Reject)] == REJECT_SCHEMA.names + ["task"]
 
 
 # ---- run as a script: the process the resume test kills ----------------------------------------
@@ -333,7 +314,7 @@ class _PausingFile:
 
 
 def _slow_writers(seconds: float) -> None:
-    """Make every shard file take `seconds` to write, so a kill lands between buckets."""
+    """Make every shard file take `seconds` to write, so a kill lands between tasks."""
     from corpus import shards
 
     for name, writer in list(shards.WRITERS.items()):
@@ -354,7 +335,7 @@ def main(argv=None) -> int:
     if args.slow_write:
         _slow_writers(args.slow_write)
     report = run_plumbing(args.output, IN_MEMORY, args.count, args.samples_per_shard,
-                          ReadNumber(args.pid_dir, args.slow_read))
+                          ReadNumbers(args.pid_dir, args.slow_read))
     print(hashlib.sha256(json.dumps(report["shards"]).encode()).hexdigest())
     return 0
 
@@ -362,55 +343,3 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def test_spill_chunks_cut_by_bucket_read_back_every_sample(tmp_path):
-    samples = [make_sample(key=f"k{i}", text=f"caption {i}") for i in range(9)]
-    spill = SpillFile(str(tmp_path))
-    chunk = (spill.path, [spill.add(s, id_number(s.id)) for s in samples])
-    spill.close()
-    pieces = dict(cut_chunk(chunk, 4))
-    assert set(pieces) == {bucket_of(s.id, 4) for s in samples}
-    for bucket, piece in pieces.items():
-        assert [s.id for s in read_spilled([piece])] == \
-            [s.id for s in samples if bucket_of(s.id, 4) == bucket]
-    assert read_spilled([chunk]) == samples
-
-
-def test_select_and_tally_run_per_bucket(tmp_path, beam_argv):
-    """`select` sees every sample of a bucket (here keyed by caption, so equal captions meet)
-    and its rejects are counted; `tally` counts over the kept samples only."""
-    texts = ["a cat", "a dog", "a cat", "a bird", "a dog", "a cat"]
-    samples = [make_sample(key=f"k{i}", text=t, dataset=DATASET) for i, t in enumerate(texts)]
-
-    def first_per_text(bucket):
-        kept, rejects, seen = [], [], set()
-        for sample in sorted(bucket, key=lambda s: s.id):
-            if sample.text in seen:
-                rejects.append(Reject.of(sample, "same_text"))
-            else:
-                seen.add(sample.text)
-                kept.append(sample)
-        return kept, rejects
-
-    def text_number(sample):
-        return int(hashlib.sha256(sample.text.encode()).hexdigest()[:8], 16)
-
-    def build(pipeline):
-        created = pipeline | beam.Create(samples)
-        write_run(pipeline, created, [], count_elements("Count", created),
-                  output_dir=str(tmp_path), pipeline_name="unit", dataset=DATASET, task="unit",
-                  reason_order=["same_text"], formats=["webdataset"], samples_per_shard=2,
-                  stats={"fixed": 1}, bucket_number=text_number, select=first_per_text,
-                  tally=("kept_texts", lambda s: s.text))
-
-    report = run_pipeline(build, beam_argv, str(tmp_path))
-    assert (report["input"], report["kept"], report["dropped"]) == (6, 3, {"same_text": 3})
-    assert report["stats"] == {"fixed": 1, "kept_texts": {"a bird": 1, "a cat": 1, "a dog": 1}}
-
-
-def test_reject_table_columns_are_the_reject_fields():
-    import dataclasses
-
-    from pipelines.sinks import REJECT_SCHEMA
-
-    assert [f.name for f in dataclasses.fields(Reject)] == REJECT_SCHEMA.names

@@ -170,8 +170,9 @@ def test_pipeline_writes_ocr_samples_with_quads(tmp_path, beam_argv):
     report = pipeline.run(str(tmp_path), "unit", config, beam_argv, count=3, seed=5)
     assert (report["input"], report["kept"]) == (3, 3)
     assert report["stats"]["en"] + report["stats"]["zh"] == 3
-    samples = list(read_shard(str(tmp_path / report["shards"][0]["path"])))
-    assert sorted(s.extra["index"] for s in samples) == [0, 1, 2]
+    # a task per index at this size (a small run spreads over many cores): a shard each
+    samples = [s for shard in report["shards"] for s in read_shard(str(tmp_path / shard["path"]))]
+    assert [s.extra["index"] for s in samples] == [0, 1, 2]
     for sample in samples:
         assert sample.task == "ocr" and sample.regions
         assert all(r.kind == "line" and len(r.quad) == 8 for r in sample.regions)
@@ -197,6 +198,42 @@ def test_pipeline_counts_pages_without_text_and_broken_backgrounds(tmp_path, bea
     config = small_config(backgrounds=[str(backgrounds)])
     report = pipeline.run(str(tmp_path / "broken"), "unit", config, beam_argv, count=2)
     assert report["errored"] == {"unreadable_background": 2}
+
+
+def test_tasks_are_index_ranges_of_the_count_and_shard_size_only():
+    def ranges(start, count, samples_per_shard):
+        tasks = pipeline.plan_ranges(start, count, 3, "en", samples_per_shard)
+        assert [task.index for task in tasks] == list(range(len(tasks)))
+        units = [unit for task in tasks for unit in task.units]
+        assert units[0].start == start and units[-1].stop == start + count
+        assert all(a.stop == b.start for a, b in zip(units, units[1:]))
+        return units
+
+    assert len(ranges(0, 3, 1000)) == 3  # a small run still spreads: an index per task
+    middle = ranges(10, 3000, 1000)  # ceil(3000 / 256) indices a task
+    assert len(middle) == 250 and {u.stop - u.start for u in middle} == {12}
+    large = ranges(0, 1_000_000, 1000)  # a shard's worth a task
+    assert len(large) == 1000 and {u.stop - u.start for u in large} == {1000}
+    assert {u.stop - u.start for u in ranges(0, 1_000_000, 64)} == {64}
+    assert [i.key for i in middle[0].indices()][:2] == ["en/3/10", "en/3/11"]
+
+
+def test_an_exception_on_one_index_errs_that_index_only(monkeypatch):
+    work = pipeline.RenderSynthDog(small_config(languages={"en": {"fonts": [DEJAVU_SANS]}}),
+                                   "unit")
+    work.setup(0)
+
+    def flaky(template, seed, index):
+        if index == 1:
+            raise RuntimeError("no memory left for this page")
+        return render(template, seed, index)
+
+    monkeypatch.setattr(pipeline, "render", flaky)
+    items = list(work(pipeline.IndexRange(0, 3, 0, "en")))
+    assert [type(item).__name__ for item in items] == ["Sample", "Reject", "Sample"]
+    assert (items[1].key, items[1].reason, items[1].status) == ("en/0/1", "RuntimeError",
+                                                                "errored")
+    assert "no memory left" in items[1].detail
 
 
 def test_cli_reports_an_empty_corpus(tmp_path, capsys):

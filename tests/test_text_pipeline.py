@@ -1,6 +1,7 @@
 """`corpus text`: document rules, chunking, bounded reading, and the pipeline end to end."""
 import glob
 import io
+import json
 
 import pyarrow.parquet as pq
 
@@ -118,3 +119,61 @@ def test_file_mode_and_duplicates(tmp_path, beam_argv):
     winner = min(["a.txt#0", "b.txt#0"], key=lambda key: sample_id("files", key))
     assert sample.source.key == winner  # the smaller id wins, whatever the arrival order
     assert "\n\n" in sample.text
+
+
+def test_small_files_share_a_task_and_larger_ones_have_their_own(tmp_path, monkeypatch):
+    from corpus.inputs import expand_inputs
+
+    for i, size in enumerate([30, 30, 30, 30, 150, 10, 10, 10]):
+        (tmp_path / f"f{i}.txt").write_bytes(b"x" * size)
+    files = expand_inputs([str(tmp_path)], text_pipeline.TEXT_EXTENSIONS)
+    monkeypatch.setattr(text_pipeline, "TASK_BYTES", 100)
+    monkeypatch.setattr(text_pipeline, "MAX_FILES_PER_TASK", 2)
+    tasks = text_pipeline.plan_file_tasks(files)
+    assert [task.index for task in tasks] == list(range(len(tasks)))
+    assert [[unit.relative for unit in task.units] for task in tasks] == [
+        ["f0.txt", "f1.txt"], ["f2.txt", "f3.txt"], ["f4.txt"], ["f5.txt", "f6.txt"],
+        ["f7.txt"]]
+
+
+def test_a_chunked_duplicate_in_another_task_is_dropped_chunk_by_chunk(tmp_path, beam_argv,
+                                                                       monkeypatch):
+    long_text = "\n\n".join(f"Paragraph {i}. " + "The tide turned slowly over the harbour. " * 12
+                            for i in range(6))
+    short = "A short note about the ferry, found in one file only."
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text(
+        json.dumps({"text": long_text}) + "\n" + json.dumps({"text": short}) + "\n")
+    (tmp_path / "in" / "b.jsonl").write_text(json.dumps({"text": long_text}) + "\n")
+    monkeypatch.setattr(text_pipeline, "TASK_BYTES", 1)  # a task per file
+    config = text_pipeline.TextDocsConfig(max_tokens=64, languages=None)
+    report = text_pipeline.run([str(tmp_path / "in")], str(tmp_path / "out"), "dup", config,
+                               beam_argv)
+    assert len(list((tmp_path / "out" / "_done").iterdir())) == 2
+    stats = report["stats"]
+    chunks = stats["chunks"] - 1  # the short note is one
+    assert chunks > 1
+    assert (stats["kept_documents"], stats["chunked_documents"]) == (2, 1)
+    assert stats["kept_documents_by_language"] == {"en": 2}
+    # every chunk is a unit: the copy's chunks are each a duplicate
+    assert (report["input"], report["kept"]) == (2 * chunks + 1, chunks + 1)
+    assert report["dropped"] == {"duplicate_document": chunks}
+    winner, loser = sorted(["a.jsonl#0", "b.jsonl#0"], key=lambda key: sample_id("dup", key))
+    samples = [s for p in glob.glob(str(tmp_path / "out" / "shards" / "*.tar"))
+               for s in read_shard(p)]
+    chunked = [s for s in samples if "chunk" in s.extra]
+    assert {s.source.key for s in chunked} == {winner}
+    assert sorted(s.extra["chunk"] for s in chunked) == list(range(chunks))
+    rows = pq.read_table(glob.glob(str(tmp_path / "out" / "rejects" / "*.parquet"))).to_pylist()
+    assert {(row["key"], row["reason"], row["detail"]) for row in rows} == {
+        (loser, "duplicate_document", f"kept {sample_id('dup', winner)}")}
+
+
+def test_stats_keep_their_keys_when_nothing_is_kept(tmp_path, beam_argv):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("too short\n")
+    report = text_pipeline.run([str(tmp_path / "in")], str(tmp_path / "out"), "none",
+                               text_pipeline.TextDocsConfig(languages=None), beam_argv)
+    assert (report["input"], report["kept"]) == (1, 0)
+    assert report["stats"] == {"kept_documents_by_language": {}, "chunks": 0,
+                               "chunked_documents": 0, "kept_documents": 0}

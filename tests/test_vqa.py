@@ -1,5 +1,7 @@
-"""VQA: the VQAv2 answer choice (ordering and ties), the rules' reasons, and `corpus vqa`."""
+"""VQA: the VQAv2 answer choice (ordering and ties), the rules' reasons, the VQAv2 join and its
+tasks, and `corpus vqa`."""
 import glob
+import itertools
 import os
 
 import pytest
@@ -10,7 +12,12 @@ from corpus.samples.vqa import write_vqa_sample
 from corpus.shards import read_shard
 from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, choose_answer, \
     empty_question
-from pipelines.vqa import VqaConfig, run
+from corpus.ids import sample_id
+from corpus.inputs import expand_inputs
+from filters.base import Reject
+from pipelines.annotations import RECORD_EXTENSIONS
+from pipelines.vqa import CleanVqa, JoinHalf, VqaConfig, _question_halves, join_bucket, \
+    join_task_count, run
 
 
 def _answers(*pairs):
@@ -89,6 +96,55 @@ def test_vqa_run_joins_vqav2_files_and_passes_other_sets_through(tmp_path, beam_
         "What is the date? Answer: 1 May 2001<|endoftext|>",
     }
     assert all(s.images and s.task == "vqa" for s in samples)
+
+
+def _kept(output_dir):
+    return {s.id: s for p in glob.glob(os.path.join(output_dir, "shards", "*.tar"))
+            for s in read_shard(p)}
+
+
+def test_vqav2_questions_join_the_same_over_many_join_tasks(tmp_path, beam_argv):
+    inputs, images = write_vqa_sample(str(tmp_path / "in"))
+    files = expand_inputs(inputs, RECORD_EXTENSIONS)
+    assert join_task_count(files, 1000) == 1
+    assert join_task_count(files, 1) > 2  # a join task per kilobyte of input
+    one = run(inputs, str(tmp_path / "one"), "vqa", VqaConfig(), beam_argv, images=images)
+    many = run(inputs, str(tmp_path / "many"), "vqa", VqaConfig(), beam_argv, images=images,
+               samples_per_shard=1)
+    for key in ("input", "kept", "dropped", "errored", "stats"):
+        assert one[key] == many[key]
+    kept = _kept(tmp_path / "many")
+    assert {s.id: s.answer for s in kept.values()} == \
+        {s.id: s.answer for s in _kept(tmp_path / "one").values()}
+    # the joined questions lie in the join tasks, numbered after the file tasks
+    joined = {s.extra["question_id"] for p in glob.glob(str(tmp_path / "many" / "shards" / "*"))
+              if int(os.path.basename(p).split("-")[1]) >= len(files) for s in read_shard(p)}
+    assert joined == {10, 11, 20}
+
+
+def test_the_join_keeps_the_question_of_smallest_id_whatever_order_the_halves_come_in():
+    work = CleanVqa("vqa", VqaConfig(), None)
+    questions = [JoinHalf("question", "q.json", f"q.json#{i}",
+                          {"question_id": 7, "question": "Is it red?"}, ("nowhere.jpg",))
+                 for i in (0, 5)]
+    annotation = JoinHalf("annotation", "a.json", "a.json#3",
+                          {"question_id": 7, "answers": ["yes", "yes", "no"]})
+    kept_key = min((q.key for q in questions), key=lambda key: sample_id("vqa", key))
+    outcomes = set()
+    for order in itertools.permutations(questions + [annotation]):
+        items = list(work(_question_halves("7", order)))
+        outcomes.add(tuple((type(i).__name__, i.reason if isinstance(i, Reject) else i.id)
+                           for i in items))
+    other_key = next(q.key for q in questions if q.key != kept_key)
+    # one outcome: the other question a duplicate, the kept one dropped for its missing image
+    assert outcomes == {(("Reject", "duplicate_question"), ("Reject", "missing_image"))}
+    items = list(work(_question_halves("7", questions + [annotation])))
+    assert [i.key for i in items] == [other_key, kept_key]
+
+
+def test_join_buckets_are_stable_and_spread():
+    assert join_bucket("458752000", 10) == join_bucket("458752000", 10)
+    assert len({join_bucket(str(i), 10) for i in range(200)}) == 10
 
 
 def test_example_config_loads():

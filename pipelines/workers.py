@@ -1,0 +1,108 @@
+"""The processes of one machine that run a run's tasks.
+
+A run's heavy step gets a list of tasks and a number of processes. With one process the tasks
+run here, one after another. With more, a pool of processes forked from this one runs them, each
+task in one process from start to end: forking shares the modules this process has imported
+(Beam, torch, the project), so a worker starts in milliseconds instead of the seconds a fresh
+interpreter takes to import them. Only a task's description goes to a worker and only its small
+result comes back; `traffic` counts the bytes of what comes back.
+
+Workers are forked before they touch torch's thread pools or a GPU, and each keeps torch to one
+thread: the machine's cores are shared by processes, not threads.
+"""
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import pickle
+import sys
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Iterable, Iterator, Protocol
+
+traffic: Counter = Counter()  # results and their pickled bytes that reached this process
+
+_worker_job = None  # the job a pool worker runs, set when it starts
+
+
+class Job(Protocol):
+    """What a pool runs: `setup(worker)` once in each worker process (worker numbers 0..n-1),
+    then `run(task)` for each task; a result must pickle."""
+
+    def setup(self, worker: int) -> None: ...
+
+    def run(self, task: Any) -> Any: ...
+
+
+def one_thread_each() -> None:
+    """Torch and the BLAS libraries to one thread: the processes share the cores. Torch reads
+    the variable when it is imported; one already imported is told directly."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _start_worker(job: Job, numbers) -> None:
+    global _worker_job
+    with numbers.get_lock():
+        number = numbers.value
+        numbers.value += 1
+    one_thread_each()
+    job.setup(number)
+    _worker_job = job
+
+
+def _run_in_worker(task) -> bytes:
+    return pickle.dumps(_worker_job.run(task), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Workers:
+    """A job's processes: this one, or a pool of `processes` forked workers started at the first
+    tasks and kept until `close` (a runner worker that gets its tasks one by one reuses them)."""
+
+    def __init__(self, job: Job, processes: int):
+        self.job, self.processes = job, processes
+        self._pool = None
+        self._set_up = False
+
+    def run(self, tasks: Iterable[Any]) -> Iterator[Any]:
+        """Each task's result, in the order they finish; pool workers take the next task as
+        they finish one."""
+        # What is alive now (Beam, torch, the project's modules) lives until the run ends: out
+        # of the collector's sight, its passes no longer walk it, and forked workers leave
+        # its pages shared instead of touching them.
+        gc.freeze()
+        if self.processes <= 1:
+            if not self._set_up:
+                self.job.setup(0)
+                self._set_up = True
+            for task in tasks:
+                result = self.job.run(task)
+                _count(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+                yield result
+            return
+        if self._pool is None:
+            context = multiprocessing.get_context("fork")
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=context,
+                                             initializer=_start_worker,
+                                             initargs=(self.job, context.Value("i", 0)))
+        pending = {self._pool.submit(_run_in_worker, task) for task in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                data = future.result()
+                _count(data)
+                yield pickle.loads(data)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def _count(data: bytes) -> None:
+    traffic["results"] += 1
+    traffic["bytes"] += len(data)
+
