@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -71,6 +71,15 @@ def plan_execution(beam_argv: list[str]) -> tuple[PipelineOptions, Any, Executio
                                            "direct_num_workers"))
         return options, FnApiRunner(), Execution(local=True, workers=count)
     return PipelineOptions(argv), None, Execution(local=False, workers=int(workers or 1))
+
+
+def read_file(reader, file) -> Iterator:
+    """What a reader yields for one input file; a failure partway (an unreadable or truncated
+    file) is one errored `unreadable_file` unit after what was read before it."""
+    try:
+        yield from reader(file)
+    except (OSError, ValueError) as error:
+        yield reader.reject(file, "<file>", "unreadable_file", f"{type(error).__name__}: {error}")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, dataset_default: str | None = None,

@@ -20,7 +20,6 @@ renderer crash).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import zlib
@@ -265,7 +264,7 @@ class RenderPages:
     items leave in the order the pages were read, each rendered page's counts before it.
 
     One browser per process, started in `setup`; it is closed when the run's step ends in this
-    process (`serve`), or else when the process exits: pool workers are forked and leave
+    process (`close`), or else when the process exits: pool workers are forked and leave
     through `os._exit`, which skips `atexit`, so the browser is closed by a multiprocessing
     finalizer, which runs on the way out of every process (this one included)."""
 
@@ -275,15 +274,6 @@ class RenderPages:
         self.rules = html_page_rules(config.pages)
         self.renderer: HtmlRenderer | None = None
         self._close_renderer: Finalize | None = None
-
-    @contextlib.contextmanager
-    def serve(self, processes: int):
-        """Closes the browser that `setup` started in this process (one worker: the tasks ran
-        here) once the step is done."""
-        try:
-            yield
-        finally:
-            self.close()
 
     def setup(self, worker: int) -> None:
         set_up(self.rules)

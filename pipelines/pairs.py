@@ -46,7 +46,7 @@ from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
     TextRulesConfig, html_cleaner, no_emoji, remove_invisible
 from pipelines.clip import ClipConfig, ClipService, load_clip, model_input_size
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, print_summary, read_file, run_pipeline
 from pipelines.sinks import Choice, Counts, RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -560,7 +560,7 @@ class CleanPairs:
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject | Counts]:
         batch, bins = [], Counter()
-        for item in self._read(file):
+        for item in read_file(self.reader, file):
             if not isinstance(item, Reject):
                 item = checked(item, self.before)
             if isinstance(item, Reject):
@@ -576,13 +576,6 @@ class CleanPairs:
             yield from self._scored(batch, bins)
         if bins:
             yield Counts({"clip_bins": dict(bins)})
-
-    def _read(self, file: InputFile) -> Iterator[Sample | Reject]:
-        try:
-            yield from self.reader(file)
-        except (OSError, ValueError) as error:
-            yield self.reader.reject(file, "<file>", "unreadable_file",
-                                     f"{type(error).__name__}: {error}")
 
     def _without_model(self, sample: Sample, bins: Counter) -> Iterator[Sample | Reject]:
         if self._input_score is not None:

@@ -25,12 +25,11 @@ MuPDF holds the GIL and cannot be interrupted from Python, so a PDF or page past
 restarted for the rest of the PDF, reading it again (a changed file is refused: `input_changed`).
 Each worker process has one render process, started in `setup` and kept across its tasks (a
 start costs about 0.7 CPU seconds, the rendering of some 50 pages), stopped when the step ends
-(`serve`, for the tasks run in this process) or when the worker process exits (a forked pool
+(`close`, for the tasks run in this process) or when the worker process exits (a forked pool
 worker leaves without running atexit handlers: a multiprocessing finalizer stops it).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -373,15 +372,6 @@ class RenderDocuments:
         self.rules = pdf_page_rules(config.rules)
         self.list_documents = ListDocuments(dataset)
         self.renderer: RenderProcess | None = None
-
-    @contextlib.contextmanager
-    def serve(self, processes: int):
-        """Around a step: the render process of a run done in this process ends with the step
-        (a pool worker's ends when the worker exits)."""
-        try:
-            yield
-        finally:
-            self.close()
 
     def setup(self, worker: int) -> None:
         set_up(self.rules)

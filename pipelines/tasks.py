@@ -23,9 +23,11 @@ tasks in `workers` processes of each runner worker (one by default).
 
 A pipeline fills in a `RunSpec` per output (`pipelines.sinks`) and gives a `Work`: an object that
 turns one unit into samples, rejects and `Counts`, in an order that depends on the unit alone (a
-task's shard keeps that order). `Work.setup(worker)` runs once per process (numbered from 0), before its first unit; a
-work that shares something between the processes of a machine (one CLIP model on the GPU)
-also has `serve(processes)`, a context manager around the step.
+task's shard keeps that order). `Work.setup(worker)` runs once per process (numbered from 0), before its first unit, and
+`Work.close()`, when defined, when the step ends (a forked worker's process just exits: a
+work that holds a browser or a child process also closes it at exit). A work that shares
+something between the processes of a machine (one CLIP model on the GPU) also has
+`serve(processes)`, a context manager around the step.
 """
 from __future__ import annotations
 
@@ -173,7 +175,7 @@ def run_task(specs: list[RunSpec], work: Work, task: Task, count: int,
     return [writer.close(print_) for writer in outputs.writers.values()]
 
 
-class _TaskJob:
+class TaskJob:
     """The pool job of a task step: sets the work up once per process, runs tasks."""
 
     def __init__(self, specs: list[RunSpec], work: Work, count: int, staged: bool):
@@ -186,7 +188,7 @@ class _TaskJob:
         return run_task(self.specs, self.work, task, self.count, self.staged)
 
 
-class _FinishJob:
+class FinishJob:
     def __init__(self, spec: RunSpec, count: int):
         self.spec, self.count = spec, count
 
@@ -214,6 +216,9 @@ class RunTasks(beam.DoFn):
             # the local runner's one element holds every task: no more processes than tasks
             processes = min(self.processes, len(tasks)) if self.close_after else self.processes
             self._services = contextlib.ExitStack()
+            close = getattr(self.work, "close", None)
+            if close is not None:  # what setup made here, when the tasks ran in this process
+                self._services.callback(close)
             serve = getattr(self.work, "serve", None)
             if serve is not None:
                 self._services.enter_context(serve(processes))
@@ -278,7 +283,7 @@ def run_tasks(pipeline, specs: list[RunSpec], work: Work, tasks, execution: Exec
     choice_spec = next((spec for spec in specs if spec.choice is not None), None)
     if choice_spec is None:
         summaries = spread | "RunTasks" >> beam.ParDo(
-            RunTasks(_TaskJob(specs, work, count, False), execution.workers, execution.local,
+            RunTasks(TaskJob(specs, work, count, False), execution.workers, execution.local,
                      work))
     else:
         if len(specs) != 1:
@@ -289,7 +294,7 @@ def run_tasks(pipeline, specs: list[RunSpec], work: Work, tasks, execution: Exec
 
 def _choose(pipeline, spread, spec: RunSpec, work: Work, count: int, execution: Execution):
     staged = spread | "StageTasks" >> beam.ParDo(
-        RunTasks(_TaskJob([spec], work, count, True), execution.workers, execution.local, work))
+        RunTasks(TaskJob([spec], work, count, True), execution.workers, execution.local, work))
     prints = staged | "Fingerprints" >> beam.Map(lambda s: (s.index, ("print", s.fingerprint)))
     losers = (staged
               | "Keys" >> beam.FlatMap(lambda s: [(group, (s.index, rank, member))
@@ -310,7 +315,7 @@ def _choose(pipeline, spread, spec: RunSpec, work: Work, count: int, execution: 
                 | "GroupByTask" >> beam.GroupByKey()
                 | "FinishElements" >> beam.Map(finish_element)
                 | "FinishToWorkers" >> ToWorkers(execution.local)
-                | "FinishTasks" >> beam.ParDo(RunTasks(_FinishJob(spec, count),
+                | "FinishTasks" >> beam.ParDo(RunTasks(FinishJob(spec, count),
                                                        execution.workers, execution.local)))
     stage_summaries = staged | "WithoutKeys" >> beam.Map(_without_keys)
     return (stage_summaries, finished) | "AllSummaries" >> beam.Flatten()

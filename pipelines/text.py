@@ -45,7 +45,7 @@ from filters.language import LanguageRule
 from filters.text_docs import TextDocsConfig, chunk_text, control_characters, document_html, \
     empty_document, normalized_hash
 from filters.text_rules import TextLength
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, print_summary, read_file, run_pipeline
 from pipelines.pairs import bounded_lines
 from pipelines.sinks import Choice, RunSpec
 from pipelines.tasks import Task, run_tasks
@@ -265,20 +265,13 @@ class CleanText:
         self.chunker.setup()
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        for item in self._read(file):
+        for item in read_file(self.reader, file):
             if isinstance(item, Sample):
                 item = checked(item, self.rules)
             if isinstance(item, Reject):
                 yield item
             else:
                 yield from self._chunks(item)
-
-    def _read(self, file: InputFile) -> Iterator[Sample | Reject]:
-        try:
-            yield from self.reader(file)
-        except (OSError, ValueError) as error:
-            yield self.reader.reject(file, "<file>", "unreadable_file",
-                                     f"{type(error).__name__}: {error}")
 
     def _chunks(self, document: Sample) -> list[Sample | Reject]:
         try:

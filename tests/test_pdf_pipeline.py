@@ -19,7 +19,8 @@ import pipelines.pdf as pdf_pipeline
 import renderers.pdf as renderers_pdf
 from pipelines.pdf import (INPUT_EXTENSIONS, ListDocuments, PdfConfig, RenderDocuments,
                            RenderProcess, plan_pdf_tasks, run, run_demo)
-from pipelines.sinks import Counts
+from pipelines.sinks import Counts, RunSpec
+from pipelines.tasks import RunTasks, TaskJob, plan_tasks
 from renderers.pdf import DocumentPolicy, PageRequest, RenderOptions, VetRequest, send_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,10 +45,12 @@ def write(path, data):
 def work_results(config, *paths):
     """What the work of a task yields for these input files, set up as a worker sets it up."""
     work = RenderDocuments(config, "unit")
-    with work.serve(1):
+    try:
         work.setup(0)
         return [item for path in paths
                 for item in work(InputFile(str(path), os.path.basename(str(path))))]
+    finally:
+        work.close()
 
 
 def without_counts(items):
@@ -366,13 +369,22 @@ def test_the_render_process_serves_every_task_of_a_step_and_ends_with_it(tmp_pat
     paths = [write(tmp_path / "math.pdf", samples.math_pdf()),
              write(tmp_path / "english.pdf", samples.english_pdf())]
     work = RenderDocuments(PdfConfig(), "unit")
-    with work.serve(1):
-        work.setup(0)
-        process = work.renderer.process
-        for path in paths:
-            assert without_counts(work(InputFile(path, os.path.basename(path))))
-            assert work.renderer.process is process
-    assert work.renderer is None and process.poll() is not None
+    spec = RunSpec("pdf", "unit", "ocr", str(tmp_path / "out"), [])
+    job = TaskJob([spec], work, 2, False)
+    step = RunTasks(job, processes=1, close_after=True, work=work)
+    started = []
+    real_setup = work.setup
+
+    def setup(worker):
+        real_setup(worker)
+        started.append(work.renderer.process)
+
+    work.setup = setup
+    tasks = plan_tasks([InputFile(path, os.path.basename(path)) for path in paths])
+    summaries = list(step.process(tasks))
+    assert len(summaries) == 2 and all(s.input > 0 for s in summaries)
+    assert len(started) == 1  # one render process served both tasks
+    assert work.renderer is None and started[0].poll() is not None
 
 
 def test_vetting_in_the_render_process():
