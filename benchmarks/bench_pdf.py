@@ -238,10 +238,10 @@ def in_process_rows(paths: list[str], config: PdfConfig) -> tuple[dict, dict]:
     and the work's CPU split by process."""
     rows, split = {}, {}
     work = RenderDocuments(config, "bench")
-    with work.serve(1):
-        work.setup(0)  # the render process starts once per worker: not a per-page cost
-        paths_in_process = (("bare", bare_loop, (True,)), ("bare words-only", bare_loop, (False,)),
-                            ("work", work_loop, ()))
+    work.setup(0)  # the render process starts once per worker: not a per-page cost
+    paths_in_process = (("bare", bare_loop, (True,)), ("bare words-only", bare_loop, (False,)),
+                        ("work", work_loop, ()))
+    try:
         for _ in range(3):
             for name, fn, extra in paths_in_process:
                 renderer = render_process_cpu(work)
@@ -251,6 +251,8 @@ def in_process_rows(paths: list[str], config: PdfConfig) -> tuple[dict, dict]:
                     split = {"render process": render_process_cpu(work) - renderer}
                     split["this process"] = result[1] - split["render process"]
                 rows[name] = min(rows.get(name, result), result)
+    finally:
+        work.close()
     return rows, split
 
 

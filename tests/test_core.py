@@ -119,6 +119,20 @@ def test_cli_lists_the_planned_commands():
     assert _corpus("nonsense").returncode == 2
 
 
+def test_cli_runs_a_pipeline_on_forked_workers(tmp_path):
+    """`--workers` is the command's own flag; the run's report says the work was done."""
+    from corpus.samples.text import write_demo_inputs
+
+    inputs = write_demo_inputs(str(tmp_path / "in"))
+    result = _corpus("text", "--input", *inputs.patterns, "--output", str(tmp_path / "out"),
+                     "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["kept"] > 0 and report["input"] == report["kept"] + report["dropped_total"] \
+        + report["errored_total"]
+    assert "--workers" in _corpus("text", "--help").stdout
+
+
 def test_inspect_prints_and_draws(tmp_path):
     from corpus.schema import Region
     from corpus.shards import write_tar
