@@ -195,6 +195,7 @@ class TaskSummary:
     counts: dict = field(default_factory=dict)
     keys: list = field(default_factory=list)  # a staged task's choice keys (`Choice`)
     fingerprint: str = ""  # a staged task's: what its finishing step's fingerprint builds on
+    staged: str = ""  # a staged task's file
 
     def to_json(self) -> dict:
         return {"input": self.input, "outcomes": self.outcomes,
@@ -351,29 +352,39 @@ def completed(spec: RunSpec, index: int, count: int, fingerprint: str) -> TaskSu
 # ---- staged tasks (a choice among samples of several tasks) ------------------------------------
 
 class StagedWriter:
-    """A task's samples and rejects, pickled in order into one file under `_spill/`, and the
-    choice key of each member; `finish_staged` writes the task's shards from it."""
+    """A task's samples and rejects, pickled in order into a file of this attempt's under
+    `_spill/`, and the choice key of each member; `finish_staged` writes the task's shards from
+    it. A marker beside it (written last) lets a re-run after a crash skip the staging of the
+    tasks that had finished it (`staged_completed`)."""
 
     def __init__(self, spec: RunSpec, index: int, count: int):
         self.spec, self.index, self.count, self.choice = spec, index, count, spec.choice
         self.summary = TaskSummary(spec.output_dir, index)
-        self.path = staged_path(spec, index, count)
-        self._file = FileSystems.create(self.path,
+        stem = _stem(spec.task, index, count)
+        self.summary.staged = FileSystems.join(spec.output_dir, SPILL_DIR,
+                                               f"{stem}-{uuid.uuid4().hex}.pkl")
+        self._file = FileSystems.create(self.summary.staged,
                                         compression_type=CompressionTypes.UNCOMPRESSED)
+        self._size = 0
         self._members: set[str] = set()
 
     def input(self, units: int = 1) -> None:
         self.summary.input += units
+
+    def _write(self, item) -> None:
+        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        self._file.write(data)
+        self._size += len(data)
 
     def add(self, sample: Sample) -> None:
         group, rank, member = self.choice.key(sample)
         if member not in self._members:
             self._members.add(member)
             self.summary.keys.append((group, rank, member))
-        self._file.write(pickle.dumps((member, sample), protocol=pickle.HIGHEST_PROTOCOL))
+        self._write((member, sample))
 
     def reject(self, reject: Reject) -> None:
-        self._file.write(pickle.dumps((None, reject), protocol=pickle.HIGHEST_PROTOCOL))
+        self._write((None, reject))
 
     def add_counts(self, counts: dict) -> None:
         add_counts(self.summary.counts, counts)
@@ -381,12 +392,38 @@ class StagedWriter:
     def close(self, fingerprint: str) -> TaskSummary:
         self._file.close()
         self.summary.fingerprint = fingerprint
+        marker = {"fingerprint": fingerprint, "staged": self.summary.staged, "size": self._size,
+                  "summary": self.summary.to_json(), "keys": self.summary.keys}
+        write_atomically(self.spec.output_dir, _staged_marker(self.spec, self.index, self.count),
+                         lambda f: f.write(pickle.dumps(marker, protocol=pickle.HIGHEST_PROTOCOL)))
         return self.summary
 
 
-def staged_path(spec: RunSpec, index: int, count: int) -> str:
-    # one attempt's file replaces another's whole: FileSystems.create truncates
-    return FileSystems.join(spec.output_dir, SPILL_DIR, _stem(spec.task, index, count) + ".pkl")
+def _staged_marker(spec: RunSpec, index: int, count: int) -> str:
+    return f"{SPILL_DIR}/{_stem(spec.task, index, count)}.done"
+
+
+def staged_completed(spec: RunSpec, index: int, count: int,
+                     fingerprint: str) -> TaskSummary | None:
+    """The summary of a task staged by an earlier attempt of this run (one that crashed before
+    its report) from the same inputs, while its staged file is whole; else None."""
+    path = FileSystems.join(spec.output_dir, _staged_marker(spec, index, count))
+    if not FileSystems.exists(path):
+        return None
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            marker = pickle.loads(f.read())
+        staged = FileSystems.match([marker["staged"]])[0].metadata_list
+    except (pickle.UnpicklingError, EOFError, KeyError, BeamIOError, OSError) as error:
+        _LOG.warning("ignoring unreadable staging marker %s: %s", path, error)
+        return None
+    if marker["fingerprint"] != fingerprint or not staged or \
+            staged[0].size_in_bytes != marker["size"]:
+        return None
+    summary = TaskSummary.from_json(spec.output_dir, index, marker["summary"])
+    summary.keys, summary.fingerprint, summary.staged = marker["keys"], fingerprint, \
+        marker["staged"]
+    return summary
 
 
 def _staged_items(path: str) -> Iterator[tuple[str | None, Sample | Reject]]:
@@ -401,7 +438,7 @@ def _staged_items(path: str) -> Iterator[tuple[str | None, Sample | Reject]]:
                 return
 
 
-def finish_staged(spec: RunSpec, index: int, count: int, losers: dict[str, str],
+def finish_staged(spec: RunSpec, index: int, count: int, staged: str, losers: dict[str, str],
                   fingerprint: str) -> TaskSummary:
     """Writes a staged task's shards, dropping the members that lost the choice (`losers`:
     member -> the member kept instead). The fingerprint covers the losers, so a re-run that
@@ -410,7 +447,7 @@ def finish_staged(spec: RunSpec, index: int, count: int, losers: dict[str, str],
     if done is not None:
         return _without_input(done)
     writer = ShardWriter(spec, index, count)
-    for member, item in _staged_items(staged_path(spec, index, count)):
+    for member, item in _staged_items(staged):
         if member is None:
             writer.reject(item)
         elif member in losers:

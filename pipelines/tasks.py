@@ -48,7 +48,7 @@ from corpus.schema import Sample
 from filters.base import Reject
 from pipelines import workers as local_workers
 from pipelines.sinks import Counts, RunSpec, ShardWriter, StagedWriter, TaskSummary, choose, \
-    completed, finish_staged, write_report
+    completed, finish_staged, staged_completed, write_report
 
 _LOG = logging.getLogger(__name__)
 
@@ -160,10 +160,10 @@ def run_task(specs: list[RunSpec], work: Work, task: Task, count: int,
     """Runs one task: its units through the work into its outputs (or their staged files).
     A task an earlier run finished with the same fingerprint is not run again."""
     print_ = fingerprint(specs, task)
-    if not staged:
-        done = [completed(spec, task.index, count, print_) for spec in specs]
-        if all(done):
-            return done
+    done = [staged_completed(spec, task.index, count, print_) if staged else
+            completed(spec, task.index, count, print_) for spec in specs]
+    if all(done):
+        return done
     writer_class = StagedWriter if staged else ShardWriter
     outputs = _Outputs({spec.task: writer_class(spec, task.index, count) for spec in specs})
     for unit in task.units:
@@ -196,8 +196,8 @@ class FinishJob:
         pass
 
     def run(self, element) -> list[TaskSummary]:
-        task, print_, losers = element
-        return [finish_staged(self.spec, task, self.count, losers, print_)]
+        task, (print_, staged), losers = element
+        return [finish_staged(self.spec, task, self.count, staged, losers, print_)]
 
 
 class RunTasks(beam.DoFn):
@@ -295,7 +295,8 @@ def run_tasks(pipeline, specs: list[RunSpec], work: Work, tasks, execution: Exec
 def _choose(pipeline, spread, spec: RunSpec, work: Work, count: int, execution: Execution):
     staged = spread | "StageTasks" >> beam.ParDo(
         RunTasks(TaskJob([spec], work, count, True), execution.workers, execution.local, work))
-    prints = staged | "Fingerprints" >> beam.Map(lambda s: (s.index, ("print", s.fingerprint)))
+    prints = staged | "Fingerprints" >> beam.Map(
+        lambda s: (s.index, ("print", (s.fingerprint, s.staged))))
     losers = (staged
               | "Keys" >> beam.FlatMap(lambda s: [(group, (s.index, rank, member))
                                                   for group, rank, member in s.keys])
@@ -305,11 +306,11 @@ def _choose(pipeline, spread, spec: RunSpec, work: Work, count: int, execution: 
 
     def finish_element(grouped):
         task, values = grouped
-        (print_,) = [value for kind, value in values if kind == "print"]
+        ((print_, staged),) = [value for kind, value in values if kind == "print"]
         # the losers in one order: the fingerprint of the finished task covers them
         losers = dict(sorted(value for kind, value in values if kind == "loser"))
         print_ = hashlib.sha256(json.dumps([print_, losers]).encode("utf-8")).hexdigest()
-        return task, print_, losers
+        return task, (print_, staged), losers
 
     finished = ((prints, losers) | "GatherChoices" >> beam.Flatten()
                 | "GroupByTask" >> beam.GroupByKey()

@@ -253,27 +253,48 @@ def test_a_changed_run_is_redone(tmp_path, beam_argv):
     assert report["kept"] == expected_counts(12)["kept"]
 
 
-def test_a_choice_sees_every_task_and_kept_counts_follow_it(tmp_path, beam_argv):
-    """The first of the samples sharing a caption is kept, across tasks; only their keys meet.
-    `kept_counts` counts over the samples written."""
-    texts = ["a cat", "a dog", "a cat", "a bird", "a dog", "a cat"]
+TEXTS = ["a cat", "a dog", "a cat", "a bird", "a dog", "a cat"]
 
-    class Texts:
-        def setup(self, worker):
-            pass
 
-        def __call__(self, i):
-            yield make_sample(key=f"k{i}", text=texts[i], dataset=DATASET)
+class Texts:
+    """Unit i is a sample with caption TEXTS[i]; it notes the units it was called for in
+    `notes` (a folder: the runner works on a copy of the work)."""
 
+    def __init__(self, notes=None):
+        self.notes = notes
+
+    def setup(self, worker):
+        pass
+
+    def __call__(self, i):
+        if self.notes is not None:
+            (self.notes / str(i)).touch()
+        yield make_sample(key=f"k{i}", text=TEXTS[i], dataset=DATASET)
+
+    def called(self) -> list[int]:
+        return sorted(int(name) for name in os.listdir(self.notes))
+
+
+def choice_spec(output_dir) -> RunSpec:
     choice = Choice(lambda s: (s.text, int(s.source.key[1:]), s.id), "same_text")
-    spec = RunSpec("unit", DATASET, "unit", str(tmp_path), ["same_text"], samples_per_shard=2,
+    return RunSpec("unit", DATASET, "unit", str(output_dir), ["same_text"], samples_per_shard=2,
                    stats={"fixed": 1}, kept_counts=lambda s: {"kept_texts": {s.text: 1}},
                    choice=choice)
 
-    def build(pipeline, execution):
-        run_tasks(pipeline, [spec], Texts(), plan_tasks(list(range(6)), 2), execution)
 
-    report = run_pipeline(build, beam_argv, str(tmp_path))
+def run_choice(output_dir, beam_argv, work=None):
+    tasks = plan_tasks(list(range(6)), 2)
+    spec = choice_spec(output_dir)
+    return run_pipeline(
+        lambda pipeline, execution: run_tasks(pipeline, [spec], work or Texts(), tasks,
+                                              execution),
+        beam_argv, str(output_dir))
+
+
+def test_a_choice_sees_every_task_and_kept_counts_follow_it(tmp_path, beam_argv):
+    """The first of the samples sharing a caption is kept, across tasks; only their keys meet.
+    `kept_counts` counts over the samples written."""
+    report = run_choice(tmp_path, beam_argv)
     assert (report["input"], report["kept"], report["dropped"]) == (6, 3, {"same_text": 3})
     assert report["stats"] == {"fixed": 1, "kept_texts": {"a bird": 1, "a cat": 1, "a dog": 1}}
     kept = sorted(s.source.key for shard in report["shards"]
@@ -281,8 +302,24 @@ def test_a_choice_sees_every_task_and_kept_counts_follow_it(tmp_path, beam_argv)
     assert kept == ["k0", "k1", "k3"]
     assert not (tmp_path / SPILL_DIR).exists()
     first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()}
-    run_pipeline(build, beam_argv, str(tmp_path))  # the same choice: the files are kept
+    run_choice(tmp_path, beam_argv)  # the same choice: the files are kept
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()} == first
+
+
+def test_a_rerun_after_a_crash_skips_the_tasks_already_staged(tmp_path, beam_argv):
+    from pipelines.tasks import run_task
+
+    spec, tasks = choice_spec(tmp_path / "out"), plan_tasks(list(range(6)), 2)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "again").mkdir()
+    crashed = Texts(tmp_path / "first")
+    run_task([spec], crashed, tasks[1], len(tasks), staged=True)  # staged, then the run died
+    assert crashed.called() == [2, 3]
+    again = Texts(tmp_path / "again")
+    run_choice(tmp_path / "out", beam_argv, again)
+    assert again.called() == [0, 1, 4, 5]
+    run_choice(tmp_path / "clean", beam_argv)
+    assert_same_outputs(tmp_path / "out", tmp_path / "clean")
 
 
 def test_reject_table_columns_are_the_reject_fields():
