@@ -35,10 +35,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -50,7 +49,6 @@ from pipelines import workers as local_workers
 from pipelines.sinks import Counts, RunSpec, ShardWriter, StagedWriter, TaskSummary, choose, \
     completed, finish_staged, staged_completed, write_report
 
-_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -148,11 +146,9 @@ class _Outputs:
             for writer in self._targets(item):
                 writer.input()
                 writer.reject(item)
-        elif isinstance(item, Counts):
+        else:
             for writer in self._targets(item):
                 writer.add_counts(item.values)
-        else:
-            raise TypeError(f"work yielded {type(item).__name__}, not a sample, reject or counts")
 
 
 def run_task(specs: list[RunSpec], work: Work, task: Task, count: int,
@@ -167,12 +163,23 @@ def run_task(specs: list[RunSpec], work: Work, task: Task, count: int,
     writer_class = StagedWriter if staged else ShardWriter
     outputs = _Outputs({spec.task: writer_class(spec, task.index, count) for spec in specs})
     for unit in task.units:
-        try:
-            for item in work(unit):
-                outputs.add(item)
-        except Exception as error:  # the dead letter: a failing unit costs that unit only
-            outputs.add(unit_reject(unit, error, specs[0].dataset))
+        for item in _items(work, unit, specs[0].dataset):
+            outputs.add(item)
     return [writer.close(print_) for writer in outputs.writers.values()]
+
+
+def _items(work: Work, unit: Any, dataset: str) -> Iterator[Sample | Reject | Counts]:
+    """What the work yields for a unit; a failure partway ends the unit with its errored reject
+    (the dead letter: a failing unit costs that unit only). Only the work's failures: one of the
+    writers (a full disk) fails the task."""
+    try:
+        for item in work(unit):
+            if not isinstance(item, (Sample, Reject, Counts)):
+                raise TypeError(f"work yielded {type(item).__name__}, not a sample, reject or "
+                                "counts")
+            yield item
+    except Exception as error:
+        yield unit_reject(unit, error, dataset)
 
 
 class TaskJob:
