@@ -50,7 +50,6 @@ from pipelines.sinks import Counts, RunSpec, ShardWriter, StagedWriter, TaskSumm
     completed, finish_staged, staged_completed, write_report
 
 
-
 @dataclass(frozen=True)
 class Task:
     index: int
