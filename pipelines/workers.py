@@ -13,6 +13,7 @@ thread: the machine's cores are shared by processes, not threads.
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -21,6 +22,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Iterable, Iterator, Protocol
 
+IN_FLIGHT_PER_WORKER = 4  # tasks submitted ahead, so a worker never waits for its next one
 traffic: Counter = Counter()  # results and their pickled bytes that reached this process
 
 _worker_job = None  # the job a pool worker runs, set when it starts
@@ -88,8 +90,15 @@ class Workers:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=context,
                                              initializer=_start_worker,
                                              initargs=(self.job, context.Value("i", 0)))
-        pending = {self._pool.submit(_run_in_worker, task) for task in tasks}
-        while pending:
+        # A few tasks per worker in flight, the next submitted as one finishes: a run of 500k
+        # tasks neither holds 500k futures nor scans them at every completion.
+        waiting, pending = iter(tasks), set()
+        while True:
+            for task in itertools.islice(waiting, IN_FLIGHT_PER_WORKER * self.processes
+                                         - len(pending)):
+                pending.add(self._pool.submit(_run_in_worker, task))
+            if not pending:
+                return
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 data = future.result()
