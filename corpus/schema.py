@@ -32,8 +32,8 @@ IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # format -> file 
 
 def _pickled_as_fields(cls):
     """Pickle as the class and its field values in order. Rebuilding through `__init__` takes
-    half the time of pickle's default (a new object, then its `__dict__` restored), and every
-    sample is pickled on its way to the shard writers (spill files, shuffles)."""
+    half the time of pickle's default (a new object, then its `__dict__` restored), and samples
+    are pickled whenever they are staged or cross a process (a staged choice, Beam's runners)."""
     values = operator.attrgetter(*(f.name for f in fields(cls)))  # a tuple: every class has 2+
     cls.__reduce__ = lambda self: (cls, values(self))
     return cls
