@@ -527,6 +527,7 @@ class CleanPairs:
         self.before = image_rules(config.image) + ([] if between else text_rules(config.text))
         self.after = text_rules(config.text) if between else []
         self.model = None
+        self._model_size = None  # the model's image side, read from its config in `setup`
         self._service = None
         self._input_score = InputScore(clip.score_field, clip.threshold) \
             if clip.score_field else None
@@ -555,6 +556,7 @@ class CleanPairs:
     def setup(self, worker: int) -> None:
         set_up(self.before + self.after)
         if self._scores_with_model and self.model is None:
+            self._model_size = model_input_size(self.config.clip)
             self.model = self._service.clients[worker] if self._service is not None else \
                 load_clip(self.config.clip)
 
@@ -596,11 +598,10 @@ class CleanPairs:
         """Decode a batch near the model's input size (draft mode), score it in one call,
         apply the threshold and the rules after CLIP. A sample that does not decode is one
         errored reject, not its batch's."""
-        size = model_input_size(self.config.clip)
         decoded, pixels = [], []
         for sample in batch:
             try:
-                pixels.append(decode_for_model(sample.image.data, size))
+                pixels.append(decode_for_model(sample.image.data, self._model_size))
             except ImageError as error:
                 yield Reject.of(sample, error.reason, "errored", error.detail)
                 continue

@@ -60,7 +60,7 @@ _LOG = logging.getLogger(__name__)
 
 def shard_name(task: str, index: int, count: int, part: int, extension: str) -> str:
     suffix = f"-p{part}" if part else ""
-    return f"{task}-{index:05d}-of-{count:05d}{suffix}.{extension}"
+    return f"{_stem(task, index, count)}{suffix}.{extension}"
 
 
 def _stem(task: str, index: int, count: int) -> str:

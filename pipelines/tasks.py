@@ -23,9 +23,9 @@ tasks in `workers` processes of each runner worker (one by default).
 
 A pipeline fills in a `RunSpec` per output (`pipelines.sinks`) and gives a `Work`: an object that
 turns one unit into samples, rejects and `Counts`, in an order that depends on the unit alone (a
-task's shard keeps that order). `Work.setup(worker)` runs once per process (numbered from 0), before its first unit, and
-`Work.close()`, when defined, when the step ends (a forked worker's process just exits: a
-work that holds a browser or a child process also closes it at exit). A work that shares
+task's shard keeps that order). `Work.setup(worker)` runs once per process (numbered from 0),
+before its first unit, and `Work.close()`, when defined, when the step ends (a forked worker's
+process just exits: a work that holds a browser or a child process also closes it at exit). A work that shares
 something between the processes of a machine (one CLIP model on the GPU) also has
 `serve(processes)`, a context manager around the step.
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ def plan_tasks(units: list, per_task: int = 1) -> list[Task]:
 
 # ---- one task --------------------------------------------------------------------------------
 
+@functools.cache
 def _version() -> str:
     try:
         return metadata.version("qwenvl-corpus")
