@@ -62,24 +62,28 @@ class PerCharacterTextBox(TextBox):
         width = float(np.clip(width * fill, height, width))
         char_layers, chars, left = [], [], 0.0
         raw = stream.read(position, int(width / (0.1 * height)) + 2)
-        for char in raw:
+        consumed = len(raw)
+        for index, char in enumerate(raw):
+            if char in "\r\n":
+                continue  # as SynthDoG's text box does
             layer = layers.TextLayer(char, face.path, max(int(height), 1), bold=bold)
             scale = height / layer.height
             layer.bbox = [left, 0, *(layer.size * scale)]
             if layer.right > width:
+                consumed = index
                 break
             char_layers.append(layer)
             chars.append(char)
             left = layer.right
         text = "".join(chars).strip()
         if not text:
-            return None, max(len(chars), 1), 0
+            return None, max(consumed, 1), 0
         merged = layers.Group(char_layers).merge()
         ys, xs = np.nonzero(merged.image[..., 3] > 0)
         if len(xs) == 0:
-            return None, len(chars), 0
+            return None, consumed, 0
         ink = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        return TextLine(text, merged, ink, face.name), len(chars), 0
+        return TextLine(text, merged, ink, face.name), consumed, 0
 
 
 def same_images_as_runner(count: int) -> list[int]:

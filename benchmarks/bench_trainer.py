@@ -157,7 +157,8 @@ def trainer_run(manifest: str, output: str, model: dict, variant: str, args,
     model = {**model, "llm": {**model["llm"], "attn_implementation": attention}}
     overrides = {"model": model, "compile": compiled == "compile",
                  "steps": args.warmup + args.steps, "warmup_steps": 10,
-                 "micro_batch_size": args.micro_batch, "grad_accum": args.grad_accum,
+                 "micro_batch_size": args.micro_batch,
+                 "global_batch": args.micro_batch * args.grad_accum,
                  "num_workers": args.workers, "prefetch": 4, "log_every": args.warmup}
     result = train(manifest, 2, output, overrides=overrides, device=str(device), progress=False,
                    checkpoints=False)

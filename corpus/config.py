@@ -1,18 +1,20 @@
 """YAML configs read into dataclasses: defaults live on the dataclass, the file overrides them.
 
-A config file may hold a `datasets:` section whose entries override the top level for one
-dataset (the paper's CLIP threshold is dataset-specific, for instance). Unknown keys are an error
-naming the key, so a typo never silently falls back to a default.
+Layers, from the least specific: the dataclass's defaults, the config file's top level, the
+dataset's profile (`corpus.profiles`), the file's `datasets: {NAME: ...}` entry. Unknown keys are
+an error naming the key, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from typing import Any, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -35,26 +37,43 @@ def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str = "con
         values[name] = value
     try:
         config = cls(**values)
+        validate = getattr(config, "validate", None)
+        if validate is not None:
+            validate()
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: {error}") from error
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
     return config
 
 
-def load_config(cls: type[T], path: str | None, dataset: str | None = None) -> T:
-    """Read `path` (YAML) into `cls`; apply the `datasets: {dataset: …}` override if present."""
-    if path is None:
-        return from_mapping(cls, {})
-    with open(path, encoding="utf-8") as f:
-        document = yaml.safe_load(f) or {}
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    overrides = document.pop("datasets", None) or {}
-    if dataset is not None and dataset in overrides:
-        document = merge(document, overrides[dataset])
-    return from_mapping(cls, document, path)
+def load_config(cls: type[T], path: str | None, dataset: str | None = None,
+                profile: dict[str, Any] | None = None) -> T:
+    """Read `path` (YAML) into `cls`, with the dataset's `profile` settings over its top level
+    and its `datasets: {dataset: …}` entry over both."""
+    document, override = {}, {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f) or {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        override = (document.pop("datasets", None) or {}).get(dataset) or {}
+    shadowed = differing_keys(document, profile or {})
+    if shadowed:
+        log.warning("the profile of %r sets %s over the top level of %s; to change them, set "
+                    "them under `datasets: %s:`", dataset, ", ".join(shadowed), path, dataset)
+    return from_mapping(cls, merge(merge(document, profile or {}), override), path or "config")
+
+
+def differing_keys(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys that `override` sets to another value than `base` does."""
+    keys = []
+    for key, value in override.items():
+        if key not in base:
+            continue
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            keys += differing_keys(base[key], value, f"{prefix}{key}.")
+        elif base[key] != value:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

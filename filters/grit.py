@@ -115,6 +115,14 @@ def _is_number(value: Any) -> bool:
             and math.isfinite(value))
 
 
+def scored_at_least(entry: Any, min_score: float | None) -> bool:
+    """Whether an entry passes `min_score`; one without a (numeric) score, or no threshold,
+    does."""
+    if min_score is None or not isinstance(entry, (list, tuple)) or len(entry) < 7:
+        return True
+    return not _is_number(entry[6]) or entry[6] >= min_score
+
+
 class GritScoreThreshold:
     """Removes entries scored below `min_score` (entries without a score stay)."""
 
@@ -125,7 +133,7 @@ class GritScoreThreshold:
 
     def __call__(self, sample: Sample):
         entries = span_entries(sample)
-        kept = [e for e in entries if len(e) < 7 or e[6] is None or e[6] >= self.min_score]
+        kept = [e for e in entries if scored_at_least(e, self.min_score)]
         if len(kept) == len(entries):
             return None
         extra = {**sample.extra, GRIT_SPANS: kept}

@@ -18,12 +18,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from corpus.config import ConfigError, load_config
+from corpus.profiles import profile_of
 from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_report
+from filters.benchmark_images import BenchmarkImages, fingerprint_images, image_paths, \
+    is_fingerprint_file, load_fingerprints, save_fingerprints
 from pipelines.sinks import write_atomically
 from pipelines.tasks import Execution
 
 
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner")
+EXCLUDED_FINGERPRINTS = "excluded_images.npz"  # what a run given excluded images writes
 
 
 def _flag(argv: list[str], name: str) -> str | None:
@@ -82,9 +87,18 @@ def read_file(reader, file) -> Iterator:
         yield reader.reject(file, "<file>", "unreadable_file", f"{type(error).__name__}: {error}")
 
 
+def load_pipeline_config(cls, pipeline: str, config_path: str | None, dataset: str | None):
+    """The config of a run: defaults, the `--config` file and the dataset's profile
+    (`corpus.config.load_config`); says in one line which profile applies."""
+    profile = profile_of(dataset)
+    print(profile.describe(pipeline))
+    return load_config(cls, config_path, dataset, profile.for_pipeline(pipeline))
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, *, dataset_default: str | None = None,
-                         needs_input: bool = True) -> None:
-    """Flags every pipeline command shares. Anything else on the line goes to Beam."""
+                         needs_input: bool = True, reads_images: bool = False) -> None:
+    """Flags every pipeline command shares (and `--exclude-images` for those that read
+    images). Anything else on the line goes to Beam."""
     if needs_input:
         parser.add_argument("--input", nargs="+", required=True, metavar="GLOB",
                             help="input files, folders or globs (local paths or Beam URIs)")
@@ -100,6 +114,43 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, dataset_default: st
     parser.add_argument("--workers", type=int, metavar="N",
                         help="processes on this machine (default: every core; with another "
                              "runner, processes per runner worker, default 1)")
+    if reads_images:
+        parser.add_argument("--exclude-images", metavar="DIR_OR_FILE",
+                            help="drop samples showing a near-duplicate of these images (an "
+                                 "evaluation set): a folder, a text file of image paths, or "
+                                 f"the {EXCLUDED_FINGERPRINTS} an earlier run wrote")
+
+
+def exclusion_guard(source: str | None, output_dir: str,
+                    beam_argv: list[str]) -> BenchmarkImages | None:
+    """The guard of `--exclude-images`, ready before the run starts. A fingerprint file is used
+    where it is; a folder or a list of images is fingerprinted here, once, by `--workers`
+    processes, into OUTPUT/excluded_images.npz, which later runs can take instead. A file that
+    is not an image stops the command before the run (ConfigError, one line)."""
+    if source is None:
+        return None
+    if is_fingerprint_file(source):
+        try:
+            stored = load_fingerprints(source)
+        except ValueError as error:
+            raise ConfigError(f"--exclude-images: {error}") from None
+        return BenchmarkImages(source, images=len(stored.paths), sha256=stored.sha256)
+    paths = image_paths(source)
+    if not paths:
+        raise ConfigError(f"--exclude-images: no images in {source}")
+    workers = _flag(beam_argv, "workers")
+    fingerprints, failures = fingerprint_images(
+        paths, int(workers) if workers else (os.cpu_count() or 1))
+    if failures:
+        path, why = failures[0]
+        raise ConfigError(f"--exclude-images: {len(failures)} of {len(paths)} images could "
+                          f"not be read, the first {path}: {why}")
+    written = write_atomically(output_dir, EXCLUDED_FINGERPRINTS,
+                               lambda f: save_fingerprints(f, fingerprints, paths))
+    path = FileSystems.join(output_dir, EXCLUDED_FINGERPRINTS)
+    print(f"Excluded images: {len(paths)} from {source} fingerprinted into {path}; give "
+          "that file to --exclude-images to skip this step")
+    return BenchmarkImages(path, images=len(paths), sha256=written.sha256)
 
 
 class _LeafCollector(beam.pipeline.PipelineVisitor):

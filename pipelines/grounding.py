@@ -1,8 +1,9 @@
 """`corpus grounding`: grounding annotation sets into the grounding tasks of Appendix A.3 / B.1.
 
 - GRIT (Kosmos-2) records become "caption with grounding" samples (task `grounding`) after
-  recursive-box pruning (`filters.grit`); with `grit_duality: true` every valid GRIT span and box
-  also yields the two duality samples below.
+  recursive-box pruning (`filters.grit`); every GRIT span and box also yields the two duality
+  samples below (GRIT is among the sources of both in the paper's Table 3; `grit_duality: false`
+  writes the grounding task alone).
 - Region sets (RefCOCO, RefCOCO+, RefCOCOg, Visual Genome region descriptions: image + phrase +
   box) become both duality tasks: `ref_grounding` (`<ref>phrase</ref>` -> `<box>`) and
   `grounded_captioning` (`<ref>This</ref><box>` -> phrase).
@@ -24,25 +25,30 @@ natural task: a large GRIT run has as many tasks as parts, and a single huge fil
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import fsspec
 from apache_beam.io.filesystems import FileSystems
 
-from corpus.config import load_config, to_mapping
+from corpus.config import to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject, checked, set_up
-from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes
+from filters.benchmark_images import REASON as BENCHMARK_IMAGE
+from filters.benchmark_images import BenchmarkImages, screened
+from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes, \
+    scored_at_least
 from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_problem, \
     region_box_valid
 from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
     iter_records, load_record_image, read_records
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
+    print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -63,7 +69,9 @@ class GroundingConfig:
     # GRIT entries scored below this are removed before pruning. The paper gives no value;
     # GRIT was already filtered when it was built, so none is applied by default.
     min_score: float | None = None
-    grit_duality: bool = False  # also emit ref_grounding / grounded_captioning from GRIT
+    # Also emit ref_grounding / grounded_captioning from every GRIT span and box (Table 3 lists
+    # GRIT among the sources of both).
+    grit_duality: bool = True
     # Region sets: how `bbox`/`box` is written. RefCOCO* (refer, COCO) use [x, y, w, h].
     box_format: str = "xywh"
     # Image path when a record names none, e.g. "COCO_train2014_{image_id:012d}.jpg".
@@ -81,10 +89,10 @@ class GroundingConfig:
 GRIT_REASONS = ["unreadable_file", "malformed_json", "other_record_kind", "malformed_record",
                 "missing_image", "corrupt_image", "empty_caption", "malformed_span",
                 "span_outside_caption", "box_outside_unit_range", "box_inverted",
-                "no_grounding_spans"]
+                "no_grounding_spans", BENCHMARK_IMAGE]
 DUALITY_REASONS = ["unreadable_file", "malformed_json", "other_record_kind", "malformed_record",
                    "no_phrases", "missing_image", "corrupt_image", "empty_phrase", "missing_box",
-                   "box_inverted", "box_outside_image", "empty_box"]
+                   "box_inverted", "box_outside_image", "empty_box", BENCHMARK_IMAGE]
 
 
 def grit_rules(config: GroundingConfig) -> list:
@@ -170,7 +178,10 @@ class ReadGrounding:
 
     def _grit_duality(self, record, index, entry, caption, loaded) -> Iterator[Sample]:
         """Each GRIT span and box, written as a region-set record; invalid entries drop as
-        `missing_box` / `empty_phrase` / box rules."""
+        `missing_box` / `empty_phrase` / box rules. Entries under `min_score` are left out, as
+        they are before pruning."""
+        if not scored_at_least(entry, self.config.min_score):
+            return
         phrase, box = "", None
         if isinstance(entry, list) and len(entry) >= 6:
             try:
@@ -332,18 +343,31 @@ def detect_kind(files: list[InputFile]) -> str:
 
 class CleanGrounding:
     """The work of a grounding run task: one annotation file read once into the samples of
-    every output task, each through its task's rules."""
+    every output task, each through its task's rules, then (with `exclude`) the
+    benchmark-image guard, which fingerprints each image once for all its samples."""
 
-    def __init__(self, reader: ReadGrounding, tasks: list[str]):
+    def __init__(self, reader: ReadGrounding, tasks: list[str],
+                 exclude: BenchmarkImages | None = None):
         self.reader = reader
         self.rules = {task: rules_for(task, reader.config) for task in tasks}
+        self.exclude = exclude
+
+    @contextlib.contextmanager
+    def serve(self, processes: int):
+        """The excluded images' index built once, before the workers fork and share it."""
+        if self.exclude is not None:
+            self.exclude.load()
+        yield
 
     def setup(self, worker: int) -> None:
         set_up([rule for rules in self.rules.values() for rule in rules])
+        if self.exclude is not None:
+            self.exclude.load()
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        for item in self.reader(file):
-            yield item if isinstance(item, Reject) else checked(item, self.rules[item.task])
+        yield from screened((item if isinstance(item, Reject) else
+                             checked(item, self.rules[item.task]) for item in self.reader(file)),
+                            self.exclude)
 
 
 GRIT_STATS = ("spans_in", "boxes_in", "spans_kept", "boxes_kept")
@@ -374,17 +398,23 @@ def run_spec(task: str, output_dir: str, dataset: str, config: GroundingConfig, 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfig,
         beam_argv: list[str], images: str | None = None, kind: str = "auto",
-        coco_instances: str | None = None,
-        shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
-    """Run the pipeline, a run task per annotation file; returns the combined report (`tasks`
-    holds each output task's report)."""
+        coco_instances: str | None = None, shard_formats: list[str] | None = None,
+        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+    """Run the pipeline, a run task per annotation file, dropping samples whose image is a
+    near-duplicate of one of `exclude_images`; returns the combined report (`tasks` holds each
+    output task's report)."""
     files = expand_inputs(inputs, RECORD_EXTENSIONS)
     kind = detect_kind(files) if kind == "auto" else kind
     tasks = (GRIT_TASKS + (DUALITY_TASKS if config.grit_duality else [])) if kind == "grit" \
         else list(DUALITY_TASKS)
     specs = [run_spec(task, output_dir, dataset, config, kind, shard_formats or ["webdataset"],
                       samples_per_shard) for task in tasks]
-    work = CleanGrounding(ReadGrounding(dataset, config, images, kind, coco_instances), tasks)
+    exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
+    if exclude is not None:
+        specs = [replace(spec, config={**spec.config, "exclude_images": exclude.describe()})
+                 for spec in specs]
+    work = CleanGrounding(ReadGrounding(dataset, config, images, kind, coco_instances), tasks,
+                          exclude)
     file_tasks = plan_tasks(files)
     reports = run_pipeline(
         lambda pipeline, execution: run_tasks(pipeline, specs, work, file_tasks, execution),
@@ -393,9 +423,11 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfi
 
 
 def combine_reports(reports: dict[str, dict[str, Any]], dataset: str) -> dict[str, Any]:
-    """The totals over a run's tasks, with each task's report under `tasks`."""
+    """The totals over a run's tasks (a record counts in every task it feeds), the samples each
+    task kept (`kept_by_task`), and each task's report under `tasks`."""
     combined = {"pipeline": "grounding", "dataset": dataset, "task": "+".join(reports),
                 "input": 0, "kept": 0, "dropped_total": 0, "errored_total": 0,
+                "kept_by_task": {task: report["kept"] for task, report in reports.items()},
                 "dropped": {}, "errored": {}, "shards": [], "tasks": reports,
                 "wall_seconds": max(r.get("wall_seconds", 0) for r in reports.values())}
     for task, report in reports.items():
@@ -409,7 +441,7 @@ def combine_reports(reports: dict[str, dict[str, Any]], dataset: str) -> dict[st
 
 
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
+    add_common_arguments(parser, reads_images=True)
     parser.add_argument("--images", metavar="PATH",
                         help="folder or tar of images named by the records (when the records "
                              "do not carry their images)")
@@ -422,11 +454,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(GroundingConfig, args.config, args.dataset)
+    config = load_pipeline_config(GroundingConfig, "grounding", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
                  coco_instances=args.coco_instances,
                  kind=args.kind, shard_formats=args.shard_formats,
-                 samples_per_shard=args.samples_per_shard)
+                 samples_per_shard=args.samples_per_shard, exclude_images=args.exclude_images)
     for task, task_report in report["tasks"].items():
         print_summary({**task_report, "pipeline": f"grounding/{task}"})
     return 0
@@ -434,13 +466,15 @@ def main(args, beam_argv) -> int:
 
 def run_demo(output_dir: str, beam_argv: list[str]) -> dict[str, Any]:
     """GRIT records (nested spans and every kind of bad entry) into `output_dir/grounding`,
-    RefCOCO and Visual Genome records into `output_dir/{ref_grounding,grounded_captioning}`."""
+    RefCOCO and Visual Genome records into `output_dir/{ref_grounding,grounded_captioning}`.
+    GRIT's duality samples are left out here: the region run writes those two task folders."""
     from corpus.samples.grounding import write_grit_sample, write_region_sample
 
     inputs = os.path.join(output_dir, "inputs")
     grit_inputs = write_grit_sample(os.path.join(inputs, "grit"))
     region_inputs, images = write_region_sample(os.path.join(inputs, "regions"))
     config = GroundingConfig()
-    grit = run(grit_inputs, output_dir, "demo-grit", config, beam_argv)
+    grit = run(grit_inputs, output_dir, "demo-grit", replace(config, grit_duality=False),
+               beam_argv)
     regions = run(region_inputs, output_dir, "demo-refs", config, beam_argv, images=images)
     return combine_reports({**grit["tasks"], **regions["tasks"]}, "demo")

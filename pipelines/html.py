@@ -32,13 +32,13 @@ from urllib.parse import quote
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from corpus.config import load_config, to_mapping
+from corpus.config import to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import expand_inputs as expand_input_files
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject, checked, set_up
 from filters.pages import HTML_REASON_ORDER, PageRulesConfig, html_page_rules
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, run_pipeline
 from pipelines.sinks import Counts, RunSpec
 from pipelines.tasks import Task, plan_tasks, run_tasks
 from renderers.html import (LOCAL_ORIGIN, HtmlRenderer, PageJob, RenderConfig, RenderedPage,
@@ -362,7 +362,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(HtmlConfig, args.config, args.dataset)
+    config = load_pipeline_config(HtmlConfig, "html", args.config, args.dataset)
     if args.chromium:
         config.render.chromium = args.chromium
     if args.capture:

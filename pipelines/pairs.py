@@ -34,19 +34,21 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from corpus.config import load_config, to_mapping
+from corpus.config import to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
 from corpus.shards import iter_tar_groups
 from filters.base import Reject, checked, set_up
+from filters.benchmark_images import BenchmarkImages
 from filters.image_rules import ImageError, ImageRulesConfig, decode_for_model, image_rules, \
     probe_image, verify_decode
 from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
     TextRulesConfig, html_cleaner, no_emoji, remove_invisible
 from pipelines.clip import ClipConfig, ClipService, load_clip, model_input_size
-from pipelines.common import add_common_arguments, print_summary, read_file, run_pipeline
+from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
+    print_summary, read_file, run_pipeline
 from pipelines.sinks import Choice, Counts, RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -66,7 +68,8 @@ PAIRS_PER_PART = 5000
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "text")
 INLINE_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # img2dataset's Parquet output
-MAX_MEMBER_BYTES = 64 << 20  # any tar member larger is rejected unread (an image this big is a bomb)
+RULE_SETS = ("web", "academic")
+MAX_MEMBER_BYTES = 64 << 20  # a larger tar member is rejected unread (an image this big is a bomb)
 
 
 @dataclass
@@ -84,8 +87,20 @@ class PairsConfig:
     image: ImageRulesConfig = field(default_factory=ImageRulesConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     text: TextRulesConfig = field(default_factory=TextRulesConfig)
-    longest_caption_per_image: bool = True  # one caption per image (by content hash)
+    # web: steps 1-8 of A.1 and CLIP; academic: the special tags and nothing of the web steps
+    # (A.1's last paragraph). The dataset's profile sets it (corpus/data/datasets.yaml).
+    rule_set: str = "web"
+    longest_caption_per_image: bool = False  # one caption per image (by content hash)
     input: InputConfig = field(default_factory=InputConfig)
+
+    @property
+    def clip_step(self) -> bool:
+        """Step 3 runs: a model or an input score is configured, and the rules are the web's."""
+        return self.clip.enabled and self.rule_set == "web"
+
+    def validate(self) -> None:
+        if self.rule_set not in RULE_SETS:
+            raise ValueError(f"rule_set must be one of {RULE_SETS}, not {self.rule_set!r}")
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -518,29 +533,36 @@ class CleanPairs:
     `clip.batch_size` decoded near the model's size, then the text rules run on what it keeps
     (or, with `clip.after_text_rules`, CLIP scores what the text rules keep). With no model
     decoding the pixels, each kept pair is decoded once, so a truncated body cannot reach a
-    shard. A reader failure partway costs one errored unit (`unreadable_file`)."""
+    shard. With `exclude` (the benchmark-image guard) every pair the rules keep is last
+    compared with the excluded images; that decode, when no model decodes, is the one that
+    catches a truncated body. A reader failure partway costs one errored unit
+    (`unreadable_file`)."""
 
-    def __init__(self, dataset: str, config: PairsConfig):
+    def __init__(self, dataset: str, config: PairsConfig,
+                 exclude: BenchmarkImages | None = None):
         self.reader, self.config = PairReader(dataset, config), config
+        self.exclude = exclude
         clip = config.clip
-        between = clip.enabled and not clip.after_text_rules
-        self.before = image_rules(config.image) + ([] if between else text_rules(config.text))
-        self.after = text_rules(config.text) if between else []
+        self.before, self.after = rules_around_clip(config)
         self.model = None
         self._model_size = None  # the model's image side, read from its config in `setup`
         self._service = None
         self._input_score = InputScore(clip.score_field, clip.threshold) \
-            if clip.score_field else None
-        self._decode = bool(not clip.enabled or clip.score_field) and config.image.verify_decode
+            if config.clip_step and clip.score_field else None
+        self._decode = bool(not config.clip_step or clip.score_field) and \
+            config.image.verify_decode
 
     @property
     def _scores_with_model(self) -> bool:
-        return self.config.clip.enabled and not self.config.clip.score_field
+        return self.config.clip_step and not self.config.clip.score_field
 
     @contextlib.contextmanager
     def serve(self, processes: int):
         """One CLIP model for every worker process of the step, when shared. open_clip (and
-        torch) imported here once, before the workers are forked, instead of in each."""
+        torch) imported here once, before the workers are forked, instead of in each; the
+        excluded images' index built here once, shared by the forked workers."""
+        if self.exclude is not None:
+            self.exclude.load()
         if self._scores_with_model:
             model_input_size(self.config.clip)
         if self._scores_with_model and self.config.clip.shared_model and processes > 1:
@@ -555,6 +577,8 @@ class CleanPairs:
 
     def setup(self, worker: int) -> None:
         set_up(self.before + self.after)
+        if self.exclude is not None:
+            self.exclude.load()
         if self._scores_with_model and self.model is None:
             self._model_size = model_input_size(self.config.clip)
             self.model = self._service.clients[worker] if self._service is not None else \
@@ -586,6 +610,9 @@ class CleanPairs:
                 yield sample
                 return
             bins[score_bin(sample.clip_score)] += 1
+        if self.exclude is not None:
+            yield self.exclude.screen(sample)
+            return
         if self._decode:
             try:
                 verify_decode(sample.image.data)
@@ -619,7 +646,9 @@ class CleanPairs:
             if score < threshold:
                 yield Reject.of(sample, "clip_score_too_low", detail=f"clip_score={score}")
                 continue
-            yield checked(dataclasses.replace(sample, clip_score=score), self.after)
+            kept = checked(dataclasses.replace(sample, clip_score=score), self.after)
+            yield self.exclude.screen(kept) if self.exclude is not None \
+                and isinstance(kept, Sample) else kept
 
 
 # ---- CLIP --------------------------------------------------------------------------------------
@@ -672,8 +701,24 @@ LONGEST_CAPTION = Choice(same_image, "shorter_caption_same_image")
 
 # ---- the rules, in the paper's order ------------------------------------------------------------
 
+def rules_around_clip(config: PairsConfig) -> tuple[list, list]:
+    """The rules before the CLIP step and after it. The web's: image rules, then CLIP, then the
+    text rules (or the text rules before CLIP with `clip.after_text_rules`). The academic sets'
+    keep their captions as written: an empty one and one past `max_chars` go, then the
+    language tag and the special tags."""
+    if config.rule_set == "academic":
+        text = config.text
+        rules = [TextLength(1, text.max_chars)]
+        if text.tag_language or text.languages:
+            rules.append(LanguageRule(text.languages, text.min_language_score))
+        return rules + [AcademicTags(text.academic_tags)], []
+    between = config.clip_step and not config.clip.after_text_rules
+    rules = text_rules(config.text)
+    return image_rules(config.image) + ([] if between else rules), (rules if between else [])
+
+
 def text_rules(config: TextRulesConfig) -> list:
-    """Steps 4-8 of A.1, the length check again after cleaning, language, academic tags."""
+    """Steps 4-8 of A.1, the length check again after cleaning, language."""
     rules: list = []
     if config.allowed_scripts:
         rules.append(EnglishChineseOnly(config.allow_accented_latin))
@@ -690,8 +735,6 @@ def text_rules(config: TextRulesConfig) -> list:
                                 config.max_words, suffix="_after_cleaning"))
     if config.tag_language or config.languages:
         rules.append(LanguageRule(config.languages, config.min_language_score))
-    if config.academic_tags:
-        rules.append(AcademicTags(config.academic_tags))
     return rules
 
 
@@ -709,7 +752,10 @@ def reason_order(config: PairsConfig) -> list[str]:
     return IMAGE_REASONS + middle + ["shorter_caption_same_image"]
 
 
-def describe_clip(config: ClipConfig) -> str:
+def describe_clip(pairs_config: PairsConfig) -> str:
+    config = pairs_config.clip
+    if config.enabled and not pairs_config.clip_step:
+        return "off: the academic rule set has no CLIP step"
     if config.score_field:
         return f"on: input field {config.score_field!r}, threshold {config.threshold}"
     if config.checkpoint:
@@ -722,8 +768,8 @@ def describe_clip(config: ClipConfig) -> str:
 
 def run_spec(output_dir: str, dataset: str, config: PairsConfig, shard_formats: list[str],
              samples_per_shard: int) -> RunSpec:
-    clip = describe_clip(config.clip)
-    scored = config.clip.enabled
+    clip = describe_clip(config)
+    scored = config.clip_step
 
     def finish_stats(counts: dict) -> dict:
         """CLIP's status, the score histogram when a model or an input field scored the pairs,
@@ -750,48 +796,63 @@ def _kept_language(sample: Sample) -> dict:
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | None = None,
         beam_argv: list[str] | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000) -> dict[str, Any]:
-    """Clean the pairs under `inputs` into `output_dir`, a task per input unit; returns the
-    report."""
+        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+    """Clean the pairs under `inputs` into `output_dir`, a task per input unit, dropping those
+    whose image is a near-duplicate of one of `exclude_images` (`--exclude-images`); returns
+    the report."""
     config = config or PairsConfig()
     tasks = plan_tasks(pair_inputs(inputs))
-    log.info("corpus pairs: %d task(s); CLIP %s", len(tasks), describe_clip(config.clip))
+    log.info("corpus pairs: %d task(s); CLIP %s", len(tasks), describe_clip(config))
     spec = run_spec(output_dir, dataset, config, shard_formats or ["webdataset"],
                     samples_per_shard)
+    exclude = exclusion_guard(exclude_images, output_dir, beam_argv or [])
+    if exclude is not None:  # the guard runs after every rule, before the choice
+        reasons = list(spec.reason_order)
+        reasons.insert(reasons.index("shorter_caption_same_image"), exclude.reason)
+        spec = dataclasses.replace(spec, reason_order=reasons,
+                                   config={**spec.config, "exclude_images": exclude.describe()})
+    work = CleanPairs(dataset, config, exclude)
     return run_pipeline(
-        lambda pipeline, execution: run_tasks(pipeline, [spec], CleanPairs(dataset, config),
-                                              tasks, execution),
+        lambda pipeline, execution: run_tasks(pipeline, [spec], work, tasks, execution),
         beam_argv or [], output_dir)
 
 
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--clip-checkpoint", metavar="PATH",
-                        help="open_clip weights file; overrides clip.checkpoint in the config")
+    add_common_arguments(parser, reads_images=True)
+    parser.add_argument("--clip-checkpoint", metavar="WEIGHTS",
+                        help="open_clip weights: a file, a URI, a pretrained tag of the model or "
+                             "hf-hub:ORG/REPO; overrides clip.checkpoint in the config")
     parser.add_argument("--clip-device", metavar="DEVICE", help="cpu or cuda; overrides the config")
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(PairsConfig, args.config, args.dataset)
+    config = load_pipeline_config(PairsConfig, PIPELINE, args.config, args.dataset)
     if args.clip_checkpoint or args.clip_device:
         clip = dataclasses.replace(config.clip,
                                    checkpoint=args.clip_checkpoint or config.clip.checkpoint,
                                    device=args.clip_device or config.clip.device)
         clip.validate()
         config = dataclasses.replace(config, clip=clip)
-    print(f"CLIP step: {describe_clip(config.clip)}")
+    print(f"CLIP step: {describe_clip(config)}")
     report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
-                 args.samples_per_shard)
+                 args.samples_per_shard, exclude_images=args.exclude_images)
     print_summary(report)
     return 0
 
 
 def run_demo(output_dir: str, beam_argv: list[str]) -> dict[str, Any]:
-    """Bundled sample pairs (every rule fires at least once) through the whole pipeline,
-    CLIP included, with a random-init tiny model the demo writes itself."""
+    """Bundled sample pairs (every rule fires at least once) through the whole pipeline: a web
+    set with CLIP (a random-init tiny model the demo writes itself) into `web/`, an academic
+    set into `academic/`. Returns the totals, with each run's report under `runs`."""
     from corpus.samples.pairs import write_demo_inputs
 
     inputs = write_demo_inputs(os.path.join(output_dir, "inputs"))
-    config = load_config(PairsConfig, inputs.config_path, "demo")
-    print(f"   CLIP step: {describe_clip(config.clip)} (random weights: scores are meaningless)")
-    return run(inputs.patterns, output_dir, "demo", config, beam_argv)
+    reports = {}
+    for name, dataset, patterns in [("web", "demo", inputs.web),
+                                    ("academic", "demo-academic", inputs.academic)]:
+        config = load_pipeline_config(PairsConfig, PIPELINE, inputs.config_path, dataset)
+        print(f"   CLIP step: {describe_clip(config)}")
+        reports[name] = run(patterns, os.path.join(output_dir, name), dataset, config, beam_argv)
+    totals = {key: sum(report[key] for report in reports.values())
+              for key in ("input", "kept", "dropped_total", "errored_total")}
+    return {"pipeline": PIPELINE, **totals, "runs": reports}

@@ -51,13 +51,13 @@ from multiprocessing.connection import Connection
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from corpus.config import load_config, to_mapping
+from corpus.config import to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Region, Sample, Source
 from filters.base import Reject, rule_name, set_up
 from filters.pages import PDF_REASON_ORDER, PageRulesConfig, pdf_page_rules
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, run_pipeline
 from pipelines.sinks import Counts, RunSpec, collector_paused
 from pipelines.tasks import Task, run_tasks
 from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
@@ -544,7 +544,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(PdfConfig, args.config, args.dataset)
+    config = load_pipeline_config(PdfConfig, "pdf", args.config, args.dataset)
     if args.dpi is not None:
         config.render.dpi, config.render.long_side = args.dpi, None
     if args.image_format is not None:

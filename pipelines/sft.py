@@ -20,23 +20,27 @@ file is one task (its records are read in one pass).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from corpus.config import load_config, to_mapping
+from corpus.config import to_mapping
 from corpus.formats import IMAGE_PLACEHOLDER
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Image, Sample, Source, Turn
 from filters.base import Reject, checked, set_up
+from filters.benchmark_images import REASON as BENCHMARK_IMAGE
+from filters.benchmark_images import BenchmarkImages, screened
 from filters.dialogue import REASON_ORDER as RULE_REASONS
 from filters.dialogue import dialogue_rules
 from filters.grounding import IMAGE_PROBLEM
 from pipelines.annotations import IMAGE_EXTENSIONS, RECORD_EXTENSIONS, AnnotationRecord, \
     ImageStore, decode_image, embedded_image_bytes, image_problem_of, read_records
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
+    print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -44,7 +48,8 @@ ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": 
               "bot": "assistant", "model": "assistant", "system": "system"}
 # Qwen-VL's inline image: `Picture 3: <img>path</img>` (the number is rewritten on output).
 INLINE_IMAGE = re.compile(r"(?:Picture\s*\d+\s*[:：]\s*)?<img>(.*?)</img>", re.S)
-REASON_ORDER = ["unreadable_file", "malformed_json", "malformed_record"] + RULE_REASONS
+REASON_ORDER = ["unreadable_file", "malformed_json", "malformed_record"] + RULE_REASONS + \
+    [BENCHMARK_IMAGE]
 
 
 @dataclass
@@ -144,45 +149,63 @@ class ReadDialogues:
 
 
 class CleanDialogues:
-    """The work of an SFT task: the dialogues of one annotation file through the rules."""
+    """The work of an SFT task: the dialogues of one annotation file through the rules, then
+    (with `exclude`) the benchmark-image guard: a dialogue goes when any of its images
+    matches."""
 
-    def __init__(self, dataset: str, config: SftConfig, images: str | None):
+    def __init__(self, dataset: str, config: SftConfig, images: str | None,
+                 exclude: BenchmarkImages | None = None):
         self.reader = ReadDialogues(dataset, config, images)
         self.rules = dialogue_rules()
+        self.exclude = exclude
+
+    @contextlib.contextmanager
+    def serve(self, processes: int):
+        """The excluded images' index built once, before the workers fork and share it."""
+        if self.exclude is not None:
+            self.exclude.load()
+        yield
 
     def setup(self, worker: int) -> None:
         set_up(self.rules)
+        if self.exclude is not None:
+            self.exclude.load()
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
-        for item in self.reader(file):
-            yield item if isinstance(item, Reject) else checked(item, self.rules)
+        yield from screened((item if isinstance(item, Reject) else checked(item, self.rules)
+                             for item in self.reader(file)), self.exclude)
 
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: SftConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000) -> dict[str, Any]:
-    """Dialogues under `inputs` into `output_dir`, a task per annotation file; returns the
-    report."""
+        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+    """Dialogues under `inputs` into `output_dir`, a task per annotation file, those with an
+    image that is a near-duplicate of one of `exclude_images` dropped; returns the report."""
     tasks = plan_tasks(expand_inputs(inputs, RECORD_EXTENSIONS))
+    exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
+    settings = to_mapping(config)
+    if exclude is not None:
+        settings["exclude_images"] = exclude.describe()
     spec = RunSpec("sft", dataset, "sft", output_dir, REASON_ORDER,
                    formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
-                   config=to_mapping(config))
-    work = CleanDialogues(dataset, config, images)
+                   config=settings)
+    work = CleanDialogues(dataset, config, images, exclude)
     return run_pipeline(
         lambda pipeline, execution: run_tasks(pipeline, [spec], work, tasks, execution),
         beam_argv, output_dir)
 
 
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
+    add_common_arguments(parser, reads_images=True)
     parser.add_argument("--images", metavar="PATH",
                         help="folder or tar of the images the dialogues name")
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(SftConfig, args.config, args.dataset)
+    config = load_pipeline_config(SftConfig, "sft", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
-                 shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard)
+                 shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard,
+                 exclude_images=args.exclude_images)
     print_summary(report)
     return 0
 

@@ -1,8 +1,9 @@
 """`corpus synthdog`: SynthDoG synthetic documents as OCR samples with a quad per text line (A.4).
 
-Reads no input files: sample `i` of a run is made from (seed, i) alone, so any range of indices
-can be rendered anywhere, in any order, and gives the same images. A task is a contiguous range
-of indices (`IndexRange`), done whole by one process (`pipelines.tasks`):
+Its inputs are resources every sample draws from (fonts, a text corpus, background and paper
+images), never an input file per sample: sample `i` of a run is made from (seed, i) alone, so
+any range of indices can be rendered anywhere, in any order, and gives the same images. A task
+is a contiguous range of indices (`IndexRange`), done whole by one process (`pipelines.tasks`):
 
   indices [start, start + count) -> ranges -> per index: render + JPEG -> the task's shard,
   rejects and marker -> report (sums of the kept samples' line counts, the template's inventory)
@@ -27,11 +28,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from corpus.config import ConfigError, load_config, to_mapping
+from corpus.config import ConfigError, to_mapping
 from corpus.ids import sample_id
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import Task, run_tasks
 from renderers.synthdog.config import SynthDogConfig
@@ -232,9 +233,11 @@ def add_arguments(parser) -> None:
                         help="font files or folders (.ttf/.otf/.ttc; file.ttc#N for one face) "
                              "for the chosen language(s)")
     parser.add_argument("--corpus", nargs="+", metavar="FILE",
-                        help="UTF-8 text files for the chosen language(s)")
+                        help="UTF-8 text files for the chosen language(s), e.g. a Wikipedia "
+                             "dump's text; default: the small bundled corpus")
     parser.add_argument("--backgrounds", nargs="+", metavar="DIR",
-                        help="background images (files or folders); default: generated")
+                        help="background images, files or folders (the paper: COCO train2017 "
+                             "and unlabeled2017); default: generated")
     parser.add_argument("--papers", nargs="+", metavar="DIR",
                         help="paper textures (files or folders); default: generated")
     parser.add_argument("--no-effects", action="store_true",
@@ -262,7 +265,8 @@ def apply_arguments(config: SynthDogConfig, args) -> SynthDogConfig:
 
 def main(args, beam_argv) -> int:
     try:
-        config = apply_arguments(load_config(SynthDogConfig, args.config, args.dataset), args)
+        config = apply_arguments(load_pipeline_config(SynthDogConfig, PIPELINE, args.config,
+                                                      args.dataset), args)
         report = run(args.output, args.dataset, config, beam_argv, count=args.count,
                      seed=args.seed, start=args.start, shard_formats=args.shard_formats,
                      samples_per_shard=args.samples_per_shard)

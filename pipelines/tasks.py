@@ -25,9 +25,9 @@ A pipeline fills in a `RunSpec` per output (`pipelines.sinks`) and gives a `Work
 turns one unit into samples, rejects and `Counts`, in an order that depends on the unit alone (a
 task's shard keeps that order). `Work.setup(worker)` runs once per process (numbered from 0),
 before its first unit, and `Work.close()`, when defined, when the step ends (a forked worker's
-process just exits: a work that holds a browser or a child process also closes it at exit). A work that shares
-something between the processes of a machine (one CLIP model on the GPU) also has
-`serve(processes)`, a context manager around the step.
+process just exits: a work that holds a browser or a child process also closes it at exit). A
+work that shares something between the processes of a machine (one CLIP model on the GPU) also
+has `serve(processes)`, a context manager around the step.
 """
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ from filters.language import LanguageRule
 from filters.text_docs import TextDocsConfig, chunk_text, control_characters, document_html, \
     empty_document, normalized_hash
 from filters.text_rules import TextLength
-from pipelines.common import add_common_arguments, print_summary, read_file, run_pipeline
+from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, \
+    read_file, run_pipeline
 from pipelines.pairs import bounded_lines
 from pipelines.sinks import Choice, RunSpec
 from pipelines.tasks import Task, run_tasks
@@ -363,7 +364,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(TextDocsConfig, args.config, args.dataset)
+    config = load_pipeline_config(TextDocsConfig, "text", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
                  args.samples_per_shard)
     print_summary(report)

@@ -28,6 +28,7 @@ records that travel through the runner.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -38,17 +39,20 @@ from typing import Any, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from corpus.config import load_config, to_mapping
+from corpus.config import to_mapping
 from corpus.ids import sample_id
 from corpus.inputs import InputFile, expand_inputs
 from corpus.schema import Sample, Source
 from filters.base import Reject, checked, set_up
+from filters.benchmark_images import REASON as BENCHMARK_IMAGE
+from filters.benchmark_images import BenchmarkImages, screened
 from filters.grounding import IMAGE_PROBLEM, image_problem
 from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, empty_question
 from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
     image_paths_of, iter_records, load_record_image, loaded_image, read_records, \
     record_image_bytes
-from pipelines.common import add_common_arguments, print_summary, run_pipeline
+from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
+    print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import Task, plan_tasks, run_tasks
 
@@ -56,7 +60,7 @@ log = logging.getLogger(__name__)
 
 REASON_ORDER = ["unreadable_file", "malformed_json", "malformed_record", "unmatched_annotation",
                 "duplicate_question", "missing_image", "corrupt_image", "empty_question",
-                "no_answer", "answer_confidence_too_low"]
+                "no_answer", "answer_confidence_too_low", BENCHMARK_IMAGE]
 # VQAv2 holds somewhat under a kilobyte of JSON per question over its two files (ten answers
 # each): join tasks get about `samples_per_shard` questions per this many input bytes.
 INPUT_BYTES_PER_JOINED_QUESTION = 1024
@@ -288,20 +292,31 @@ class ReadVqa:
 
 class CleanVqa:
     """The work of a VQA task: the whole questions of a file, or the joined questions of a
-    join task, through the rules."""
+    join task, through the rules, then (with `exclude`) the benchmark-image guard."""
 
-    def __init__(self, dataset: str, config: VqaConfig, images: str | None):
+    def __init__(self, dataset: str, config: VqaConfig, images: str | None,
+                 exclude: BenchmarkImages | None = None):
         self.reader = ReadVqa(dataset, config, images)
         self.rules = rules(config)
+        self.exclude = exclude
+
+    @contextlib.contextmanager
+    def serve(self, processes: int):
+        """The excluded images' index built once, before the workers fork and share it."""
+        if self.exclude is not None:
+            self.exclude.load()
+        yield
 
     def setup(self, worker: int) -> None:
         set_up(self.rules)
+        if self.exclude is not None:
+            self.exclude.load()
 
     def __call__(self, unit: InputFile | QuestionHalves) -> Iterator[Sample | Reject]:
         questions = self.reader.joined(unit) if isinstance(unit, QuestionHalves) \
             else self.reader(unit)
-        for item in questions:
-            yield item if isinstance(item, Reject) else checked(item, self.rules)
+        yield from screened((item if isinstance(item, Reject) else checked(item, self.rules)
+                             for item in questions), self.exclude)
 
 
 # ---- the join tasks ------------------------------------------------------------------------
@@ -362,16 +377,21 @@ def _confidence_stats(counts: dict) -> dict:
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000) -> dict[str, Any]:
+        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
     """Questions under `inputs` into `output_dir`: a task per annotation file, then the join
-    tasks of the VQAv2 halves; returns the report."""
+    tasks of the VQAv2 halves; those whose image is a near-duplicate of one of
+    `exclude_images` dropped. Returns the report."""
     files = expand_inputs(inputs, RECORD_EXTENSIONS)
     join_tasks = join_task_count(files, samples_per_shard)
+    exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
+    settings = to_mapping(config)
+    if exclude is not None:
+        settings["exclude_images"] = exclude.describe()
     spec = RunSpec("vqa", dataset, "vqa", output_dir, REASON_ORDER,
                    formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
-                   config=to_mapping(config), kept_counts=_kept_confidence,
+                   config=settings, kept_counts=_kept_confidence,
                    finish_stats=_confidence_stats)
-    work = CleanVqa(dataset, config, images)
+    work = CleanVqa(dataset, config, images, exclude)
 
     def build(pipeline, execution):
         file_tasks = pipeline | "FileTasks" >> beam.Create(plan_tasks(files))
@@ -385,15 +405,16 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
 
 
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
+    add_common_arguments(parser, reads_images=True)
     parser.add_argument("--images", metavar="PATH",
                         help="folder or tar of images named by the records")
 
 
 def main(args, beam_argv) -> int:
-    config = load_config(VqaConfig, args.config, args.dataset)
+    config = load_pipeline_config(VqaConfig, "vqa", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
-                 shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard)
+                 shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard,
+                 exclude_images=args.exclude_images)
     print_summary(report)
     return 0
 

@@ -6,7 +6,9 @@ truncated font beside a font whose charset lacks "e", a corpus of one 1 MB line 
 characters and blank lines, and backgrounds that are 0 bytes, garbage, cut short, and
 decompression bombs (one Pillow refuses to open, one it would decode: 432 MB as RGB). Every
 rendered index ends kept or under a named reason, unreadable resources are counted in the
-report's inventory, and the run's peak memory is measured."""
+report's inventory, and the run's peak memory is measured. Input that leaves nothing to work
+with (no readable background, a corpus that is a folder, binary or empty, a bad effect table)
+stops `corpus synthdog` before the run with one line naming it."""
 from __future__ import annotations
 
 import io
@@ -110,3 +112,44 @@ def test_memory_stays_bounded(outcome):
     # Measured: ~85 MiB (fonts, the 1 MB corpus, a few decoded backgrounds in the cache).
     # Decoding the quiet bomb would take 432 MiB.
     assert outcome[1].growth_mib < 250, outcome[1]
+
+
+def _bad_cli_inputs(tmp_path) -> dict[str, tuple[list[str], str]]:
+    """name -> (command-line flags, what the one-line error must say)."""
+    broken = tmp_path / "broken-backgrounds"
+    broken.mkdir()
+    (broken / "empty.jpg").write_bytes(b"")
+    (broken / "garbage.png").write_bytes(b"not an image" * 20)
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(jpeg((32, 32)))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \t\n\x07\n", encoding="utf-8")
+    table = tmp_path / "bad-table.yaml"
+    table.write_text("document: {perspective: {args: {weights: [1, 1]}}}\n")
+    return {
+        "missing backgrounds": (["--backgrounds", str(tmp_path / "coco")],
+                                "no such file or folder"),
+        "no readable background": (["--backgrounds", str(broken)],
+                                   "no readable background image"),
+        "corpus is a folder": (["--corpus", str(tmp_path)], "is a folder"),
+        "binary corpus": (["--corpus", str(binary)], "not UTF-8"),
+        "blank corpus": (["--corpus", str(blank)], "corpus has no text"),
+        "bad perspective table": (["--config", str(table)], "perspective"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing backgrounds", "no readable background",
+                                  "corpus is a folder", "binary corpus", "blank corpus",
+                                  "bad perspective table"])
+def test_unusable_inputs_stop_before_the_run_with_one_line(case, tmp_path, capsys):
+    from corpus.cli import main
+
+    flags, message = _bad_cli_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    code = main(["synthdog", "--count", "1", "--output", str(out), *flags,
+                 "--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("corpus synthdog: ") and "\n" not in err and message in err, err
+    assert not (out / "report.json").exists()
+

@@ -110,6 +110,13 @@ def test_score_threshold_removes_low_entries_and_keeps_unscored():
     assert GritScoreThreshold(0.1)(sample) is None
 
 
+def test_a_score_that_is_not_a_number_counts_as_no_score():
+    sample = _grit_sample("a dog in a park", [[0, 5, 0.1, 0.1, 0.2, 0.2, "high"],
+                                              [10, 15, 0.1, 0.1, 0.2, 0.2, 0.3]])
+    cleaned = GritScoreThreshold(0.5)(sample)
+    assert [e[0] for e in cleaned.extra[GRIT_SPANS]] == [0]
+
+
 def test_no_spans_left_is_a_reject():
     assert PruneRecursiveBoxes()(_grit_sample("a dog", [])) == "no_grounding_spans"
 

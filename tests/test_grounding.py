@@ -1,5 +1,5 @@
-"""`corpus grounding`: region-set records into the duality tasks, GRIT into grounding, and the
-reports of both (counted after fan-out)."""
+"""`corpus grounding`: region-set records into the duality tasks, GRIT into grounding and (by
+default) the duality tasks too, and the reports of all three (counted after fan-out)."""
 import glob
 import io
 import json
@@ -114,10 +114,29 @@ def test_grit_run_prunes_and_counts_every_bad_record(tmp_path, beam_argv):
         "<box>(100,500),(900,900)</box><|endoftext|>")
 
 
-def test_grit_boxes_use_the_real_image_size_and_duality_option(tmp_path, beam_argv):
-    # the record claims 1000x1000 (the original); the stored image is 200x100
-    record = {"caption": "a red box", "width": 1000, "height": 1000,
-              "ref_exps": [[0, 9, 0.25, 0.5, 0.75, 1.0, 0.9]]}
+def test_grit_feeds_the_duality_tasks_by_default_with_counts_per_task(tmp_path, beam_argv):
+    """Table 3 lists GRIT among the sources of both duality tasks: a GRIT run with the default
+    config writes all three tasks, and the reports say what each kept."""
+    inputs = write_grit_sample(str(tmp_path / "in"))
+    report = run(inputs, str(tmp_path / "out"), "grit", GroundingConfig(), beam_argv)
+    assert report["kept_by_task"] == {"grounding": 2, "ref_grounding": 8,
+                                      "grounded_captioning": 8}
+    for task, kept in report["kept_by_task"].items():
+        with open(tmp_path / "out" / task / "report.json", encoding="utf-8") as f:
+            on_disk = json.load(f)
+        assert (on_disk["task"], on_disk["kept"]) == (task, kept)
+        assert len(_samples(tmp_path / "out" / task)) == kept
+    for task in ("ref_grounding", "grounded_captioning"):
+        # every span and box of records 0 (5) and 1 (3) is kept; the corrupt copy of record 0
+        # drops its 5, the blank caption and the span past "a bird" leave empty phrases
+        duality = report["tasks"][task]
+        assert (duality["input"], duality["kept"]) == (19, 8)
+        assert duality["dropped"] == {"corrupt_image": 5, "missing_image": 1, "empty_phrase": 2,
+                                      "box_inverted": 1, "box_outside_image": 1}
+        assert duality["errored"] == {"malformed_json": 1}
+
+
+def _one_grit_record_tar(tmp_path, record):
     tar_path = tmp_path / "grit.tar"
     with tarfile.open(tar_path, "w") as tar:
         for name, data in (("k.json", json.dumps(record).encode()),
@@ -125,8 +144,15 @@ def test_grit_boxes_use_the_real_image_size_and_duality_option(tmp_path, beam_ar
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    config = GroundingConfig(grit_duality=True)
-    report = run([str(tar_path)], str(tmp_path / "out"), "grit", config, beam_argv)
+    return [str(tar_path)]
+
+
+def test_grit_boxes_use_the_real_image_size_and_duality_option(tmp_path, beam_argv):
+    # the record claims 1000x1000 (the original); the stored image is 200x100
+    record = {"caption": "a red box", "width": 1000, "height": 1000,
+              "ref_exps": [[0, 9, 0.25, 0.5, 0.75, 1.0, 0.9]]}
+    inputs = _one_grit_record_tar(tmp_path, record)
+    report = run(inputs, str(tmp_path / "out"), "grit", GroundingConfig(), beam_argv)
     assert {t: r["kept"] for t, r in report["tasks"].items()} == \
         {"grounding": 1, "ref_grounding": 1, "grounded_captioning": 1}
     (sample,) = _samples(tmp_path / "out" / "grounding")
@@ -134,6 +160,21 @@ def test_grit_boxes_use_the_real_image_size_and_duality_option(tmp_path, beam_ar
     (ref,) = _samples(tmp_path / "out" / "ref_grounding")
     assert render(format_sample(ref)).endswith(
         "<ref>a red box</ref><box>(250,500),(750,999)</box><|endoftext|>")
+    alone = run(inputs, str(tmp_path / "alone"), "grit", GroundingConfig(grit_duality=False),
+                beam_argv)
+    assert alone["kept_by_task"] == {"grounding": 1}
+    assert not (tmp_path / "alone" / "ref_grounding").exists()
+
+
+def test_grit_entries_under_min_score_feed_no_task(tmp_path, beam_argv):
+    record = {"caption": "a red box and a lamp",
+              "ref_exps": [[0, 9, 0.25, 0.5, 0.75, 1.0, 0.9], [14, 20, 0.1, 0.1, 0.2, 0.2, 0.3]]}
+    report = run(_one_grit_record_tar(tmp_path, record), str(tmp_path / "out"), "grit",
+                 GroundingConfig(min_score=0.5), beam_argv)
+    assert report["kept_by_task"] == {"grounding": 1, "ref_grounding": 1,
+                                      "grounded_captioning": 1}
+    (ref,) = _samples(tmp_path / "out" / "ref_grounding")
+    assert ref.text == "a red box"
 
 
 def test_config_rejects_unknown_values():

@@ -6,14 +6,18 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
 
+from corpus.config import load_config
+from corpus.inputs import expand_inputs
+from corpus.profiles import profile_of
 from corpus.samples.pairs import Pair, academic_rows, demo_pairs, write_image_folder, \
     write_img2dataset_parquet
-from corpus.inputs import expand_inputs
 from corpus.shards import read_shard
 from pipelines import pairs
 
@@ -28,16 +32,27 @@ def kept_by_key(output_dir):
             for s in read_shard(path)}
 
 
-def test_demo_inputs_every_rule_with_clip(tmp_path, beam_argv):
-    report = pairs.run_demo(str(tmp_path), beam_argv)
-    assert report["kept"] + report["dropped_total"] + report["errored_total"] == report["input"]
-    # demo tar + truncated tar (2 read + 1 reject) + folder
-    assert report["input"] == 27 + 3 + len(academic_rows())
-    rejects, kept = rejects_by_key(tmp_path), kept_by_key(tmp_path)
+def test_demo_inputs_every_rule_with_clip(tmp_path, beam_argv, capsys):
+    totals = pairs.run_demo(str(tmp_path), beam_argv)
+    web, academic = totals["runs"]["web"], totals["runs"]["academic"]
+    assert totals["kept"] + totals["dropped_total"] + totals["errored_total"] == \
+        totals["input"] == web["input"] + academic["input"]
+    # The academic set: its own rules only, the longest caption, no CLIP.
+    assert academic["input"] == len(academic_rows())
+    assert academic["dropped"] == {"shorter_caption_same_image": 2, "academic_special_tag": 1}
+    assert academic["errored"] == {"missing_image": 1}
+    assert academic["stats"]["clip"] == "off: the academic rule set has no CLIP step"
+    academic_kept = kept_by_key(tmp_path / "academic")
+    assert sorted(academic_kept) == [f"captions.tsv#{i}" for i, row in
+                                     enumerate(academic_rows(), start=1) if row[3] == "kept"]
+    assert "no dataset profile for 'demo-academic'" in capsys.readouterr().out
+    # The web set: demo tar + truncated tar (2 read + 1 reject), every web rule and CLIP.
+    report = web
+    assert report["input"] == 27 + 3
+    rejects, kept = rejects_by_key(tmp_path / "web"), kept_by_key(tmp_path / "web")
     order = pairs.reason_order(pairs.PairsConfig())
     after_clip = set(order[order.index("clip_score_too_low"):])
-    expectations = [(f"00000.tar#{p.key}", p.expect) for p in demo_pairs()] + [
-        (f"captions.tsv#{i}", row[3]) for i, row in enumerate(academic_rows(), start=1)]
+    expectations = [(f"00000.tar#{p.key}", p.expect) for p in demo_pairs()]
     for key, expect in expectations:
         # The random-weight CLIP step may take any pair that reaches it (the paper runs it
         # before the text rules); everything else must end exactly as expected.
@@ -62,12 +77,12 @@ def test_demo_inputs_every_rule_with_clip(tmp_path, beam_argv):
         assert strawberries.decisions == ["html_cleaned"]
     assert {s.language for s in kept.values()} <= {"en", "zh"}
     assert list(report["dropped"])[:2] == ["aspect_ratio_too_large", "image_too_small"]
-    assert os.path.exists(tmp_path / "report.png")
+    assert os.path.exists(tmp_path / "web" / "report.png")
 
 
 def test_img2dataset_parquet_and_jsonl_folder_without_clip(tmp_path, beam_argv, capsys):
     photo_pairs = [p for p in demo_pairs() if p.image and p.expect in (
-        "kept", "aspect_ratio_too_large", "emoji", "academic_special_tag")]
+        "kept", "aspect_ratio_too_large", "emoji")]
     os.makedirs(tmp_path / "in")
     write_img2dataset_parquet(str(tmp_path / "in" / "part-00000.parquet"), photo_pairs)
     rows = academic_rows()
@@ -80,16 +95,15 @@ def test_img2dataset_parquet_and_jsonl_folder_without_clip(tmp_path, beam_argv, 
          "--shard-format", "webdataset", "parquet"] + beam_argv)
     assert pairs.main(args, extra) == 0
     printed = capsys.readouterr().out
+    assert "no dataset profile for 'web': the generic web profile" in printed
     assert "CLIP step: off: no clip.checkpoint configured" in printed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["input"] == len(photo_pairs) + len(rows)
+    # The web rules keep every caption of an image, and the academic sets' tags.
     expected_kept = sum(p.expect == "kept" for p in photo_pairs) + sum(
-        outcome == "kept" for *_, outcome in rows)
+        outcome != "missing_image" for *_, outcome in rows)
     assert report["kept"] == expected_kept
-    assert report["dropped"]["aspect_ratio_too_large"] == 1
-    assert report["dropped"]["emoji"] == 1
-    assert report["dropped"]["academic_special_tag"] == 1
-    assert report["dropped"]["shorter_caption_same_image"] == 2
+    assert report["dropped"] == {"aspect_ratio_too_large": 1, "emoji": 1}
     assert report["errored"] == {"missing_image": 1}
     assert "histogram" not in report["stats"]
     assert report["stats"]["clip"].startswith("off")
@@ -134,14 +148,74 @@ def test_expand_inputs_relative_keys(tmp_path):
 
 
 def test_config_rejects_unknown_keys(tmp_path):
-    from corpus.config import ConfigError, load_config
+    from corpus.config import ConfigError
     path = tmp_path / "bad.yaml"
     path.write_text("text:\n  min_charz: 3\n")
     with pytest.raises(ConfigError, match="min_charz"):
         load_config(pairs.PairsConfig, str(path))
     example = os.path.join(os.path.dirname(pairs.__file__), "configs", "pairs.yaml")
-    config = load_config(pairs.PairsConfig, example, "laion-zh")
-    assert config.text.languages == ["zh"] and not config.clip.enabled
+    config = load_config(pairs.PairsConfig, example, "my-crawl")
+    assert config.text.languages == ["en", "zh"] and not config.clip.enabled
+    assert config == load_config(pairs.PairsConfig, example, "my-crawl",
+                                 profile_of("my-crawl").for_pipeline("pairs"))
+
+
+def test_dataset_profiles_scope_the_rules(tmp_path, caplog):
+    """The academic profiles get the special tags and the longest caption, COCO every caption,
+    the web sets steps 1-8; the config's top level lies under the profile, its `datasets:`
+    entry over it."""
+    def config_of(dataset, path=None):
+        return load_config(pairs.PairsConfig, path, dataset,
+                           profile_of(dataset).for_pipeline("pairs"))
+
+    for name in ("cc12m", "cc3m", "sbu"):
+        assert (config_of(name).rule_set, config_of(name).longest_caption_per_image) == \
+            ("academic", True)
+    assert (config_of("coco").rule_set, config_of("coco").longest_caption_per_image) == \
+        ("academic", False)
+    for name in ("laion-en", "laion-zh", "laion-coco", "datacomp", "coyo", "unknown-crawl"):
+        assert (config_of(name).rule_set, config_of(name).longest_caption_per_image) == \
+            ("web", False)
+    assert config_of("laion-zh").text.min_chars == 2
+    assert not profile_of("unknown-crawl").found and profile_of("coyo").found
+    path = tmp_path / "c.yaml"
+    path.write_text("longest_caption_per_image: false\n"
+                    "datasets: {sbu: {text: {max_chars: 300}}}\n")
+    with caplog.at_level("WARNING"):
+        sbu = config_of("sbu", str(path))
+    assert sbu.longest_caption_per_image and sbu.text.max_chars == 300
+    assert "sets longest_caption_per_image over the top level" in caplog.text
+    path.write_text("datasets: {cc12m: {longest_caption_per_image: false}}\n")
+    assert not config_of("cc12m", str(path)).longest_caption_per_image
+
+
+def test_clip_threshold_follows_the_model():
+    assert pairs.ClipConfig().threshold == 0.28
+    assert pairs.ClipConfig(model="ViT-L-14").threshold == 0.3
+    assert pairs.ClipConfig(model="ViT-L-14", threshold=0.2).threshold == 0.2
+    from corpus.config import ConfigError, from_mapping
+    with pytest.raises(ConfigError, match="no known cut for model 'my-model'"):
+        from_mapping(pairs.PairsConfig, {"clip": {"model": "my-model", "score_field": "sim"}})
+
+
+@pytest.mark.parametrize("dataset, kept, dropped", [
+    ("coco", 6, {"academic_special_tag": 1}),
+    ("cc12m", 4, {"academic_special_tag": 1, "shorter_caption_same_image": 2}),
+])
+def test_academic_profiles_end_to_end(tmp_path, beam_argv, dataset, kept, dropped):
+    """`corpus pairs --dataset coco` keeps every COCO caption; `--dataset cc12m` drops the
+    tagged ones and keeps the longest caption of an image."""
+    rows = academic_rows()
+    write_image_folder(str(tmp_path / "in"), [(n, d, c) for n, d, c, _ in rows])
+    result = subprocess.run(
+        [sys.executable, "-m", "corpus.cli", "pairs", "--input", str(tmp_path / "in"),
+         "--output", str(tmp_path / "out"), "--dataset", dataset] + beam_argv,
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"dataset profile {dataset!r}: academic" in result.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["kept"], report["dropped"], report["errored"]) == \
+        (kept, dropped, {"missing_image": 1})
 
 
 def test_table_reader_rejects_bad_lines_without_holding_them(tmp_path):
@@ -184,11 +258,11 @@ def test_rule_order_follows_the_config():
         order.index("non_en_zh_characters") < order.index("shorter_caption_same_image")
     config.clip.after_text_rules = True
     order = pairs.reason_order(config)
-    assert order.index("academic_special_tag") < order.index("clip_score_too_low")
+    assert order.index("language_not_allowed") < order.index("clip_score_too_low")
     names = [getattr(r, "name", getattr(r, "__name__", "")) for r in
              pairs.text_rules(pairs.TextRulesConfig(tag_language=False))]
     assert names == ["non_en_zh_characters", "no_emoji", "text_length", "html_cleaner",
-                     "pattern_cleaner", "text_length", "academic_special_tag"]
+                     "pattern_cleaner", "text_length"]
 
 
 def test_a_task_applies_the_rules_to_each_pair_of_its_file(tmp_path):
@@ -253,7 +327,8 @@ def test_same_image_in_two_tars_keeps_the_longest_caption_once(tmp_path, beam_ar
         Pair("000000001", other, "a green field in spring", "kept")])
     write_img2dataset_tar(str(tmp_path / "in" / "00001.tar"), [
         Pair("000000002", photo, "a red kite over a green field", "kept")])
-    report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web", None, beam_argv)
+    report = pairs.run([str(tmp_path / "in")], str(tmp_path / "out"), "web",
+                       pairs.PairsConfig(longest_caption_per_image=True), beam_argv)
     assert (report["input"], report["kept"]) == (3, 2)
     assert report["dropped"] == {"shorter_caption_same_image": 1}
     assert sorted(s.text for s in kept_by_key(tmp_path / "out").values()) == \
@@ -424,9 +499,10 @@ def test_worker_processes_and_a_shared_model_write_the_bytes_of_one_process(tmp_
 
     inputs = write_demo_inputs(str(tmp_path / "inputs"))
     config = load_config(pairs.PairsConfig, inputs.config_path, "demo")
-    config = dataclasses.replace(config, clip=dataclasses.replace(
+    config = dataclasses.replace(config, longest_caption_per_image=True, clip=dataclasses.replace(
         config.clip, batch_size=3, share_model_across_processes=shared))
-    one = pairs.run(inputs.patterns, str(tmp_path / "one"), "demo", config, IN_MEMORY)
-    two = pairs.run(inputs.patterns, str(tmp_path / "two"), "demo", config, ["--workers=2"])
+    patterns = inputs.web + inputs.academic
+    one = pairs.run(patterns, str(tmp_path / "one"), "demo", config, IN_MEMORY)
+    two = pairs.run(patterns, str(tmp_path / "two"), "demo", config, ["--workers=2"])
     assert one["stats"]["clip_scored"] == two["stats"]["clip_scored"] > 20
     assert_same_outputs(tmp_path / "one", tmp_path / "two")

@@ -21,10 +21,12 @@ def test_pairs_with_clip_on_dask_writes_the_same_bytes_as_direct(tmp_path, dask_
     inputs = write_demo_inputs(str(tmp_path / "inputs"))
     config = load_config(pairs.PairsConfig, inputs.config_path, "demo")
     # Batches of 3 over the ~30 pairs that reach the model: many batches, several partitions.
-    config = dataclasses.replace(config, clip=dataclasses.replace(config.clip, batch_size=3))
-    direct = pairs.run(inputs.patterns, str(tmp_path / "direct"), "demo", config, IN_MEMORY,
+    config = dataclasses.replace(config, longest_caption_per_image=True,
+                                 clip=dataclasses.replace(config.clip, batch_size=3))
+    patterns = inputs.web + inputs.academic
+    direct = pairs.run(patterns, str(tmp_path / "direct"), "demo", config, IN_MEMORY,
                        samples_per_shard=8)
-    dask = pairs.run(inputs.patterns, str(tmp_path / "dask"), "demo", config,
+    dask = pairs.run(patterns, str(tmp_path / "dask"), "demo", config,
                      dask_argv(dask_address), samples_per_shard=8)
     assert dask["input"] == direct["input"] == sum(inputs.expected.values())
     assert dask["stats"]["clip_scored"] == direct["stats"]["clip_scored"] > 20

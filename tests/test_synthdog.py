@@ -1,5 +1,6 @@
 """SynthDoG: template, label fidelity, bad inputs and the pipeline (small images, few samples)."""
 import io
+import json
 import os
 import shutil
 import statistics
@@ -8,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from corpus.config import from_mapping
+from corpus.config import ConfigError, from_mapping, load_config, to_mapping
 from corpus.formats import format_sample, parse_quads, render as render_text
 from corpus.shards import read_shard
 from pipelines import synthdog as pipeline
-from renderers.synthdog.config import DEJAVU, NOTO_CJK, SynthDogConfig
+from renderers.synthdog import text_source
+from renderers.synthdog.config import DEJAVU, NOTO_CJK, LayoutConfig, SynthDogConfig
 from renderers.synthdog.fonts import FontError, FontFace, discover_fonts
+from renderers.synthdog.layouts import stack_layout
 from renderers.synthdog.quads import quad_iou
 from renderers.synthdog.template import SynthDoG, render
 from renderers.synthdog.text_source import CorpusError, TextStream
@@ -144,6 +147,26 @@ def test_bad_corpus_is_a_clear_error(tmp_path):
         TextStream([str(latin1)])
     with pytest.raises(CorpusError, match="not found"):
         TextStream([str(tmp_path / "missing.txt")])
+    with pytest.raises(CorpusError, match="is a folder"):
+        TextStream([str(tmp_path)])
+
+
+def test_corpus_is_read_in_blocks_across_files(tmp_path, monkeypatch):
+    # Blocks of a few bytes: characters of 1 to 4 bytes straddle every block boundary.
+    monkeypatch.setattr(text_source, "BLOCK_BYTES", 5)
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("中文 and ü é 𝄞\nsecond line", encoding="utf-8")
+    second.write_text("another file", encoding="utf-8")
+    stream = TextStream([str(first), str(second)])
+    ring = first.read_text(encoding="utf-8") + " " + second.read_text(encoding="utf-8") + " "
+    assert len(stream) == len(ring)
+    assert all(stream.read(i, 40) == (ring * 3)[i:i + 40] for i in range(len(ring)))
+    assert stream.chars()["中"] == 1 and " " not in stream.chars()
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text " * 3 + b"\xff more")  # the bad byte lies in a later block
+    with pytest.raises(CorpusError, match="not UTF-8.*byte 30"):
+        TextStream([str(bad)])
 
 
 def _jpeg(path, size=(96, 64)):
@@ -248,8 +271,6 @@ def test_cli_reports_an_empty_corpus(tmp_path, capsys):
 
 
 def test_example_config_is_the_defaults_and_partial_effects_keep_their_args():
-    from corpus.config import load_config, to_mapping
-
     path = os.path.join(os.path.dirname(pipeline.__file__), "configs", "synthdog.yaml")
     default = SynthDogConfig()
     default.validate()
@@ -257,3 +278,116 @@ def test_example_config_is_the_defaults_and_partial_effects_keep_their_args():
     config = from_mapping(SynthDogConfig, {"effect": {"shadow": {"prob": 0.5}}})
     assert config.effect.shadow.prob == 0.5
     assert config.effect.shadow.args["intensity"] == [0, 160]
+
+
+# SynthDoG's config_en.yaml (config_zh.yaml differs only in its corpus and font folders), in
+# this project's key names: every value below is SynthDoG's.
+SYNTHDOG = {
+    "quality": [50, 95], "landscape": 0.5, "short_size": [720, 1024], "aspect_ratio": [1, 2],
+    "background": {"blur": {"prob": 1, "args": {"sigma": [0, 10]}}},
+    "document": {
+        "fullscreen": 0.5, "landscape": 0.5, "short_size": [480, 1024], "aspect_ratio": [1, 2],
+        "paper": {"alpha": [0, 0.2], "grayscale": 1, "crop": 1},
+        "content": {
+            "margin": [0, 0.1], "bold": 0,
+            "layout": {"text_scale": [0.0334, 0.1], "max_row": 10, "max_col": 3,
+                       "fill": [0.5, 1], "full": 0.1, "align": ["left", "right", "center"],
+                       "stack_spacing": [0.0334, 0.0334], "stack_fill": [0.5, 1],
+                       "stack_full": 0.1},
+            "textbox_fill": [0.5, 1],
+            "textbox_color": {"prob": 0.2, "args": {"gray": [0, 64], "colorize": 1}},
+            "content_color": {"prob": 0.2, "args": {"gray": [0, 64], "colorize": 1}},
+        },
+        "elastic_distortion": {"prob": 1, "args": {"alpha": [0, 1], "sigma": [0, 0.5]}},
+        "gaussian_noise": {"prob": 1, "args": {"scale": [0, 8], "per_channel": 0}},
+        "perspective": {"prob": 1, "args": {
+            "weights": [750, 50, 50, 25, 25, 25, 25, 50],
+            "percents": [[[0.75, 1], [0.75, 1], [0.75, 1], [0.75, 1]],
+                         [[0.75, 1], [1, 1], [0.75, 1], [1, 1]],
+                         [[1, 1], [0.75, 1], [1, 1], [0.75, 1]],
+                         [[0.75, 1], [1, 1], [1, 1], [1, 1]],
+                         [[1, 1], [0.75, 1], [1, 1], [1, 1]],
+                         [[1, 1], [1, 1], [0.75, 1], [1, 1]],
+                         [[1, 1], [1, 1], [1, 1], [0.75, 1]],
+                         [[1, 1], [1, 1], [1, 1], [1, 1]]]}},
+    },
+    "effect": {
+        "color": {"prob": 0.2, "args": {"rgb": [[0, 255], [0, 255], [0, 255]],
+                                        "alpha": [0, 0.2]}},
+        "shadow": {"prob": 1, "args": {"intensity": [0, 160], "amount": [0, 1],
+                                       "smoothing": [0.5, 1], "bidirectional": 0}},
+        "contrast": {"prob": 1, "args": {"alpha": [1, 1.5]}},
+        "brightness": {"prob": 1, "args": {"beta": [-48, 0]}},
+        "motion_blur": {"prob": 0.5, "args": {"k": [3, 5], "angle": [0, 360]}},
+        "gaussian_blur": {"prob": 1, "args": {"sigma": [0, 1.5]}},
+    },
+}
+
+
+def _as_in(mapping, like):
+    """`mapping` cut down to the keys of `like`, recursively."""
+    return {key: _as_in(mapping[key], value) if isinstance(value, dict) else mapping[key]
+            for key, value in like.items()}
+
+
+def test_defaults_are_synthdogs():
+    config = SynthDogConfig()
+    config.validate()
+    assert _as_in(to_mapping(config), SYNTHDOG) == SYNTHDOG
+    # no other effect argument is set: the rest keep synthtiger's defaults, as in SynthDoG
+    for section in ("effect", "document", "background"):
+        for name, value in to_mapping(config)[section].items():
+            if isinstance(value, dict) and "args" in value:
+                assert value["args"].keys() == SYNTHDOG[section][name]["args"].keys()
+
+
+def test_perspective_is_synthdogs_weighted_table(en_template):
+    selector = en_template.documents["en"].effect.components[2].component
+    table = SYNTHDOG["document"]["perspective"]["args"]
+    assert selector.weights == table["weights"]
+    assert [p.percents for p in selector.components] == table["percents"]
+    assert all(p.aligns == ((-1, 1),) * 4 for p in selector.components)  # synthtiger's default
+    with pytest.raises(ConfigError, match="1 weights and 8 choices"):
+        from_mapping(SynthDogConfig, {"document": {"perspective": {"args": {"weights": [1]}}}})
+    with pytest.raises(ConfigError, match="Shadow effect"):
+        SynthDoG(small_config(effect={"shadow": {"args": {"intensty": [0, 9]}}}))
+
+
+def test_grids_of_a_page_share_one_fill():
+    # SynthDoG draws `fill` once per page: every grid's columns take the same share of the width
+    config = LayoutConfig(text_scale=[0.0334, 0.05], fill=[0.5, 0.6], full=0)
+    np.random.seed(3)
+    for _ in range(5):
+        grids = stack_layout([0, 0, 600, 800], config)
+        shares = {round(sum({box[0]: box[2] for box, _ in grid}.values()) / 600, 6)
+                  for grid in grids}
+        assert len(grids) > 1 and len(shares) == 1 and 0.5 <= shares.pop() <= 0.6
+
+
+def test_cli_takes_background_images_and_a_corpus(tmp_path, capsys):
+    from corpus.cli import main
+
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    for i, colour in enumerate([(200, 40, 40), (40, 160, 60), (30, 60, 190)]):
+        PILImage.new("RGB", (160, 120), colour).save(backgrounds / f"photo-{i}.jpg")
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("Paris is the capital of France.\n\nIts river is the Seine.\n" * 50,
+                      encoding="utf-8")
+    config = tmp_path / "small.yaml"
+    config.write_text("short_size: [320, 384]\ndocument: {short_size: [240, 384]}\n")
+    out = tmp_path / "out"
+    code = main(["synthdog", "--count", "2", "--output", str(out), "--config", str(config),
+                 "--backgrounds", str(backgrounds), "--corpus", str(corpus),
+                 "--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept"] == 2
+    inventory = report["stats"]["inventory"]
+    assert inventory["backgrounds"] == {"count": 3, "generated": False, "unreadable": 0,
+                                        "unreadable_names": []}
+    assert inventory["en"]["corpus"] == [str(corpus)]
+    text = corpus.read_text(encoding="utf-8").replace("\n\n", " ").replace("\n", " ")
+    lines = [r.text for shard in report["shards"]
+             for s in read_shard(str(out / shard["path"])) for r in s.regions]
+    assert lines and all(line in text for line in lines)

@@ -1,5 +1,6 @@
 """The trainer on tiny shards and a tiny model, on the CPU: stages, freeze plans, resume."""
 import hashlib
+import json
 import os
 
 import pytest
@@ -14,7 +15,7 @@ from trainer.train import lr_factor, param_groups, resolve_checkpoint, train
 
 STAGE_DATA = {1: (224, 512, False), 2: (448, 2048, True), 3: (448, 2048, False)}
 # Small enough for two shared cores: 16 queries per image, two rows of 256 tokens.
-TINY = {"warmup_steps": 1, "micro_batch_size": 2, "grad_accum": 1, "num_workers": 0,
+TINY = {"warmup_steps": 1, "micro_batch_size": 2, "global_batch": 2, "num_workers": 0,
         "pack_window": 8, "log_every": 1, "seq_len": 256, "image_size": 56,
         "model": {"adapter": {"queries": 16}}}
 
@@ -102,6 +103,38 @@ def test_table_8_plans():
         ["adapter", "llm"], 1e-5, 1e-6, 3000)
     assert (two.betas, two.eps, two.weight_decay, two.grad_clip) == ([0.9, 0.98], 1e-6, 0.05, 1.0)
     assert one.model.adapter.queries == 256 and one.model.visual.patch_size == 14
+    assert (one.global_batch, two.global_batch, three.global_batch) == (30720, 4096, 128)
+
+
+def test_global_batch_sets_the_accumulation():
+    config = stage_config(2, overrides={"micro_batch_size": 2})
+    assert config.grad_accum is None
+    assert [config.accumulation(world) for world in (1, 4, 16)] == [2048, 512, 128]
+    agreeing = stage_config(3, overrides={"micro_batch_size": 4, "grad_accum": 8})
+    assert agreeing.accumulation(4) == 8
+
+
+def test_an_unreachable_global_batch_is_refused():
+    from corpus.config import ConfigError
+
+    with pytest.raises(ConfigError, match="global_batch 128 is not a multiple of .* = 96 rows"):
+        stage_config(3, overrides={"micro_batch_size": 32}).accumulation(3)
+    disagreeing = stage_config(3, overrides={"micro_batch_size": 4, "grad_accum": 6})
+    with pytest.raises(ConfigError, match="grad_accum 6 disagrees .* needs 8"):
+        disagreeing.accumulation(4)
+    with pytest.raises(ConfigError, match="global_batch"):
+        stage_config(1, overrides={"global_batch": 0})
+
+
+def test_the_7b_config_reaches_table_8_on_the_gpus_it_documents():
+    path = os.path.join(os.path.dirname(__file__), "..", "trainer", "configs", "qwen-vl-7b.yaml")
+    gpus = 16  # the file's comments: two nodes of 8
+    for stage, expected, accumulation in ((1, 30720, 1920), (2, 4096, 256), (3, 128, 8)):
+        config = stage_config(stage, path)
+        assert config.accumulation(gpus) == accumulation
+        assert config.micro_batch_size * gpus * accumulation == expected
+    for gpus in (1, 2, 4, 8, 32, 64, 128):  # "any GPU count that divides 128"
+        assert all(stage_config(s, path).accumulation(gpus) for s in (1, 2, 3))
 
 
 def test_config_file_overrides_and_rejects_unknown_keys(tmp_path):
@@ -186,6 +219,16 @@ def test_resume_gives_the_same_loss_curve(tmp_path, shards):
     assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
 
 
+def test_training_refuses_a_global_batch_it_cannot_reach_before_it_starts(tmp_path, shards):
+    from corpus.config import ConfigError
+
+    out = tmp_path / "refused"
+    with pytest.raises(ConfigError, match="global_batch 3 is not a multiple"):
+        train(stage_manifest(tmp_path, shards, 2), 2, str(out),
+              overrides=dict(TINY, steps=1, global_batch=3), device="cpu")
+    assert not out.exists()
+
+
 def test_manifest_stage_must_match(tmp_path, shards):
     from corpus.config import ConfigError
 
@@ -206,8 +249,11 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
     assert main(argv + ["--resume"]) == 0
     printed = capsys.readouterr().out
     assert "step 1: checkpoint" in printed and "step 2: checkpoint" in printed
+    assert "share of samples (weight): sft " in printed
     lines = open(os.path.join(out, "log.jsonl")).read().splitlines()
     assert len(lines) == 2 and '"tokens_per_s"' in lines[0]
+    shares = json.loads(lines[1])["sample_shares"]
+    assert set(shares) == {"sft", "text"} and sum(shares.values()) == pytest.approx(1.0)
 
 
 def test_step_flops_count_attention_within_packed_samples():

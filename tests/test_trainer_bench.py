@@ -25,3 +25,4 @@ def test_example_configs_load(path):
     for stage in (1, 2, 3):
         config = stage_config(stage, path)
         assert config.model.adapter.queries in (64, 256)
+        assert config.accumulation(1) >= 1  # every example reaches its global batch on one GPU

@@ -10,7 +10,7 @@ from corpus.schema import Turn
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
 from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
-                          read_manifest)
+                          read_manifest, sample_shares)
 from trainer.model import QwenVL
 from trainer.stages import stage_config
 
@@ -125,14 +125,37 @@ def manifest(tmp_path):
     return read_manifest(path)
 
 
-def test_mixture_follows_the_weights_and_the_seed(manifest, encoder):
-    stream = PackStream(manifest, encoder, seed=3, window=4)
-    drawn = collections.Counter(stream.task_of(k) for k in range(4000))
-    assert drawn["text"] / 4000 == pytest.approx(0.75, abs=0.03)
-    again = PackStream(manifest, encoder, seed=3, window=4)
-    other = PackStream(manifest, encoder, seed=4, window=4)
-    order = [stream.task_of(k) for k in range(50)]
-    assert order == [again.task_of(k) for k in range(50)] != [other.task_of(k) for k in range(50)]
+def test_mixture_weights_are_shares_of_samples_not_rows(tmp_path, tokenizer):
+    # long documents fill a row each; captions and questions pack a dozen or more to a row
+    long_text = [make_sample(f"t{i}", task="text", text="plain text document " * (20 + 3 * i),
+                             images=[]) for i in range(8)]
+    captions = [make_sample(f"c{i}", text=f"a red square {i}") for i in range(16)]
+    questions = [make_sample(f"q{i}", task="vqa", text=f"q{i}") for i in range(16)]
+    weights = {"text": 0.5, "captioning": 0.3, "vqa": 0.2}
+    path = write_manifest(tmp_path / "mix.yaml", 2, {
+        "text": [(write_shard(str(tmp_path / "text.tar"), long_text), 8)],
+        "captioning": [(write_shard(str(tmp_path / "cap.tar"), captions), 16)],
+        "vqa": [(write_shard(str(tmp_path / "vqa.tar"), questions), 16)]}, weights=weights)
+    stream = PackStream(read_manifest(path), SampleEncoder(tokenizer, QUERIES, 128), seed=0,
+                        window=32)
+    samples, rows = collections.Counter(), collections.Counter()
+    for _ in range(2000):
+        job = stream.next_pack()
+        samples[job.task] += len(job.samples)
+        rows[job.task] += 1
+    total = sum(samples.values())
+    shares = {task: samples[task] / total for task in weights}
+    assert shares == pytest.approx(weights, abs=0.02)
+    assert sample_shares(stream.state()) == pytest.approx(shares)
+    assert rows["text"] / 2000 > 0.8  # by rows, the long documents dominate
+
+
+def test_mixture_follows_the_seed(manifest, encoder):
+    def tasks(seed):
+        stream = PackStream(manifest, encoder, seed=seed, window=4)
+        return [stream.next_pack().task for _ in range(50)]
+
+    assert tasks(3) == tasks(3) != tasks(4)
 
 
 def test_packs_stay_within_one_task_and_seq_len(manifest, encoder):

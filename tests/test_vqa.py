@@ -147,8 +147,9 @@ def test_join_buckets_are_stable_and_spread():
     assert len({join_bucket(str(i), 10) for i in range(200)}) == 10
 
 
-def test_example_config_loads():
-    from corpus.config import load_config
+def test_example_config_loads_under_the_profile(capsys):
+    from pipelines.common import load_pipeline_config
 
-    assert load_config(VqaConfig, "pipelines/configs/vqa.yaml", "gqa").image_template == \
-        "{imageId}.jpg"
+    config = load_pipeline_config(VqaConfig, "vqa", "pipelines/configs/vqa.yaml", "gqa")
+    assert config.image_template == "{imageId}.jpg"
+    assert "dataset profile 'gqa': vqa (Table 3: VQA (GQA))" in capsys.readouterr().out

@@ -3,17 +3,24 @@
 Flow, all deterministic from the seed:
   manifest sources ─> one `TaskStream` per task: its shards in a seeded order per epoch, read
   `pack_window` samples at a time, formatted (`corpus.formats.format_sample`), tokenized, packed
-  (`corpus.packing.plan_packs`, same task only) ─> `PackStream` picks the task of the k-th pack
-  by the mixture weights from hash(seed, k) ─> `Loader` decodes the images of each pack in worker
-  processes, in order, and stacks packs into micro-batches.
+  (`corpus.packing.plan_packs`, same task only) ─> `PackStream` gives each pack to the task
+  whose share of the samples drawn so far is furthest below its weight (`SampleMixer`) ─>
+  `Loader` decodes the images of each pack in worker processes, in order, and stacks packs into
+  micro-batches.
+
+Mixture: the manifest's weights are shares of samples (Table 3 counts samples), not of packed
+rows. A row of a task with short samples holds many of them, so drawing a task per row would
+over-represent short tasks; choosing by deficit keeps every task's sample share within about one
+row of its weight, deterministically (ties go by hash(seed, k)).
 
 Loss mask: a token is a target when its span is supervised (`Span.supervised`: answers, targets
 and the ChatML special tokens, never prompts, role names or images). Targets are computed per
 sample before packing, so the last token of one sample never learns the first of the next.
 
 Position: the data position is, per task, the start of its current window plus the packs already
-taken from it, and the number of packs drawn. Restoring it re-reads that one window, re-plans it
-and skips the packs already taken: an exact mid-epoch resume that decodes no skipped image.
+taken from it, the number of packs drawn and the samples drawn per task. Restoring it re-reads
+that one window, re-plans it and skips the packs already taken: an exact mid-epoch resume that
+decodes no skipped image.
 """
 from __future__ import annotations
 
@@ -203,36 +210,62 @@ class TaskStream:
             self.next_pack()
 
 
+class SampleMixer:
+    """The task of each row: the one whose share of the samples drawn so far is furthest below
+    its weight; ties (at the start, say) go by hash(seed, k) for the k-th row."""
+
+    def __init__(self, weights: dict[str, float], seed: int):
+        total = sum(weights.values())
+        self.weights = {task: weight / total for task, weight in weights.items()}
+        self.seed = seed
+        self.rows = 0
+        self.samples = dict.fromkeys(self.weights, 0)
+
+    def next_task(self) -> str:
+        drawn = sum(self.samples.values())
+        tasks = list(self.weights)
+        random.Random(f"{self.seed}/mix/{self.rows}").shuffle(tasks)  # max keeps the first tie
+        return max(tasks, key=lambda task: self.weights[task] * drawn - self.samples[task])
+
+    def record(self, task: str, samples: int) -> None:
+        self.samples[task] += samples
+        self.rows += 1
+
+    def state(self) -> dict[str, Any]:
+        return {"drawn": self.rows, "samples": dict(self.samples)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rows = state["drawn"]
+        self.samples.update(state["samples"])
+
+
+def sample_shares(state: dict[str, Any]) -> dict[str, float]:
+    """Each task's share of the samples drawn up to a data position (`PackStream.state()`)."""
+    samples = state["samples"]
+    total = sum(samples.values()) or 1
+    return {task: count / total for task, count in samples.items()}
+
+
 class PackStream:
-    """Packs of all tasks, the task of the k-th pack drawn by weight from hash(seed, k)."""
+    """Packs of all tasks, mixed by `SampleMixer` so that the weights hold for samples."""
 
     def __init__(self, manifest: Manifest, encoder: SampleEncoder, seed: int, window: int):
-        self.seed = seed
         self.streams = {s.task: TaskStream(s, encoder, seed, manifest.packing, window)
                         for s in manifest.sources}
-        total = sum(s.weight for s in manifest.sources)
-        self.tasks = [s.task for s in manifest.sources]
-        self.cumulative = list(itertools.accumulate(s.weight / total for s in manifest.sources))
-        self.drawn = 0
-
-    def task_of(self, k: int) -> str:
-        u = random.Random(f"{self.seed}/mix/{k}").random()
-        for task, bound in zip(self.tasks, self.cumulative):
-            if u < bound:
-                return task
-        return self.tasks[-1]
+        self.mixer = SampleMixer({s.task: s.weight for s in manifest.sources}, seed)
 
     def next_pack(self) -> PackJob:
-        job = self.streams[self.task_of(self.drawn)].next_pack()
-        self.drawn += 1
+        task = self.mixer.next_task()
+        job = self.streams[task].next_pack()
+        self.mixer.record(task, len(job.samples))
         return job
 
     def state(self) -> dict[str, Any]:
-        return {"drawn": self.drawn,
-                "tasks": {task: stream.state() for task, stream in self.streams.items()}}
+        return dict(self.mixer.state(),
+                    tasks={task: stream.state() for task, stream in self.streams.items()})
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.drawn = state["drawn"]
+        self.mixer.restore(state)
         for task, task_state in state["tasks"].items():
             self.streams[task].restore(task_state)
 

@@ -8,10 +8,11 @@ import time
 from trainer.train import train
 
 # A few steps of each stage: Table 8's freeze plans, lr shapes and image sizes (224 -> 448), with
-# the warm-up shortened to fit, 64 queries per image and rows of 512 tokens so a CPU keeps up.
+# the warm-up shortened to fit, one row per step, 64 queries per image and rows of 512 tokens so
+# a CPU keeps up.
 DEMO_STEPS = 3
 DEMO_OVERRIDES = {
-    "steps": DEMO_STEPS, "warmup_steps": 1, "micro_batch_size": 1, "grad_accum": 1,
+    "steps": DEMO_STEPS, "warmup_steps": 1, "micro_batch_size": 1, "global_batch": 1,
     "seq_len": 512, "num_workers": 0, "pack_window": 16, "log_every": 1,
     "save_every": DEMO_STEPS, "keep_checkpoints": 1, "model": {"adapter": {"queries": 64}},
 }

@@ -89,8 +89,11 @@ class StageConfig:
     eps: float = 1e-6
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    micro_batch_size: int = 4  # packed sequences per forward pass
-    grad_accum: int = 6
+    micro_batch_size: int = 4  # packed rows per forward pass, per process
+    # packed rows per optimizer step over all processes (Table 8); at stages 1 and 3 a row is one
+    # sample. Accumulation follows: global_batch = micro_batch_size x processes x grad_accum
+    global_batch: int = 30_720
+    grad_accum: int | None = None  # None = derived; a stated value must agree with the above
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
     seed: int | None = None  # None = the manifest's
     tokenizer: str | None = None  # None = the manifest's, else the embedded default
@@ -116,19 +119,37 @@ class StageConfig:
             raise ConfigError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
         if not self.trainable:
             raise ConfigError("trainable: nothing to train")
-        if self.steps < 1 or self.grad_accum < 1 or self.micro_batch_size < 1:
-            raise ConfigError("steps, grad_accum and micro_batch_size must be >= 1")
+        stated_accum = 1 if self.grad_accum is None else self.grad_accum
+        if min(self.steps, self.micro_batch_size, self.global_batch, stated_accum) < 1:
+            raise ConfigError("steps, micro_batch_size, global_batch and grad_accum must be >= 1")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step that make micro_batch_size x world_size x it exactly
+        global_batch; a ConfigError when no whole number does, or a stated grad_accum differs."""
+        per_pass = self.micro_batch_size * world_size
+        if self.global_batch % per_pass:
+            raise ConfigError(
+                f"global_batch {self.global_batch} is not a multiple of micro_batch_size "
+                f"{self.micro_batch_size} x {world_size} process(es) = {per_pass} rows per pass")
+        accumulation = self.global_batch // per_pass
+        if self.grad_accum is not None and self.grad_accum != accumulation:
+            raise ConfigError(
+                f"grad_accum {self.grad_accum} disagrees with global_batch {self.global_batch}: "
+                f"micro_batch_size {self.micro_batch_size} x {world_size} process(es) needs "
+                f"{accumulation} (drop grad_accum to derive it)")
+        return accumulation
 
 
-# Table 8, column by column. Global batch sizes (30720 / 4096 / 128 samples) follow from
-# micro_batch_size x grad_accum x GPUs x samples per packed sequence; set micro_batch_size to fit.
+# Table 8, column by column. Its gradient accumulation (6 / 8 / 8) belongs to the paper's cluster
+# (5120 / 512 / 16 rows per pass over all its data-parallel ranks); here the global batch is the
+# setting and accumulation follows from the micro-batch and the number of processes.
 TABLE_8: dict[int, dict[str, Any]] = {
     1: dict(stage=1, trainable=["visual", "adapter"], peak_lr=2e-4, min_lr=1e-6,
-            warmup_steps=500, steps=50_000, vit_lr_decay=0.95, grad_accum=6),
+            warmup_steps=500, steps=50_000, vit_lr_decay=0.95, global_batch=30_720),
     2: dict(stage=2, trainable=["visual", "adapter", "llm"], peak_lr=5e-5, min_lr=1e-5,
-            warmup_steps=400, steps=19_000, vit_lr_decay=0.95, grad_accum=8),
+            warmup_steps=400, steps=19_000, vit_lr_decay=0.95, global_batch=4_096),
     3: dict(stage=3, trainable=["adapter", "llm"], peak_lr=1e-5, min_lr=1e-6,
-            warmup_steps=3_000, steps=8_000, vit_lr_decay=0.0, grad_accum=8),
+            warmup_steps=3_000, steps=8_000, vit_lr_decay=0.0, global_batch=128),
 }
 
 

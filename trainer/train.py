@@ -32,7 +32,7 @@ from corpus.config import ConfigError, from_mapping
 from corpus.shards import atomic_write
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from trainer.attention import sequence_bounds
-from trainer.data import Batch, build_loader, corpus_texts, read_manifest
+from trainer.data import Batch, build_loader, corpus_texts, read_manifest, sample_shares
 from trainer.model import (QwenVL, apply_freeze_plan, compile_blocks, load_weights,
                            parameter_counts)
 from trainer.distributed import join_world
@@ -48,7 +48,8 @@ class TrainResult:
     checkpoint: str
     steps: int
     losses: list[float] = field(default_factory=list)  # one per step run now, in order
-    log: list[dict[str, float]] = field(default_factory=list)  # one entry per log interval
+    log: list[dict[str, Any]] = field(default_factory=list)  # one entry per log interval
+    sample_shares: dict[str, float] = field(default_factory=dict)  # per task, of samples trained
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -247,6 +248,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     seq_len = config.seq_len or manifest.seq_len
     seed = manifest.seed if config.seed is None else config.seed
     world = join_world()
+    config.grad_accum = config.accumulation(world.size)  # refuses an unreachable global batch
     torch.manual_seed(seed)  # the same initial weights on every rank that draws them
     device = world.device(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -290,7 +292,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
               f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
               f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}"
-              f"{' fsdp' if fsdp else ''}; "
+              f"{' fsdp' if fsdp else ''}; global batch {config.global_batch} row(s) = "
+              f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
+              f"pass(es); "
               f"step {step} of {config.steps}", flush=True)
 
     result = TrainResult(checkpoint=resume_from or "", steps=step)
@@ -340,7 +344,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if step % config.log_every == 0 or step == last:
-                metrics = _log(window, step, peak, log_path if world.main else None, bar)
+                result.sample_shares = sample_shares(micro[-1].state)
+                metrics = _log(window, step, peak, result.sample_shares,
+                               log_path if world.main else None, bar)
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
                 model_state, optimizer_state = gather_state(model, optimizer)
@@ -354,6 +360,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
         bar.close()
         loader.close()
         world.close()
+    if result.sample_shares and world.main:
+        print(describe_shares(result.sample_shares, loader.stream.mixer.weights))
     skipped = loader.stream.skipped
     if skipped and world.main:
         print(f"skipped {skipped} samples: no text format, cut to seq_len {seq_len} through an "
@@ -362,8 +370,14 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     return result
 
 
-def _log(window: dict[str, Any], step: int, peak: float | None, path: str | None,
-         bar) -> dict[str, float]:
+def describe_shares(shares: dict[str, float], weights: dict[str, float]) -> str:
+    """Each task's share of the samples trained beside its weight, one line."""
+    return "share of samples (weight): " + ", ".join(
+        f"{task} {share:.1%} ({weights[task]:.1%})" for task, share in shares.items())
+
+
+def _log(window: dict[str, Any], step: int, peak: float | None, shares: dict[str, float],
+         path: str | None, bar) -> dict[str, Any]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - window["started"]
@@ -374,6 +388,7 @@ def _log(window: dict[str, Any], step: int, peak: float | None, path: str | None
         "tokens_per_s": window["tokens"] / elapsed,  # all ranks together
         "samples_per_s": window["samples"] / elapsed,
         "data_wait": window["wait"] / elapsed,
+        "sample_shares": shares,  # since the stage began, all ranks together
     }
     if peak:
         metrics["mfu"] = window["flops"] / elapsed / peak

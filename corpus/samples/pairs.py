@@ -92,8 +92,9 @@ def demo_pairs() -> list[Pair]:
         Pair("000000014", photo(15), "Lighthouse at dusk!!!! see www.example.com/lh IMG_4021.JPG",
              "kept"),
         Pair("000000015", photo(16), "DSC_2481.JPG", "empty_after_pattern_cleaning"),
-        Pair("000000016", photo(17), "<PERSON> walks the dog along the beach",
-             "academic_special_tag"),
+        # A web caption keeps what the HTML cleaner leaves: the special tags are for the
+        # academic sets only.
+        Pair("000000016", photo(17), "<PERSON> walks the dog along the beach", "kept"),
         Pair("000000017", photo(18), "Nike® running shoes on a wooden floor", "kept"),
         Pair("000000018", photo(19), "<i>ok</i>", "text_too_short_after_cleaning"),
         Pair("000000019", b"this is not an image", "a broken file", "corrupt_image"),
@@ -163,9 +164,9 @@ def write_image_folder(directory: str, rows: list[tuple[str, bytes | None, str]]
 
 
 def academic_rows() -> list[tuple[str, bytes | None, str, str]]:
-    """COCO-style: one image with several captions (the longest wins), a PNG, a missing file; a
-    phone photo stored turned and a GIF, both re-encoded upright in a format every reader has.
-    (file name, bytes, caption, expected outcome)."""
+    """An academic caption set: one image with several captions (the longest wins), a PNG, a
+    missing file; a phone photo stored turned and a GIF, both re-encoded upright in a format
+    every reader has; a CC12M placeholder. (file name, bytes, caption, expected outcome)."""
     coco = make_photo(320, 240, 100)
     return [
         ("coco_1.jpg", coco, "a man riding a bike", "shorter_caption_same_image"),
@@ -178,12 +179,15 @@ def academic_rows() -> list[tuple[str, bytes | None, str, str]]:
          "kept"),
         ("drawing_5.gif", make_photo(300, 240, 103, fmt="GIF"),
          "a hand drawn map of the old town", "kept"),
+        ("cc_6.jpg", make_photo(300, 240, 104), "<PERSON> walks the dog along the beach",
+         "academic_special_tag"),
     ]
 
 
 @dataclass
 class DemoInputs:
-    patterns: list[str]
+    web: list[str]  # img2dataset tars: a web set (dataset "demo")
+    academic: list[str]  # a folder with a caption table: an academic set ("demo-academic")
     config_path: str
     expected: dict[str, int]  # outcome -> count, for the pairs whose outcome is fixed
 
@@ -212,7 +216,7 @@ def write_demo_inputs(directory: str) -> DemoInputs:
     expected: dict[str, int] = {}
     for outcome in [p.expect for p in pairs + good[:2]] + ["truncated_tar"] + [r[3] for r in rows]:
         expected[outcome] = expected.get(outcome, 0) + 1
-    return DemoInputs([web, os.path.join(directory, "academic")], config_path, expected)
+    return DemoInputs([web], [os.path.join(directory, "academic")], config_path, expected)
 
 
 def last_member_middle(path: str) -> int:
@@ -224,7 +228,8 @@ def last_member_middle(path: str) -> int:
 
 # The tiny model has random weights: its scores mean nothing, and the threshold only shows the
 # step at work (it drops the few pairs that happen to score lowest). Real runs name a real
-# checkpoint and a dataset's own cut (0.28 for LAION-style ViT-B/32 scores).
+# checkpoint, whose cut comes with it (0.28 for ViT-B-32). "demo-academic" has no profile of
+# its own: the config gives it the academic rules, as a user does for a set the profiles lack.
 DEMO_CONFIG = """\
 clip:
   model: {model}
@@ -236,4 +241,7 @@ datasets:
   demo:
     text:
       languages: [en, zh]
+  demo-academic:
+    rule_set: academic
+    longest_caption_per_image: true
 """

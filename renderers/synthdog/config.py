@@ -1,12 +1,15 @@
-"""SynthDoG's configuration as dataclasses, defaults after SynthDoG's `config_en.yaml`.
+"""SynthDoG's configuration as dataclasses, defaults equal to SynthDoG's `config_en.yaml` and
+`config_zh.yaml` (the two differ only in their corpus and font folders).
 
 Ranges are `[low, high]`; `prob` is how often an effect is on. The YAML keys mirror SynthDoG's
 config with named effects instead of positional `args` lists (see
-`pipelines/configs/synthdog.yaml`). The paper used SynthDoG's defaults; where SynthDoG names no
-value (the default fonts, corpus files and generated textures here), the field says so.
+`pipelines/configs/synthdog.yaml`). An effect argument SynthDoG does not name keeps synthtiger's
+default, as in SynthDoG. The paper used SynthDoG's defaults; where SynthDoG's value is a file of
+its own (its fonts, corpus and texture photos), the field says what stands in for it.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from corpus.config import ConfigError
@@ -25,12 +28,28 @@ class EffectSwitch:
 
 
 def _effect(prob, **args):
-    return field(default_factory=lambda: EffectSwitch(prob, dict(args)))
+    return field(default_factory=lambda: EffectSwitch(prob, copy.deepcopy(args)))
+
+
+# SynthDoG's perspective table: a weighted choice of how far each edge (top, right, bottom, left)
+# shrinks; synthtiger's default aligns let each edge slide anywhere in the space it frees.
+PERSPECTIVE_WEIGHTS = [750, 50, 50, 25, 25, 25, 25, 50]
+PERSPECTIVE_PERCENTS = [
+    [[0.75, 1], [0.75, 1], [0.75, 1], [0.75, 1]],
+    [[0.75, 1], [1, 1], [0.75, 1], [1, 1]],
+    [[1, 1], [0.75, 1], [1, 1], [0.75, 1]],
+    [[0.75, 1], [1, 1], [1, 1], [1, 1]],
+    [[1, 1], [0.75, 1], [1, 1], [1, 1]],
+    [[1, 1], [1, 1], [0.75, 1], [1, 1]],
+    [[1, 1], [1, 1], [1, 1], [0.75, 1]],
+    [[1, 1], [1, 1], [1, 1], [1, 1]],
+]
 
 
 @dataclass
 class LayoutConfig:
-    """SynthDoG's GridStack: grids of rows x columns stacked down the page."""
+    """SynthDoG's GridStack: grids of rows x columns stacked down the page. `fill`/`full` are
+    drawn once per page and shared by its grids, as SynthDoG's GridStack does."""
 
     text_scale: list = field(default_factory=lambda: [0.0334, 0.1])
     max_row: int = 10
@@ -55,7 +74,7 @@ class ContentConfig:
 
 @dataclass
 class PaperConfig:
-    alpha: list = field(default_factory=lambda: [0.0, 1.0])
+    alpha: list = field(default_factory=lambda: [0.0, 0.2])  # the texture's opacity over white
     grayscale: float = 1.0
     crop: float = 1.0
 
@@ -70,7 +89,8 @@ class DocumentConfig:
     content: ContentConfig = field(default_factory=ContentConfig)
     elastic_distortion: EffectSwitch = _effect(1.0, alpha=[0, 1], sigma=[0, 0.5])
     gaussian_noise: EffectSwitch = _effect(1.0, scale=[0, 8], per_channel=0)
-    perspective: EffectSwitch = _effect(1.0)
+    perspective: EffectSwitch = _effect(1.0, weights=PERSPECTIVE_WEIGHTS,
+                                        percents=PERSPECTIVE_PERCENTS)
 
 
 @dataclass
@@ -159,3 +179,34 @@ class SynthDogConfig:
             for key, value in vars(section).items():
                 if isinstance(value, EffectSwitch):
                     value.args = {**getattr(default, key).args, **value.args}
+        _check_perspective(self.document.perspective.args)
+
+
+def _check_perspective(args: dict) -> None:
+    """One weight per choice, each choice four [low, high] size ranges (top, right, bottom,
+    left; 1 keeps an edge, 0.75 shrinks it by a quarter): a bad table fails here, not inside
+    synthtiger when the template is built."""
+    unknown = set(args) - {"weights", "percents"}
+    if unknown:
+        raise ConfigError(f"document.perspective.args: unknown key(s) {sorted(unknown)}; "
+                          "known: percents, weights")
+    weights, percents = args.get("weights"), args.get("percents")
+    if not isinstance(weights, (list, tuple)) or not isinstance(percents, (list, tuple)):
+        raise ConfigError("document.perspective.args: `weights` and `percents` must be lists, "
+                          f"got {type(weights).__name__} and {type(percents).__name__}")
+    if len(weights) != len(percents) or not weights:
+        raise ConfigError("document.perspective.args: one weight per choice of `percents`, got "
+                          f"{len(weights)} weights and {len(percents)} choices")
+    if any(not isinstance(w, (int, float)) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"document.perspective.args.weights: non-negative numbers with a "
+                          f"positive sum, got {weights}")
+    for choice in percents:
+        if not (isinstance(choice, (list, tuple)) and len(choice) == 4
+                and all(map(_is_range, choice))):
+            raise ConfigError("document.perspective.args.percents: each choice is four "
+                              f"[low, high] ranges with 0 < low <= high, got {choice!r}")
+
+
+def _is_range(edge) -> bool:
+    return (isinstance(edge, (list, tuple)) and len(edge) == 2
+            and all(isinstance(v, (int, float)) for v in edge) and 0 < edge[0] <= edge[1])

@@ -2,8 +2,9 @@
 content (text boxes laid out in grids) and the document (paper + content + document effects).
 
 Each text line is one synthtiger layer rendered whole (SynthDoG renders and merges one layer per
-character). Besides the layer, a line keeps its ink box in the layer's own pixels: the label quad
-is that box carried through the layer's final placement (`TextLine.quad`).
+character). Besides the layer, a line keeps its ink box in the layer's own pixels, measured
+again after the document effects: the label quad is that box carried through the layer's final
+placement (`TextLine.quad`).
 """
 from __future__ import annotations
 
@@ -11,24 +12,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from corpus.config import ConfigError
 from renderers.synthdog import compat  # noqa: F401  (before synthtiger)
 from renderers.synthdog.config import (BackgroundConfig, ContentConfig, DocumentConfig,
                                        EffectSwitch)
 from renderers.synthdog.fonts import FontFace, FontInventory, load_font
 from renderers.synthdog.layouts import stack_layout
 from renderers.synthdog.quads import layer_transform, transform_points
-from renderers.synthdog.text_source import TextStream
+from renderers.synthdog.text_source import TextStream, is_text_char
 from renderers.synthdog.textures import TextureSet
 from synthtiger import components, layers
 
 ALPHA_INK = 0  # any coverage counts as ink
 
 
+def effect(cls: type, args: dict):
+    """A synthtiger component; an argument it does not take is a config error, named."""
+    try:
+        return cls(**args)
+    except TypeError as error:
+        raise ConfigError(f"{cls.__name__} effect: {error}") from error
+
+
+def switch(component, setting: EffectSwitch, enabled: bool = True):
+    """The component, on with probability `setting.prob` (never when effects are off)."""
+    return components.Switch(component, prob=setting.prob if enabled else 0)
+
+
 def switches(pairs: list[tuple[type, EffectSwitch]], enabled: bool = True):
     """synthtiger's Iterator of Switches, one per effect, with each effect's arguments."""
-    return components.Iterator([
-        components.Switch(cls(**switch.args), prob=switch.prob if enabled else 0)
-        for cls, switch in pairs])
+    return components.Iterator([switch(effect(cls, setting.args), setting, enabled)
+                                for cls, setting in pairs])
 
 
 class FaceTextLayer(layers.TextLayer):
@@ -38,12 +52,25 @@ class FaceTextLayer(layers.TextLayer):
         return load_font(face, size)
 
 
+def ink_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """x0, y0, x1, y1 (x1, y1 open) of the pixels with any coverage, or None if there are none."""
+    ys, xs = np.nonzero(image[..., 3] > ALPHA_INK)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
 @dataclass
 class TextLine:
     text: str
     layer: layers.Layer
     ink: tuple[int, int, int, int]  # x0, y0, x1, y1 in the layer image's pixels (x1, y1 open)
     font: str
+
+    def refresh_ink(self) -> None:
+        """Re-measure the ink after effects that move pixels inside the layer (elastic
+        distortion), so the quad follows the glyphs as drawn."""
+        self.ink = ink_box(self.layer.image) or self.ink
 
     def quad(self) -> np.ndarray:
         """The ink box's corners TL, TR, BR, BL where the layer is finally drawn."""
@@ -94,6 +121,10 @@ class TextBox:
         raw = stream.read(position, int(width / (0.1 * height)) + 2)
         kept, origin, missing = [], [], []  # kept characters, where each came from in `raw`
         for i, char in enumerate(raw):
+            if char.isspace():
+                char = " "  # line breaks too: SynthDoG's label joins its texts by spaces
+            elif not is_text_char(char):
+                continue  # control characters are no text: neither drawn nor counted missing
             drawn = "＼" if char == "\\" else char  # as synthtiger's TextLayer draws it
             if char != " " and drawn not in charset:
                 missing.append(i)
@@ -108,11 +139,9 @@ class TextBox:
         if not text:
             return None, consumed, skipped
         layer = FaceTextLayer(text, face, size, bold=bold)
-        alpha = layer.image[..., 3]
-        ys, xs = np.nonzero(alpha > ALPHA_INK)
-        if len(xs) == 0:
+        ink = ink_box(layer.image)
+        if ink is None:
             return None, consumed, skipped
-        ink = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         layer.bbox = [0, 0, layer.image.shape[1] * scale, height]
         return TextLine(text, layer, ink, face.name), consumed, skipped
 
@@ -134,10 +163,10 @@ class Content:
     def __init__(self, fonts: FontInventory, stream: TextStream, config: ContentConfig):
         self.fonts, self.stream, self.config = fonts, stream, config
         self.textbox = TextBox(config.textbox_fill)
-        self.textbox_color = components.Switch(
-            components.Gray(**config.textbox_color.args), prob=config.textbox_color.prob)
-        self.content_color = components.Switch(
-            components.Gray(**config.content_color.args), prob=config.content_color.prob)
+        self.textbox_color = switch(effect(components.Gray, config.textbox_color.args),
+                                    config.textbox_color)
+        self.content_color = switch(effect(components.Gray, config.content_color.args),
+                                    config.content_color)
 
     def generate(self, size) -> tuple[list[TextLine], int]:
         width, height = size
@@ -169,26 +198,11 @@ class Content:
         return lines, skipped
 
 
-# Perspective choices (weight, percents per edge top/right/bottom/left, aligns): mostly a mild
-# random tilt, sometimes a stronger keystone from one side, as SynthDoG's weighted table does.
-PERSPECTIVES = [
-    (750, [[0.9, 1], [0.9, 1], [0.9, 1], [0.9, 1]], [[-1, 1], [-1, 1], [-1, 1], [-1, 1]]),
-    (50, [[0.75, 1], [1, 1], [1, 1], [1, 1]], [[-1, 1], [0, 0], [0, 0], [0, 0]]),
-    (50, [[1, 1], [1, 1], [0.75, 1], [1, 1]], [[0, 0], [0, 0], [-1, 1], [0, 0]]),
-    (25, [[1, 1], [0.75, 1], [1, 1], [1, 1]], [[0, 0], [-1, 1], [0, 0], [0, 0]]),
-    (25, [[1, 1], [1, 1], [1, 1], [0.75, 1]], [[0, 0], [0, 0], [0, 0], [-1, 1]]),
-    (25, [[0.75, 1], [0.75, 1], [1, 1], [1, 1]], [[-1, 1], [-1, 1], [0, 0], [0, 0]]),
-    (25, [[1, 1], [1, 1], [0.75, 1], [0.75, 1]], [[0, 0], [0, 0], [-1, 1], [-1, 1]]),
-    (50, [[0.8, 1], [0.8, 1], [0.8, 1], [0.8, 1]], [[-1, 1], [-1, 1], [-1, 1], [-1, 1]]),
-]
-
-
-def perspective_selector(switch: EffectSwitch):
-    table = switch.args.get("choices") or [
-        {"weight": w, "percents": p, "aligns": a} for w, p, a in PERSPECTIVES]
+def perspective_selector(setting: EffectSwitch):
+    """SynthDoG's weighted table of perspectives (`weights`, `percents` per choice)."""
     return components.Selector(
-        [components.Perspective(percents=c["percents"], aligns=c["aligns"]) for c in table],
-        weights=[c["weight"] for c in table])
+        [components.Perspective(percents=percents) for percents in setting.args["percents"]],
+        weights=setting.args["weights"])
 
 
 class Document:
@@ -196,14 +210,12 @@ class Document:
 
     def __init__(self, paper: Paper, content: Content, config: DocumentConfig, effects: bool):
         self.paper, self.content, self.config = paper, content, config
-        perspective = components.Switch(perspective_selector(config.perspective),
-                                        prob=config.perspective.prob if effects else 0)
         self.effect = components.Iterator([
-            components.Switch(components.ElasticDistortion(**config.elastic_distortion.args),
-                              prob=config.elastic_distortion.prob if effects else 0),
-            components.Switch(components.AdditiveGaussianNoise(**config.gaussian_noise.args),
-                              prob=config.gaussian_noise.prob if effects else 0),
-            perspective,
+            switch(effect(components.ElasticDistortion, config.elastic_distortion.args),
+                   config.elastic_distortion, effects),
+            switch(effect(components.AdditiveGaussianNoise, config.gaussian_noise.args),
+                   config.gaussian_noise, effects),
+            switch(perspective_selector(config.perspective), config.perspective, effects),
         ])
 
     def generate(self, size):
@@ -223,4 +235,6 @@ class Document:
         lines, skipped = self.content.generate(size)
         paper = self.paper.generate(size)
         self.effect.apply([*(line.layer for line in lines), paper])
+        for line in lines:
+            line.refresh_ink()
         return paper, lines, skipped

@@ -1,9 +1,10 @@
 """SynthDoG's text layout: grids of text boxes (rows x columns) stacked down the page.
 
-A grid picks a text size and a row/column count that fits, spreads its columns and gaps over
-the width (`fill` is the share the columns take), and gives each column one alignment. A stack
-keeps adding grids, each with its own text size, until the next one no longer fits in
-`stack_fill` of the height, then spreads the spare height between them.
+A grid picks a row/column count that fits its text size, spreads its columns and gaps over the
+width (`fill` is the share the columns take, less where the gaps need more), and gives each
+column one alignment. A stack draws the page's `fill` once (1 with chance `full`), then keeps
+adding grids, each with its own text size, until the next one no longer fits in `stack_fill` of
+the height, and spreads the spare height between them.
 Boxes are `[x, y, width, height]` in pixels of the content area's page.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from renderers.synthdog.config import LayoutConfig
 Box = list  # [x, y, width, height]
 
 
-def grid_layout(bbox, text_size: float, config: LayoutConfig) -> list[tuple[Box, str]] | None:
+def grid_layout(bbox, text_size: float, fill: float,
+                config: LayoutConfig) -> list[tuple[Box, str]] | None:
     """Boxes of one grid with rows of height `text_size`, or None if no grid fits."""
     left, top, width, height = bbox
     if width <= 0 or height <= 0 or text_size <= 0:
@@ -28,9 +30,7 @@ def grid_layout(bbox, text_size: float, config: LayoutConfig) -> list[tuple[Box,
     else:
         return None
 
-    bound = max(1 - text_size / width * (cols - 1), 0)
-    full = np.random.rand() < config.full
-    fill = 1.0 if full else np.random.uniform(config.fill[0], config.fill[1])
+    bound = max(1 - text_size / width * (cols - 1), 0)  # the gaps take a text height each
     fill = float(np.clip(fill, 0, bound))
 
     # Outer margins: with one column at least one side keeps a margin.
@@ -65,14 +65,16 @@ def stack_layout(bbox, config: LayoutConfig) -> list[list[tuple[Box, str]]]:
     left, top, width, height = bbox
     short = min(width, height)
     spacing = np.random.uniform(*config.stack_spacing) * short
-    full = np.random.rand() < config.stack_full
-    stack_fill = 1.0 if full else np.random.uniform(*config.stack_fill)
+    stack_full = np.random.rand() < config.stack_full
+    stack_fill = 1.0 if stack_full else np.random.uniform(*config.stack_fill)
+    full = np.random.rand() < config.full  # one fill for every grid of the page, as SynthDoG's
+    fill = 1.0 if full else np.random.uniform(*config.fill)
 
     grids, used = [], 0.0
     while True:
         text_size = np.random.uniform(*config.text_scale) * short
         grid = grid_layout([left, top + used, width, height * stack_fill - used], text_size,
-                           config)
+                           fill, config)
         if grid is None:
             break
         used = max(box[1] + box[3] - top for box, _ in grid) + spacing

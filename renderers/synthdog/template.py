@@ -1,11 +1,13 @@
 """The SynthDoG template for synthtiger, with a quadrilateral for every text line.
 
-An image is SynthDoG's: a background photo, a sheet of textured paper with text in stacked
-grids, document effects (elastic distortion, noise, perspective), the sheet placed on the
-background, global effects (colour, shadow, contrast, brightness, motion and Gaussian blur), and
-a random JPEG quality. Each line's label quad is its ink box carried through the line layer's
-final placement, read after the perspective and the placement on the background and before the
-layers are merged (global effects do not move pixels), then clipped to the image.
+An image is SynthDoG's, with SynthDoG's default settings: a background photo, a sheet of
+textured paper with text in stacked grids, document effects (elastic distortion, noise,
+SynthDoG's weighted table of perspectives), the sheet placed on the background, global effects
+(colour, shadow, contrast, brightness, motion and Gaussian blur), and a random JPEG quality.
+Each line's label quad is its ink box (measured after the elastic distortion) carried through
+the line layer's final placement, read after the perspective and the placement on the
+background and before the layers are merged (global effects do not move pixels), then clipped
+to the image.
 
 `render(template, seed, index)` makes sample `index` of a run with seed `seed`: the same image
 on any machine and any runner. synthtiger's own runner can drive the class too:
@@ -90,7 +92,7 @@ class SynthDoG(templates.Template):
             stream = TextStream(settings.corpus or [default_corpus(language)])
             fonts = discover_fonts(settings.fonts, stream.chars(), config.min_font_coverage,
                                    language)
-            self.inventory[language] = {"corpus": stream.paths, "corpus_chars": len(stream.text),
+            self.inventory[language] = {"corpus": stream.paths, "corpus_chars": len(stream),
                                         "fonts": fonts.summary()}
             content = Content(fonts, stream, config.document.content)
             self.documents[language] = Document(paper, content, config.document, config.effects)
