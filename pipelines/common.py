@@ -8,6 +8,7 @@ terminal transform that depends on every leaf of the graph.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -119,6 +120,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, dataset_default: st
                             help="drop samples showing a near-duplicate of these images (an "
                                  "evaluation set): a folder, a text file of image paths, or "
                                  f"the {EXCLUDED_FINGERPRINTS} an earlier run wrote")
+
+
+class GuardedWork:
+    """What a pipeline's work with the `--exclude-images` guard (`self.exclude`) shares: the
+    excluded images' index built once, before the local workers fork and share it."""
+
+    exclude = None
+
+    @contextlib.contextmanager
+    def serve(self, processes: int):
+        if self.exclude is not None:
+            self.exclude.load()
+        yield
 
 
 def exclusion_guard(source: str | None, output_dir: str,

@@ -25,7 +25,6 @@ natural task: a large GRIT run has as many tasks as parts, and a single huge fil
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -47,8 +46,8 @@ from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_
     region_box_valid
 from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
     iter_records, load_record_image, read_records
-from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
-    print_summary, run_pipeline
+from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, \
+    load_pipeline_config, print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -341,7 +340,7 @@ def detect_kind(files: list[InputFile]) -> str:
     return "regions"
 
 
-class CleanGrounding:
+class CleanGrounding(GuardedWork):
     """The work of a grounding run task: one annotation file read once into the samples of
     every output task, each through its task's rules, then (with `exclude`) the
     benchmark-image guard, which fingerprints each image once for all its samples."""
@@ -351,13 +350,6 @@ class CleanGrounding:
         self.reader = reader
         self.rules = {task: rules_for(task, reader.config) for task in tasks}
         self.exclude = exclude
-
-    @contextlib.contextmanager
-    def serve(self, processes: int):
-        """The excluded images' index built once, before the workers fork and share it."""
-        if self.exclude is not None:
-            self.exclude.load()
-        yield
 
     def setup(self, worker: int) -> None:
         set_up([rule for rules in self.rules.values() for rule in rules])

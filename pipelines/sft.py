@@ -20,7 +20,6 @@ file is one task (its records are read in one pass).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ from filters.dialogue import dialogue_rules
 from filters.grounding import IMAGE_PROBLEM
 from pipelines.annotations import IMAGE_EXTENSIONS, RECORD_EXTENSIONS, AnnotationRecord, \
     ImageStore, decode_image, embedded_image_bytes, image_problem_of, read_records
-from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
-    print_summary, run_pipeline
+from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, \
+    load_pipeline_config, print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -148,7 +147,7 @@ class ReadDialogues:
         return images, None, ""
 
 
-class CleanDialogues:
+class CleanDialogues(GuardedWork):
     """The work of an SFT task: the dialogues of one annotation file through the rules, then
     (with `exclude`) the benchmark-image guard: a dialogue goes when any of its images
     matches."""
@@ -158,13 +157,6 @@ class CleanDialogues:
         self.reader = ReadDialogues(dataset, config, images)
         self.rules = dialogue_rules()
         self.exclude = exclude
-
-    @contextlib.contextmanager
-    def serve(self, processes: int):
-        """The excluded images' index built once, before the workers fork and share it."""
-        if self.exclude is not None:
-            self.exclude.load()
-        yield
 
     def setup(self, worker: int) -> None:
         set_up(self.rules)

@@ -28,7 +28,6 @@ records that travel through the runner.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -51,8 +50,8 @@ from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, empty_questi
 from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
     image_paths_of, iter_records, load_record_image, loaded_image, read_records, \
     record_image_bytes
-from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
-    print_summary, run_pipeline
+from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, \
+    load_pipeline_config, print_summary, run_pipeline
 from pipelines.sinks import RunSpec
 from pipelines.tasks import Task, plan_tasks, run_tasks
 
@@ -290,7 +289,7 @@ class ReadVqa:
         return loaded_image(data)
 
 
-class CleanVqa:
+class CleanVqa(GuardedWork):
     """The work of a VQA task: the whole questions of a file, or the joined questions of a
     join task, through the rules, then (with `exclude`) the benchmark-image guard."""
 
@@ -299,13 +298,6 @@ class CleanVqa:
         self.reader = ReadVqa(dataset, config, images)
         self.rules = rules(config)
         self.exclude = exclude
-
-    @contextlib.contextmanager
-    def serve(self, processes: int):
-        """The excluded images' index built once, before the workers fork and share it."""
-        if self.exclude is not None:
-            self.exclude.load()
-        yield
 
     def setup(self, worker: int) -> None:
         set_up(self.rules)
