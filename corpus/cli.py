@@ -7,6 +7,7 @@ A command module defines `add_arguments(parser)` and `main(args, extra_argv) -> 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -44,6 +45,30 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
+# Commands whose undeclared flags go to Beam; the others take none.
+BEAM_COMMANDS = ("pairs", "vqa", "grounding", "pdf", "html", "synthdog", "text", "sft", "demo")
+
+
+def unknown_option(name: str, parser: argparse.ArgumentParser, extra: list[str]) -> str | None:
+    """The first flag in `extra` that neither the command nor (for a pipeline) Beam declares,
+    as a one-line message with the nearest known flag; None when every flag is known."""
+    flags = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+    if not flags:
+        return None
+    known = {option for action in parser._actions for option in action.option_strings}
+    beam = set()
+    if name in BEAM_COMMANDS:
+        from pipelines.common import beam_option_names
+        beam = beam_option_names(extra)
+    for flag in flags:
+        if flag not in beam:
+            close = difflib.get_close_matches(flag, sorted(known | beam), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            passing = " nor a Beam option" if name in BEAM_COMMANDS else ""
+            return f"unknown option {flag}{hint}: not an option of corpus {name}{passing}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpus", description="Corpus builder for Qwen-VL-style vision-language models.")
@@ -76,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"corpus {name}", description=help_text)
     module.add_arguments(command_parser)
     args, extra = command_parser.parse_known_args(rest)
+    problem = unknown_option(name, command_parser, extra)
+    if problem:
+        command_parser.print_usage(sys.stderr)
+        print(f"corpus {name}: {problem}", file=sys.stderr)
+        return 2
     if getattr(args, "workers", None):  # read with the runner flags (pipelines.common)
         extra = [*extra, f"--workers={args.workers}"]
     try:

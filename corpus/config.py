@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -34,6 +35,8 @@ def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str = "con
         kind = hints[name]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             value = from_mapping(kind, value, f"{where}.{name}")
+        elif not _fits(value, kind):
+            raise ConfigError(f"{where}.{name}: expected {_type_name(kind)}, got {value!r}")
         values[name] = value
     try:
         config = cls(**values)
@@ -43,6 +46,41 @@ def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str = "con
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: {error}") from error
     return config
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a config value has the field's declared type (containers checked one level
+    deep; a type this does not know passes, the dataclass's own `validate` has the last word)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if dataclasses.is_dataclass(kind):
+        return isinstance(value, kind)
+    if kind in (list, tuple) or origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (
+            not args or origin is tuple or all(_fits(item, args[0]) for item in value))
+    if kind is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(kind: Any) -> str:
+    if dataclasses.is_dataclass(kind):
+        return "a mapping"
+    return getattr(kind, "__name__", None) if not typing.get_args(kind) else \
+        str(kind).replace("typing.", "")
 
 
 def load_config(cls: type[T], path: str | None, dataset: str | None = None,

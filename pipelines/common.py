@@ -55,6 +55,23 @@ def _without(argv: list[str], *names: str) -> list[str]:
     return kept
 
 
+def beam_option_names(argv: list[str]) -> set[str]:
+    """Every `--flag` Beam's pipeline options declare, those of the runner `argv` names
+    included (the Dask runner declares its own where it is defined)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    if "dask" in (_flag(argv, "runner") or "").lower():
+        import apache_beam.runners.dask.dask_runner  # noqa: F401 (declares the Dask options)
+    parser, seen, pending = _BeamArgumentParser(allow_abbrev=False), set(), [PipelineOptions]
+    while pending:
+        for options in pending.pop().__subclasses__():
+            if options not in seen:
+                seen.add(options)
+                options._add_argparse_args(parser)
+                pending.append(options)
+    return {name for action in parser._actions for name in action.option_strings}
+
+
 def plan_execution(beam_argv: list[str]) -> tuple[PipelineOptions, Any, Execution]:
     """(Beam options, runner or None for the one the options name, execution) of a run.
 

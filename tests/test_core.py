@@ -163,6 +163,40 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path):
     assert result.returncode == 2 and "bogus_key" in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--samples-per-shards", "5"],
+     "unknown option --samples-per-shards (did you mean --samples-per-shard?)"),
+    (["--dpii", "100"], "unknown option --dpii"),
+    (["-n", "3"], "unknown option -n"),
+])
+def test_an_unknown_flag_stops_the_command_before_it_runs(tmp_path, args, message):
+    result = _corpus("synthdog", "--count", "2", "--output", str(tmp_path / "out"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_beam_flags_pass_through(tmp_path):
+    result = _corpus("synthdog", "--count", "1", "--output", str(tmp_path / "out"),
+                     "--runner=DirectRunner", "--direct_running_mode", "in_memory",
+                     "--direct_num_workers=1", "--samples-per-shard", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["kept"] == 1
+
+
+@pytest.mark.parametrize("config, message", [
+    ("image: {min_side: '200'}", "image.min_side: expected int | None, got '200'"),
+    ("text: {languages: en}", "text.languages: expected list[str] | None, got 'en'"),
+    ("image: 5", "image: expected a mapping, got 5"),
+])
+def test_a_config_value_of_the_wrong_type_stops_the_command(tmp_path, config, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(config + "\n")
+    result = _corpus("pairs", "--input", str(tmp_path), "--dataset", "d", "--output",
+                     str(tmp_path / "out"), "--config", str(path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_tar_records_are_sorted_compact_json_and_take_numpy_numbers():
     import numpy as np
 
