@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import logging
+import os
 import sys
 
 from corpus.config import ConfigError
@@ -69,6 +70,22 @@ def unknown_option(name: str, parser: argparse.ArgumentParser, extra: list[str])
     return None
 
 
+def output_problem(path: str | None) -> str | None:
+    """Why a local `--output` folder cannot be written, found before anything runs; None when
+    it can (or when it is a URI, for its file system to judge)."""
+    if not path or "://" in path:
+        return None
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    where = "" if existing == os.path.abspath(path) else f": {existing}"
+    if not os.path.isdir(existing):
+        return f"--output {path}{where} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--output {path}: no permission to write{where}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpus", description="Corpus builder for Qwen-VL-style vision-language models.")
@@ -81,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and argv[0] == "--version":
+        from importlib.metadata import version
+        print(f"corpus {version('qwenvl-corpus')}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.print_usage(sys.stderr)
@@ -104,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = unknown_option(name, command_parser, extra)
     if problem:
         command_parser.print_usage(sys.stderr)
+    elif name in BEAM_COMMANDS + ("train",):
+        problem = output_problem(getattr(args, "output", None))
+    if problem:
         print(f"corpus {name}: {problem}", file=sys.stderr)
         return 2
     if getattr(args, "workers", None):  # read with the runner flags (pipelines.common)

@@ -175,6 +175,15 @@ def test_an_unknown_flag_stops_the_command_before_it_runs(tmp_path, args, messag
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_an_output_that_cannot_be_a_folder_stops_the_command(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    for output in (tmp_path / "taken", tmp_path / "taken" / "out"):
+        result = _corpus("synthdog", "--count", "1", "--output", str(output))
+        assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert _corpus("--version").stdout.startswith("corpus ")
+
+
 def test_beam_flags_pass_through(tmp_path):
     result = _corpus("synthdog", "--count", "1", "--output", str(tmp_path / "out"),
                      "--runner=DirectRunner", "--direct_running_mode", "in_memory",
