@@ -50,10 +50,19 @@ def configure_logging() -> None:
 BEAM_COMMANDS = ("pairs", "vqa", "grounding", "pdf", "html", "synthdog", "text", "sft", "demo")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def unknown_option(name: str, parser: argparse.ArgumentParser, extra: list[str]) -> str | None:
     """The first flag in `extra` that neither the command nor (for a pipeline) Beam declares,
     as a one-line message with the nearest known flag; None when every flag is known."""
-    flags = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+    flags = [arg.split("=", 1)[0] for arg in extra
+             if arg.startswith("-") and not _is_number(arg)]  # "-1": a value
     if not flags:
         return None
     known = {option for action in parser._actions for option in action.option_strings}
