@@ -199,7 +199,7 @@ def startup_worker(out, weights_from):
                 "shards": {name: p.to_local().clone() for name, p in model.named_parameters()},
                 "buffers": {name: b.clone() for name, b in model.named_buffers()}},
                os.path.join(out, f"rank{world.rank}.pt"))
-    world.close()
+    world.finish()
 
 
 if __name__ == "__main__":

@@ -182,6 +182,12 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def finish(self) -> None:
+        """The end of a run that went well: every rank waits for the others before the group is
+        torn down (gloo aborts a rank whose peer tore it down first)."""
+        self.barrier()
+        self.close()
+
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()

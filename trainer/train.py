@@ -356,6 +356,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                         dict(run_state, data=micro[-1].state, counters=counters),
                         config.keep_checkpoints)
                 world.barrier()
+        world.finish()
     finally:
         bar.close()
         loader.close()
