@@ -11,7 +11,9 @@ import difflib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from corpus.config import ConfigError
 
@@ -46,8 +48,57 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
+def add_console_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress line (it is off anyway when stderr is not a terminal)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Apache Beam's own warnings and the project's notes on stderr too")
+
+
+def set_console(args: argparse.Namespace) -> None:
+    """What reaches the console: our lines and a progress line; Beam's own logging (its
+    warnings concern its internals; its errors come back as our exceptions) with --verbose."""
+    verbose = getattr(args, "verbose", False)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    if getattr(args, "quiet", False):
+        from corpus import progress
+        progress.quiet = True
+
+
 # Commands whose undeclared flags go to Beam; the others take none.
 BEAM_COMMANDS = ("pairs", "vqa", "grounding", "pdf", "html", "synthdog", "text", "sft", "demo")
+
+# The end of a pipeline command's --help: where its undeclared flags go.
+BEAM_EPILOG = """\
+Flags this command does not declare go to Apache Beam unchanged and choose the engine:
+  --runner=DataflowRunner|FlinkRunner|SparkRunner|PortableRunner|
+           apache_beam.runners.dask.dask_runner.DaskRunner
+  --direct_num_workers=N, --direct_running_mode=in_memory|multi_processing
+  --dask_client_address=HOST:PORT, --job_endpoint=HOST:PORT, --project, --region,
+  --temp_location (Dataflow)
+Without --runner the run stays on this machine (--workers processes). A flag Beam does not
+declare either stops the command. See docs/running-at-scale.md."""
+
+
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, or says it is required. An option whose
+    default is None (or an empty list) says in its own help what happens without it, as does
+    any help that already names its default; on/off flags are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if action.required and action.option_strings:
+            return f"{help_text} (required)"
+        if (not action.option_strings or "default" in help_text or default is None
+                or default is argparse.SUPPRESS or isinstance(default, bool) or default == []):
+            return help_text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(value) for value in default)
+        shown = str(default).replace("%", "%%")  # help strings are %-formatted
+        return f"{help_text} (default: {shown})"
 
 
 def _is_number(text: str) -> bool:
@@ -128,24 +179,67 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"corpus {name}: not built yet ({help_text})", file=sys.stderr)
         return 2
-    command_parser = argparse.ArgumentParser(prog=f"corpus {name}", description=help_text)
+    # no abbreviations: `--out` must not quietly mean `--output`, nor a Beam flag's prefix ours
+    command_parser = argparse.ArgumentParser(
+        prog=f"corpus {name}", description=help_text, formatter_class=HelpWithDefaults,
+        epilog=BEAM_EPILOG if name in BEAM_COMMANDS else None, allow_abbrev=False)
     module.add_arguments(command_parser)
+    if name in BEAM_COMMANDS:
+        add_console_arguments(command_parser)
     args, extra = command_parser.parse_known_args(rest)
+    set_console(args)
     problem = unknown_option(name, command_parser, extra)
     if problem:
         command_parser.print_usage(sys.stderr)
     elif name in BEAM_COMMANDS + ("train",):
         problem = output_problem(getattr(args, "output", None))
+    if not problem and name in BEAM_COMMANDS:
+        from pipelines.common import runner_problem
+        problem = runner_problem(extra)
     if problem:
         print(f"corpus {name}: {problem}", file=sys.stderr)
         return 2
     if getattr(args, "workers", None):  # read with the runner flags (pipelines.common)
         extra = [*extra, f"--workers={args.workers}"]
+    interrupts = InterruptWatch()
     try:
-        return module.main(args, extra) or 0
+        with interrupts:
+            return module.main(args, extra) or 0
     except (FileNotFoundError, ConfigError) as error:  # the user's to fix: no traceback
         print(f"corpus {name}: {error}", file=sys.stderr)
         return 2
+    except BaseException:
+        if not interrupts.seen:
+            raise
+        again = "with --resume to go on from the last checkpoint" if name == "train" else \
+            "to resume"
+        print(f"\ncorpus {name}: interrupted; run the same command again {again}",
+              file=sys.stderr)
+        return 130
+
+
+class InterruptWatch:
+    """Ctrl-C during a command, remembered: Beam re-raises the KeyboardInterrupt of a running
+    step as a RuntimeError, so the exception alone does not tell an interrupt."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def _interrupted(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._interrupted)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 if __name__ == "__main__":

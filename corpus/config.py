@@ -89,16 +89,38 @@ def load_config(cls: type[T], path: str | None, dataset: str | None = None,
     and its `datasets: {dataset: …}` entry over both."""
     document, override = {}, {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            document = yaml.safe_load(f) or {}
-        if not isinstance(document, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        override = (document.pop("datasets", None) or {}).get(dataset) or {}
+        document = read_yaml_mapping(path)
+        entries = document.pop("datasets", None) or {}
+        override = entries.get(dataset) or {}
+        if entries and dataset not in entries:  # a misspelt name would otherwise go unseen
+            log.warning("%s: `datasets:` entries %s do not apply to --dataset %s", path,
+                        ", ".join(sorted(map(str, entries))), dataset)
     shadowed = differing_keys(document, profile or {})
     if shadowed:
         log.warning("the profile of %r sets %s over the top level of %s; to change them, set "
                     "them under `datasets: %s:`", dataset, ", ".join(shadowed), path, dataset)
     return from_mapping(cls, merge(merge(document, profile or {}), override), path or "config")
+
+
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is an empty one); a syntax error
+    is a ConfigError naming the file, line and column."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            document = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(yaml_problem(path, error)) from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return document
+
+
+def yaml_problem(path: str, error: yaml.YAMLError) -> str:
+    """`path:line:column: problem` of a YAML syntax error, in one line."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{where}: invalid YAML: {problem}"
 
 
 def differing_keys(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> list[str]:

@@ -25,9 +25,11 @@ DEMO_PIPELINES = [
 
 
 def add_arguments(parser):
-    parser.add_argument("--output", default="demo-output", help="where everything goes")
+    parser.add_argument("--output", default="demo-output", metavar="DIR",
+                        help="where everything goes")
     parser.add_argument("--only", nargs="+", metavar="COMMAND",
-                        help="run only these pipelines (default: all)")
+                        choices=[name for name, _ in DEMO_PIPELINES],
+                        help="run only these pipelines (default: all of them)")
     parser.add_argument("--no-train", action="store_true", help="stop after the manifests")
 
 

@@ -217,7 +217,7 @@ def from_row(row: dict[str, Any]) -> Sample:
         language_score=row.get("language_score"),
         clip_score=row.get("clip_score"),
         decisions=list(row.get("decisions") or []),
-        extra=json.loads(row.get("extra_json") or "{}"),
+        extra=row["extra"] if "extra" in row else json.loads(row.get("extra_json") or "{}"),
     )
 
 
@@ -239,8 +239,11 @@ def image_member_name(index: int, image: Image) -> str:
 
 
 def to_json_record(sample: Sample) -> dict[str, Any]:
-    """The row without image bytes; each image names its tar member instead."""
+    """The row without image bytes (each image names its tar member instead) and with `extra`
+    as the JSON object it is: only a Parquet column needs it as a string."""
     row = to_row(sample)
+    del row["extra_json"]
+    row["extra"] = sample.extra
     row["images"] = [
         {"member": image_member_name(i, image), "format": image.format, "width": image.width,
          "height": image.height}

@@ -41,7 +41,8 @@ def tar_members(sample: Sample) -> list[tuple[str, bytes]]:
     # orjson: a page's few hundred word and line boxes encode 17x faster than with `json`;
     # numpy numbers (a box computed with numpy) are written as the numbers they are
     record = orjson.dumps(to_json_record(sample),
-                          option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+                          option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+                          | orjson.OPT_NON_STR_KEYS)
     members = [(f"{sample.id}.json", record),
                (f"{sample.id}.txt", sample.text.encode("utf-8"))]
     for index, image in enumerate(sample.images):

@@ -6,6 +6,7 @@ import dataclasses
 
 from corpus.formats import EOS, IM_END, IM_START, IMAGE_PLACEHOLDER, IMG_END, IMG_START
 from corpus.schema import Sample
+from filters.base import Reason
 from filters.grounding import image_problem
 
 ROLES = ("system", "user", "assistant")
@@ -15,24 +16,28 @@ FORBIDDEN_IN_TURNS = (IM_START, IM_END, EOS, IMG_START, IMG_END)
 
 
 def empty_dialogue(sample: Sample):
-    return "empty_dialogue" if not sample.turns else None
+    return Reason("empty_dialogue", "no turns") if not sample.turns else None
 
 
 def unknown_role(sample: Sample):
-    return "unknown_role" if any(t.role not in ROLES for t in sample.turns) else None
+    unknown = [t.role for t in sample.turns if t.role not in ROLES]
+    return Reason("unknown_role", f"role {unknown[0]!r}; known: {', '.join(ROLES)}") if unknown \
+        else None
 
 
 def misplaced_system_turn(sample: Sample):
     """A system turn may only open the dialogue."""
-    if any(t.role == "system" for t in sample.turns[1:]):
-        return "misplaced_system_turn"
+    later = [i for i, t in enumerate(sample.turns) if t.role == "system" and i > 0]
+    if later:
+        return Reason("misplaced_system_turn", f"a system turn at turn {later[0] + 1}")
     return None
 
 
 def special_token_in_turn(sample: Sample):
-    for turn in sample.turns:
-        if any(token in turn.content for token in FORBIDDEN_IN_TURNS):
-            return "special_token_in_turn"
+    for number, turn in enumerate(sample.turns, 1):
+        found = [token for token in FORBIDDEN_IN_TURNS if token in turn.content]
+        if found:
+            return Reason("special_token_in_turn", f"{found[0]} in turn {number}")
     return None
 
 
@@ -41,26 +46,32 @@ def trim_trailing_prompts(sample: Sample):
     `no_assistant_turn` when there is no answer at all."""
     last = max((i for i, t in enumerate(sample.turns) if t.role == "assistant"), default=None)
     if last is None:
-        return "no_assistant_turn"
+        return Reason("no_assistant_turn", f"{len(sample.turns)} turn(s), none by the assistant")
     if last == len(sample.turns) - 1:
         return None
     dropped = sample.turns[last + 1:]
     if any(IMAGE_PLACEHOLDER in t.content for t in dropped):
-        return "image_after_last_answer"
+        return Reason("image_after_last_answer",
+                      f"an image in the {len(dropped)} turn(s) after the last answer")
     return dataclasses.replace(sample, turns=sample.turns[: last + 1],
                                decisions=sample.decisions + [
                                    f"trim_trailing_prompts: {len(dropped)} turn(s)"])
 
 
 def empty_answer(sample: Sample):
-    if any(t.role == "assistant" and not t.content.strip() for t in sample.turns):
-        return "empty_answer"
+    empty = [i for i, t in enumerate(sample.turns, 1)
+             if t.role == "assistant" and not t.content.strip()]
+    if empty:
+        return Reason("empty_answer", f"turn {empty[0]} is blank")
     return None
 
 
 def image_count_mismatch(sample: Sample):
     placeholders = sum(t.content.count(IMAGE_PLACEHOLDER) for t in sample.turns)
-    return "image_count_mismatch" if placeholders != len(sample.images) else None
+    if placeholders != len(sample.images):
+        return Reason("image_count_mismatch",
+                      f"{placeholders} placeholder(s), {len(sample.images)} image(s)")
+    return None
 
 
 def dialogue_rules() -> list:

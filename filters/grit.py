@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from corpus.schema import Region, Sample
+from filters.base import Reason
 
 GRIT_SPANS = "grit_spans"  # sample.extra key holding the raw entries until pruning
 BOX_TOLERANCE = 1e-6  # float noise around 0 and 1 in published GRIT boxes
@@ -98,15 +99,17 @@ class GritSpansValid:
         for entry in span_entries(sample):
             if (not isinstance(entry, (list, tuple)) or len(entry) < 6
                     or not all(_is_number(v) for v in entry[:6])):
-                return "malformed_span"
+                return Reason("malformed_span", f"entry {str(entry)[:80]}")
             start, end = entry[0], entry[1]
             if start != int(start) or end != int(end) or not 0 <= start < end <= length:
-                return "span_outside_caption"
+                return Reason("span_outside_caption",
+                              f"span {start:g}-{end:g} of a {length}-character caption")
             x1, y1, x2, y2 = entry[2:6]
             if not all(-BOX_TOLERANCE <= v <= 1 + BOX_TOLERANCE for v in (x1, y1, x2, y2)):
-                return "box_outside_unit_range"
+                return Reason("box_outside_unit_range",
+                              f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) outside [0, 1]")
             if x1 > x2 or y1 > y2:
-                return "box_inverted"
+                return Reason("box_inverted", f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g})")
         return None
 
 
@@ -149,7 +152,7 @@ class PruneRecursiveBoxes:
     def __call__(self, sample: Sample):
         spans = group_spans(span_entries(sample))
         if not spans:
-            return "no_grounding_spans"
+            return Reason("no_grounding_spans", "no span with a box is left")
         chosen = [spans[i] for i in best_span_set([(s.start, s.end, len(s.boxes)) for s in spans])]
         image = sample.images[0]
         regions = [

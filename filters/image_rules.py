@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from corpus.schema import Image, Sample
+from filters.base import Reason
 from filters.pages import ImageTooSmall
 
 PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp",
@@ -72,7 +73,7 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     sideways; a see-through image (a logo on a transparent PNG), whose hidden colour, often
     black, would show; and GIF, BMP, TIFF and AVIF, which not every reader decodes."""
     if not data:
-        raise ImageError("empty_image")
+        raise ImageError("empty_image", "0 bytes")
     with _reading(data) as image:
         width, height, pil_format = image.width, image.height, image.format
         if width <= 0 or height <= 0:
@@ -129,6 +130,17 @@ def as_shown(image: PILImage.Image, convert: bool) -> Image | None:
     return Image(buffer.getvalue(), image_format, turned.width, turned.height)
 
 
+def reencoded(image: Image, image_format: str, quality: int) -> Image:
+    """The image in another format (its pixels as shown: probe_image already turned and
+    flattened it); JPEG and WebP at `quality`."""
+    with PILImage.open(io.BytesIO(image.data)) as opened:
+        pixels = opened.convert("RGB")
+    buffer = io.BytesIO()
+    options = {} if image_format == "png" else {"quality": quality}
+    pixels.save(buffer, format=image_format.upper(), **options)
+    return Image(buffer.getvalue(), image_format, pixels.width, pixels.height)
+
+
 def verify_decode(data: bytes) -> None:
     """Decode the image once, to catch a truncated or corrupt body; JPEG at 1/8 scale, which
     still reads every byte. Raises ImageError."""
@@ -155,6 +167,7 @@ class AspectRatio:
     """Step 1: drop when max(w/h, h/w) exceeds the limit."""
 
     name = "aspect_ratio_too_large"
+    reasons = (name,)
 
     def __init__(self, max_ratio: float):
         self.max_ratio = max_ratio
@@ -162,9 +175,12 @@ class AspectRatio:
     def __call__(self, sample: Sample):
         image = sample.image
         if image is None:
-            return self.name
+            return Reason(self.name, "no image")
         ratio = max(image.width / image.height, image.height / image.width)
-        return self.name if ratio > self.max_ratio else None
+        if ratio > self.max_ratio:
+            return Reason(self.name, f"{image.width}x{image.height} px: ratio {ratio:.2f} over "
+                                   f"{self.max_ratio}")
+        return None
 
 
 @dataclass

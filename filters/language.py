@@ -13,6 +13,7 @@ import os
 import re
 
 from corpus.schema import Sample
+from filters.base import Reason
 
 
 def lid_model_path() -> str:
@@ -88,6 +89,7 @@ class LanguageRule:
                  tagger: LanguageTagger | None = None):
         self.languages = set(languages) if languages else None
         self.min_score = min_score
+        self.reasons = ("language_not_allowed", "language_uncertain") if self.languages else ()
         self.tagger = tagger or LanguageTagger()
 
     def setup(self) -> None:
@@ -97,7 +99,9 @@ class LanguageRule:
         language, score = self.tagger.predict([sample.text])[0]
         if self.languages is not None:
             if language not in self.languages:
-                return "language_not_allowed"
+                return Reason("language_not_allowed", f"{language} (score {score:.2f}); allowed: "
+                                                    f"{', '.join(sorted(self.languages))}")
             if score < self.min_score:
-                return "language_uncertain"
+                return Reason("language_uncertain", f"{language} with score {score:.2f}, under "
+                                                  f"{self.min_score}")
         return dataclasses.replace(sample, language=language, language_score=round(score, 4))

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from corpus.schema import Sample
+from filters.base import Reason, character_detail
 
 
 @dataclass
@@ -42,19 +43,24 @@ PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010ff
 
 class ImageTooSmall:
     name = "image_too_small"
+    reasons = (name,)
 
     def __init__(self, min_side: int):
         self.min_side = min_side
 
     def __call__(self, sample: Sample):
         image = sample.image
-        if image is None or min(image.width, image.height) < self.min_side:
-            return self.name
+        if image is None:
+            return Reason(self.name, "no image")
+        if min(image.width, image.height) < self.min_side:
+            return Reason(self.name, f"{image.width}x{image.height} px: the shorter side is under "
+                                   f"{self.min_side}")
         return None
 
 
 class CharacterCount:
     name = "character_count"
+    reasons = ("too_few_characters", "too_many_characters")
 
     def __init__(self, min_chars: int, max_chars: int):
         self.min_chars, self.max_chars = min_chars, max_chars
@@ -62,18 +68,25 @@ class CharacterCount:
     def __call__(self, sample: Sample):
         count = len("".join(sample.text.split()))  # split() drops exactly what isspace() marks
         if count < self.min_chars:
-            return "too_few_characters"
+            return Reason("too_few_characters", f"{count} characters, under {self.min_chars}")
         if count > self.max_chars:
-            return "too_many_characters"
+            return Reason("too_many_characters", f"{count} characters, over {self.max_chars}")
         return None
 
 
 def latin_extended(sample: Sample):
-    return "latin_extended" if LATIN_EXTENDED.search(sample.text) else None
+    found = LATIN_EXTENDED.search(sample.text)
+    return Reason("latin_extended", character_detail(sample.text, found.start())) if found else None
 
 
 def private_use_area(sample: Sample):
-    return "private_use_area" if PRIVATE_USE.search(sample.text) else None
+    found = PRIVATE_USE.search(sample.text)
+    return Reason("private_use_area", character_detail(sample.text, found.start())) if found \
+        else None
+
+
+latin_extended.reasons = ("latin_extended",)
+private_use_area.reasons = ("private_use_area",)
 
 
 def pdf_page_rules(config: PageRulesConfig) -> list:

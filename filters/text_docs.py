@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from corpus.schema import Sample
+from filters.base import Reason
 from filters.text_rules import clean_html
 
 # C0/C1 controls and DEL, except tab and newline; carriage returns become newlines first.
@@ -48,7 +49,9 @@ def document_html(sample: Sample):
 
 
 def empty_document(sample: Sample):
-    return "empty_document" if not any(c.isalnum() for c in sample.text) else None
+    if any(c.isalnum() for c in sample.text):
+        return None
+    return Reason("empty_document", f"no letter or digit in {len(sample.text)} characters")
 
 
 def normalized_hash(text: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import emoji
 
 from corpus.schema import Sample
+from filters.base import Reason, character_detail
 
 # ---- step 4: which characters count as English or Chinese ---------------------------------------
 # English: printable ASCII. Chinese: CJK Unified Ideographs (U+4E00-U+9FFF) and Extension A
@@ -65,6 +66,7 @@ class EnglishChineseOnly:
     so each step's count says what it caught."""
 
     name = "non_en_zh_characters"
+    reasons = (name,)
 
     def __init__(self, allow_accented_latin: bool = False):
         self.allow_accented_latin = allow_accented_latin
@@ -74,9 +76,11 @@ class EnglishChineseOnly:
         text = sample.text
         if self._allowed.fullmatch(text):
             return None
-        if self._allowed.fullmatch(emoji.replace_emoji(text, "")):
+        without_emoji = emoji.replace_emoji(text, "")
+        allowed = self._allowed.match(without_emoji)
+        if allowed.end() == len(without_emoji):
             return None
-        return self.name
+        return Reason(self.name, character_detail(without_emoji, allowed.end()))
 
     def __getstate__(self):  # compiled patterns are rebuilt, not pickled
         return {"allow_accented_latin": self.allow_accented_latin}
@@ -87,7 +91,11 @@ class EnglishChineseOnly:
 
 def no_emoji(sample: Sample):
     """Step 5: drop text containing emoji."""
-    return "emoji" if emoji_in(sample.text) else None
+    found = emoji_in(sample.text)
+    return Reason("emoji", " ".join(found[:5])) if found else None
+
+
+no_emoji.reasons = ("emoji",)
 
 
 # ---- step 6: length -----------------------------------------------------------------------------
@@ -108,19 +116,21 @@ class TextLength:
         self.min_chars, self.max_chars = min_chars, max_chars
         self.min_words, self.max_words = min_words, max_words
         self.suffix = suffix
+        self.reasons = ("text_too_short" + suffix, "text_too_long" + suffix)
 
     def __call__(self, sample: Sample):
+        short, long = self.reasons
         length = len(sample.text.strip())
         if length < self.min_chars:
-            return "text_too_short" + self.suffix
+            return Reason(short, f"{length} characters, under {self.min_chars}")
         if length > self.max_chars:
-            return "text_too_long" + self.suffix
+            return Reason(long, f"{length} characters, over {self.max_chars}")
         if self.min_words is not None or self.max_words is not None:
             words = word_count(sample.text)
             if self.min_words is not None and words < self.min_words:
-                return "text_too_short" + self.suffix
+                return Reason(short, f"{words} words, under {self.min_words}")
             if self.max_words is not None and words > self.max_words:
-                return "text_too_long" + self.suffix
+                return Reason(long, f"{words} words, over {self.max_words}")
         return None
 
 
@@ -195,8 +205,11 @@ def html_cleaner(sample: Sample):
     if cleaned == sample.text:
         return None
     if not has_content(cleaned):
-        return "empty_after_html_cleaning"
+        return Reason("empty_after_html_cleaning", f"no letter or digit left: {cleaned[:80]!r}")
     return _with_text(sample, cleaned, "html_cleaned")
+
+
+html_cleaner.reasons = ("empty_after_html_cleaning",)
 
 
 # ---- step 8: irregular patterns -----------------------------------------------------------------
@@ -243,6 +256,7 @@ class PatternCleaner:
     """Step 8: apply the named patterns in order; drop only when no content is left."""
 
     name = "pattern_cleaner"
+    reasons = ("empty_after_pattern_cleaning",)
 
     def __init__(self, patterns: list[Pattern]):
         self.patterns = patterns
@@ -274,7 +288,8 @@ class PatternCleaner:
         if cleaned == sample.text:
             return None
         if not has_content(cleaned):
-            return "empty_after_pattern_cleaning"
+            return Reason("empty_after_pattern_cleaning",
+                        f"no letter or digit left after {', '.join(applied)}: {cleaned[:80]!r}")
         return dataclasses.replace(sample, text=cleaned,
                                    decisions=sample.decisions + [f"removed_{n}" for n in applied])
 
@@ -293,15 +308,15 @@ DEFAULT_ACADEMIC_TAGS = [r"<\s*PERSON\s*>", r"<\s*[A-Z][A-Z_]{2,}\s*>"]
 
 class AcademicTags:
     name = "academic_special_tag"
+    reasons = (name,)
 
     def __init__(self, patterns: list[str]):
         self.patterns = patterns
         self._regex = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
     def __call__(self, sample: Sample):
-        if self._regex is not None and self._regex.search(sample.text):
-            return self.name
-        return None
+        found = self._regex.search(sample.text) if self._regex is not None else None
+        return Reason(self.name, f"tag {found.group()!r}") if found else None
 
     def __getstate__(self):
         return {"patterns": self.patterns}

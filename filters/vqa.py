@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from corpus.schema import Sample
+from filters.base import Reason
 
 CONFIDENCE_LEVELS = ("no", "maybe", "yes")  # ascending
 ANSWERS = "answers"  # sample.extra key holding the raw answer list until the choice
@@ -78,11 +79,12 @@ class ChooseAnswer:
         raw = sample.extra.get(ANSWERS)
         extra = {k: v for k, v in sample.extra.items() if k != ANSWERS}
         if raw is None:
-            return "no_answer" if not (sample.answer or "").strip() else None
+            return Reason("no_answer", "no answers field and a blank answer") \
+                if not (sample.answer or "").strip() else None
         choice = choose_answer(raw if isinstance(raw, list) else [raw],
                                sample.extra.get("multiple_choice_answer"))
         if choice is None:
-            return "no_answer"
+            return Reason("no_answer", f"answers {str(raw)[:80]}")
         answer, level = choice
         extra["answer_confidence"] = level
         return dataclasses.replace(sample, answer=answer, text=answer, extra=extra,
@@ -102,9 +104,11 @@ class MinAnswerConfidence:
     def __call__(self, sample: Sample):
         level = sample.extra.get("answer_confidence", "yes")
         if CONFIDENCE_LEVELS.index(level) < CONFIDENCE_LEVELS.index(self.level):
-            return "answer_confidence_too_low"
+            return Reason("answer_confidence_too_low",
+                          f"the chosen answer's best confidence is {level!r}, under {self.level!r}")
         return None
 
 
 def empty_question(sample: Sample):
-    return "empty_question" if not (sample.question or "").strip() else None
+    return Reason("empty_question", f"question {sample.question!r}") \
+        if not (sample.question or "").strip() else None

@@ -16,30 +16,41 @@ TOKEN_SAMPLE_LIMIT = 64  # samples read per task to estimate tokens per sample
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = sub.add_parser("build", help="build a stage manifest from run outputs or shard globs")
-    build.add_argument("--stage", type=int, required=True, choices=sorted(STAGES))
+    # the actions' --help lists defaults as the command's does
+    formatter = {"formatter_class": parser.formatter_class}
+    build = sub.add_parser("build", help="build a stage manifest from run outputs or shard globs",
+                           **formatter)
+    build.add_argument("--stage", type=int, required=True, choices=sorted(STAGES),
+                       help="the training stage (Table 8 column) the manifest feeds")
     build.add_argument("--source", action="append", required=True, metavar="[TASK=]DIR_OR_GLOB",
                        help="a run's output directory (its report.json is read), a folder of "
                             "run directories, or a glob of shards; local or any fsspec URI. "
                             "Without TASK= the task comes from the report. Repeatable.")
     build.add_argument("--weight", action="append", default=[], metavar="TASK=W",
                        help="mixture weight of a task; the other tasks share the rest in the "
-                            "default proportions (stage 2: Table 3). Repeatable.")
+                            "stage's proportions (stage 2: Table 3). Repeatable. (default: "
+                            "none, the stage's weights)")
     build.add_argument("--seed", type=int, default=0,
-                       help="seed the trainer uses for shard order and task mixing (default: 0)")
+                       help="seed the trainer uses for shard order and task mixing")
     build.add_argument("--tokenizer", help="tokenizer.json or Hugging Face tokenizer folder "
                                            "(default: the trainer's own)")
-    build.add_argument("--image-size", type=int, help="override Table 8's image resolution")
-    build.add_argument("--seq-len", type=int, help="override Table 8's LLM sequence length")
+    build.add_argument("--image-size", type=int,
+                       help="override Table 8's image resolution (default: the stage's, Table 8)")
+    build.add_argument("--seq-len", type=int,
+                       help="override Table 8's LLM sequence length (default: the stage's, "
+                            "Table 8)")
     build.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
-                       help="override the stage's packing (stage 2 packs, Section 3.2)")
+                       help="override the stage's packing (default: the stage's: stage 2 packs, "
+                            "Section 3.2)")
     build.add_argument("--output", required=True, metavar="M.yaml",
                        help="where to write the manifest (.yaml, or .json)")
-    validate = sub.add_parser("validate", help="check shards, checksums, counts, tasks, weights")
+    validate = sub.add_parser("validate", help="check shards, checksums, counts, tasks, weights",
+                              **formatter)
     validate.add_argument("manifest")
     validate.add_argument("--deep", action="store_true",
                           help="also read every sample: counts and each sample's task")
-    show = sub.add_parser("show", help="a table of tasks, shards, samples, weights, tokens")
+    show = sub.add_parser("show", help="a table of tasks, shards, samples, weights, tokens",
+                          **formatter)
     show.add_argument("manifest")
     show.add_argument("--token-samples", type=int, default=TOKEN_SAMPLE_LIMIT, metavar="N",
                       help="samples read per task for the token estimate (0: skip it)")

@@ -19,6 +19,7 @@ from typing import Any
 import fsspec
 import yaml
 
+from corpus.config import yaml_problem
 from corpus.schema import TASKS
 
 MANIFEST_VERSION = 1
@@ -195,7 +196,7 @@ def load_manifest(path: str) -> Manifest:
     except FileNotFoundError:
         raise ManifestError([f"{path}: no such manifest"]) from None
     except yaml.YAMLError as error:
-        raise ManifestError([f"{path}: not valid YAML/JSON: {error}"]) from None
+        raise ManifestError([yaml_problem(path, error)]) from None
     manifest = from_mapping(document, where=path)
     base_dir = manifest_dir(path)
     for source in manifest.sources:

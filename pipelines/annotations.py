@@ -18,6 +18,7 @@ import json
 import os
 import posixpath
 import re
+import string
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -26,6 +27,7 @@ import fsspec
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from corpus.config import ConfigError
 from corpus.ids import sample_id
 from corpus.inputs import InputFile
 from corpus.schema import Image
@@ -44,6 +46,8 @@ LIST_KEYS = ("annotations", "questions", "data", "records", "samples")
 IMAGE_PATH_FIELDS = ("image", "image_path", "img_path", "file_name", "filename", "image_file")
 # Record fields that may hold the image itself (bytes, or a `{"bytes": …}` dict).
 EMBEDDED_IMAGE_FIELDS = ("image", "img", "jpg", "png", "webp")
+# Fields `image_paths_of` reads from any record, which an `image_template` may name too.
+ANY_RECORD_IMAGE_FIELDS = IMAGE_PATH_FIELDS + ("image_id", "id", "key", "_key")
 
 
 @dataclass
@@ -294,6 +298,57 @@ def embedded_image_bytes(value: Any) -> bytes | None:
     return None
 
 
+# ---- image templates ----------------------------------------------------------------------
+
+class ImageTemplateError(ValueError):
+    """A record cannot fill the `image_template`: it lacks a field the template names, or the
+    field's value does not take the template's format (`{image_id:012d}` of a string)."""
+
+    reason = "image_template_unfilled"
+
+
+def template_fields(template: str) -> list[str]:
+    """The record fields a template names: `image_id` of `COCO_{image_id:012d}.jpg` ("" or a
+    number for a positional field). Raises ValueError for a template `str.format` cannot read."""
+    names = []
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is not None:
+            names.append(re.match(r"[^.\[]*", name).group())
+        if spec and "{" in spec:  # `{image_id:0{width}d}`: the width is a field too
+            names += template_fields(spec)
+    return names
+
+
+def check_image_template(template: str | None, known: dict[str, tuple[str, ...]]) -> None:
+    """Raise ConfigError unless every field `template` names is one that some kind of record
+    read has (`known`: record kind -> its fields), so a typo stops the run before it starts."""
+    if template is None:
+        return
+    try:
+        names = template_fields(template)
+    except ValueError as error:
+        raise ConfigError(f"image_template {template!r}: {error}") from None
+    available = {name for fields in known.values() for name in fields}
+    for name in names:
+        if name not in available:
+            field_text = f"field {name!r}" if name and not name.isdigit() else \
+                "positional field {" + name + "}, which no record can fill"
+            kinds = "; ".join(f"{kind}: {', '.join(fields)}" for kind, fields in known.items())
+            raise ConfigError(f"image_template {template!r}: unknown {field_text}; fields "
+                              f"available: {kinds}")
+
+
+def fill_image_template(template: str, fields: dict[str, Any]) -> str:
+    """The template filled from a record's fields; ImageTemplateError when it cannot be."""
+    try:
+        return template.format_map(fields)
+    except KeyError as error:
+        raise ImageTemplateError(f"image_template {template!r}: the record has no field "
+                                 f"{error.args[0]!r}") from None
+    except (IndexError, ValueError, TypeError, AttributeError) as error:
+        raise ImageTemplateError(f"image_template {template!r}: {error}") from None
+
+
 def image_paths_of(fields: dict[str, Any], template: str | None = None) -> list[str]:
     """Image paths a record may mean, most likely first: the first usual field holding a
     string; that name without refer's `_<ann_id>` suffix (`COCO_train2014_000000581857_16.jpg`
@@ -301,7 +356,8 @@ def image_paths_of(fields: dict[str, Any], template: str | None = None) -> list[
     `COCO_train2014_{image_id:012d}.jpg` filled from the record; VQAv2's COCO name;
     `{image_id}.jpg` (Visual Genome), `{imageId}.jpg` (GQA), `{key}.jpg` (img2dataset's file
     names, for GRIT records beside an image folder), `{id}.jpg`, and the id of a
-    dict-of-records file (OCR-VQA)."""
+    dict-of-records file (OCR-VQA). A template the record cannot fill raises
+    ImageTemplateError: the user's template says where the image is, so it is not skipped."""
     paths = []
     for name in IMAGE_PATH_FIELDS:
         value = fields.get(name)
@@ -314,10 +370,7 @@ def image_paths_of(fields: dict[str, Any], template: str | None = None) -> list[
                 paths.append(stripped)
             break
     if template:
-        try:
-            paths.append(template.format(**fields))
-        except (KeyError, IndexError, ValueError):
-            pass
+        paths.append(fill_image_template(template, fields))
     if isinstance(fields.get("image_id"), int) and isinstance(fields.get("data_subtype"), str):
         # VQAv2 / COCO: `{"data_subtype": "train2014", "image_id": 9}` is COCO_train2014_…9.jpg
         paths.append(f"COCO_{fields['data_subtype']}_{fields['image_id']:012d}.jpg")
@@ -348,7 +401,8 @@ def record_image_bytes(record: AnnotationRecord) -> bytes | None:
 @dataclass
 class LoadedImage:
     image: Image | None
-    problem: str | None = None  # missing_image, corrupt_image, decompression_bomb, image_too_large
+    # missing_image, image_template_unfilled, corrupt_image, decompression_bomb, image_too_large
+    problem: str | None = None
     detail: str = ""
 
 
@@ -361,7 +415,10 @@ def load_record_image(record: AnnotationRecord, store: ImageStore,
     if path is None:
         data = record_image_bytes(record)
         if data is None:
-            paths = image_paths_of(record.fields, template)
+            try:
+                paths = image_paths_of(record.fields, template)
+            except ImageTemplateError as error:
+                return LoadedImage(None, error.reason, str(error)[:500])
     if data is None:
         if not paths:
             return LoadedImage(None, "missing_image", "record names no image")

@@ -540,7 +540,11 @@ def write_tiny_checkpoint(directory: str, seed: int = 0) -> tuple[str, str]:
         json.dump(TINY_MODEL_CONFIG, f, indent=2)
     register_model_config(config_path, TINY_MODEL_NAME)
     torch.manual_seed(seed)
-    model = open_clip.create_model(TINY_MODEL_NAME)
+    logging.disable(logging.WARNING)  # open_clip warns that no weights were loaded: the point
+    try:
+        model = open_clip.create_model(TINY_MODEL_NAME)
+    finally:
+        logging.disable(logging.NOTSET)
     checkpoint_path = os.path.join(directory, f"{TINY_MODEL_NAME}.pt")
     torch.save({"state_dict": model.state_dict()}, checkpoint_path)
     return config_path, checkpoint_path

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import difflib
+import importlib
 import json
 import os
 import time
@@ -24,7 +27,8 @@ from corpus.profiles import profile_of
 from corpus.report import PLOT_NAME, REPORT_NAME, check_accounting, dumps, plot_report
 from filters.benchmark_images import BenchmarkImages, fingerprint_images, image_paths, \
     is_fingerprint_file, load_fingerprints, save_fingerprints
-from pipelines.sinks import write_atomically
+from pipelines.run_record import RunRecord, claim_outputs
+from pipelines.sinks import RunSpec, write_atomically
 from pipelines.tasks import Execution
 
 
@@ -70,6 +74,32 @@ def beam_option_names(argv: list[str]) -> set[str]:
                 options._add_argparse_args(parser)
                 pending.append(options)
     return {name for action in parser._actions for name in action.option_strings}
+
+
+def runner_problem(argv: list[str]) -> str | None:
+    """Why the `--runner` in argv names no runner Beam can make, in one line with the nearest
+    known name; None when it can (or when none is named)."""
+    name = _flag(argv, "runner")
+    if name is None:
+        return None
+    if "." in name:  # a class path: it must import
+        module, _, attribute = name.rpartition(".")
+        try:
+            getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as error:
+            return f"--runner {name}: cannot be imported ({type(error).__name__}: {error})"
+        return None
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    known = StandardOptions.KNOWN_RUNNER_NAMES
+    if any(name.lower() in (runner.lower(), runner.lower().removesuffix("runner"))
+           for runner in known):
+        return None
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (f"unknown runner {name}{hint}; Beam knows {', '.join(sorted(set(known)))}, or "
+            "the full class path of a runner (the Dask runner: "
+            "apache_beam.runners.dask.dask_runner.DaskRunner)")
 
 
 def plan_execution(beam_argv: list[str]) -> tuple[PipelineOptions, Any, Execution]:
@@ -122,21 +152,30 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, dataset_default: st
                             help="input files, folders or globs (local paths or Beam URIs)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--dataset", default=dataset_default, required=dataset_default is None,
-                        help="dataset name; part of every sample id")
-    parser.add_argument("--config", metavar="YAML", help="YAML config overriding the defaults")
+                        help="dataset name; part of every sample id, and picks the dataset's "
+                             "profile (docs/datasets.md)")
+    parser.add_argument("--config", metavar="YAML",
+                        help="YAML config overriding the defaults (default: none, the defaults "
+                             "that pipelines/configs/ lists)")
     parser.add_argument("--shard-format", dest="shard_formats", nargs="+",
                         default=["webdataset"], choices=["webdataset", "parquet"],
-                        help="shard format(s) to write (default: webdataset)")
+                        help="shard format(s) to write")
     parser.add_argument("--samples-per-shard", type=int, default=1000,
-                        help="samples per shard at most (default: 1000)")
+                        help="samples per shard at most")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="processes on this machine (default: every core; with another "
                              "runner, processes per runner worker, default 1)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --output that holds an earlier run: remove "
+                             "its shards, rejects, markers and report first (other files stay); "
+                             "without it a different earlier run stops the command and the "
+                             "same one resumes")
     if reads_images:
         parser.add_argument("--exclude-images", metavar="DIR_OR_FILE",
                             help="drop samples showing a near-duplicate of these images (an "
                                  "evaluation set): a folder, a text file of image paths, or "
-                                 f"the {EXCLUDED_FINGERPRINTS} an earlier run wrote")
+                                 f"the {EXCLUDED_FINGERPRINTS} an earlier run wrote (default: "
+                                 "none, no image is excluded)")
 
 
 class GuardedWork:
@@ -184,6 +223,13 @@ def exclusion_guard(source: str | None, output_dir: str,
     return BenchmarkImages(path, images=len(paths), sha256=written.sha256)
 
 
+def guarded_spec(spec: RunSpec, exclude: BenchmarkImages | None) -> RunSpec:
+    """The run's spec with the `--exclude-images` guard in the config its report records."""
+    if exclude is None:
+        return spec
+    return dataclasses.replace(spec, config={**spec.config, "exclude_images": exclude.describe()})
+
+
 class _LeafCollector(beam.pipeline.PipelineVisitor):
     def __init__(self):
         self.produced, self.consumed = [], set()
@@ -215,15 +261,21 @@ def close_graph(pipeline: beam.Pipeline) -> None:
 
 
 def run_pipeline(build: Callable[[beam.Pipeline, Execution], None], beam_argv: list[str],
-                 output_dirs: str | list[str]):
+                 output_dirs: str | list[str], *, record: RunRecord | None = None,
+                 overwrite: bool = False):
     """Build and run a pipeline (`build(pipeline, execution)`), then add wall time to its
     report(s) and draw the plot; returns the report, or a list for a list of output
     directories (one per task written).
 
+    With a `record` of what the run is made from, each directory is claimed first
+    (`pipelines.run_record`): one holding a different run stops the command (ConfigError)
+    unless `overwrite`, which removes that run's files; then its run.json is written.
     A report left by an earlier run is removed first: `report.json` exists only while the
     shards beside it are the ones it lists (a re-run resumes from `_done/` markers instead)."""
     started = time.time()
     dirs = [output_dirs] if isinstance(output_dirs, str) else list(output_dirs)
+    if record is not None:
+        claim_outputs(record, dirs, overwrite)
     for output_dir in dirs:
         FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
         report_path = FileSystems.join(output_dir, REPORT_NAME)
@@ -254,6 +306,10 @@ def print_summary(report: dict[str, Any]) -> None:
           f"{report['kept']}, dropped {report['dropped_total']}, errored "
           f"{report['errored_total']} in {len(report['shards'])} shard(s), "
           f"{report.get('wall_seconds', 0):.1f} s")
+    if report.get("tasks_reused"):
+        count, reused = report["task_count"], report["tasks_reused"]
+        print(f"  resuming: {reused} of {count} tasks kept from the earlier run, "
+              f"{count - reused} redone")
     for reason, count in report["dropped"].items():
         print(f"  dropped {reason}: {count}")
     for reason, count in report["errored"].items():

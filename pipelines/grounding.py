@@ -35,21 +35,22 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import to_mapping
 from corpus.ids import sample_id
-from corpus.inputs import InputFile, expand_inputs
+from corpus.inputs import IMAGE_FILES, InputFile, find_inputs
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject, checked, set_up
 from filters.benchmark_images import REASON as BENCHMARK_IMAGE
 from filters.benchmark_images import BenchmarkImages, screened
 from filters.grit import GRIT_SPANS, GritScoreThreshold, GritSpansValid, PruneRecursiveBoxes, \
     scored_at_least
-from filters.grounding import IMAGE_PROBLEM, empty_caption, empty_phrase, image_problem, \
-    region_box_valid
-from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
-    iter_records, load_record_image, read_records
-from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, \
+from filters.grounding import IMAGE_DETAIL, IMAGE_PROBLEM, empty_caption, empty_phrase, \
+    image_problem, region_box_valid
+from pipelines.annotations import ANY_RECORD_IMAGE_FIELDS, RECORD_EXTENSIONS, AnnotationRecord, \
+    ImageStore, LoadedImage, check_image_template, iter_records, load_record_image, read_records
+from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, guarded_spec, \
     load_pipeline_config, print_summary, run_pipeline
-from pipelines.sinks import RunSpec
-from pipelines.tasks import plan_tasks, run_tasks
+from pipelines.run_record import RunRecord, file_inputs
+from pipelines.sinks import RunSpec, ShardImages
+from pipelines.tasks import plan_tasks, run_tasks, unread_tasks
 
 GRIT_TASKS = ["grounding"]
 DUALITY_TASKS = ["ref_grounding", "grounded_captioning"]
@@ -58,6 +59,14 @@ PHRASE_LIST_FIELDS = ("sentences", "expressions", "phrases", "refs", "captions")
 PHRASE_FIELDS = ("sent", "expression", "phrase", "ref_exp", "caption", "text")
 SENTENCE_TEXT_FIELDS = ("sent", "raw", "text", "phrase")
 BOX_FIELDS = ("bbox", "box", "boxes")
+# The fields each kind of record names its image by (docs/grounding.md), which
+# `image_template` may use (`file_name` of a refer record also comes from --coco-instances).
+IMAGE_TEMPLATE_FIELDS = {
+    "GRIT": ("key", "id", "url"),
+    "RefCOCO/RefCOCO+/RefCOCOg": ("image_id", "ann_id", "ref_id", "file_name"),
+    "Visual Genome": ("id", "image_id", "region_id"),
+    "any record": ANY_RECORD_IMAGE_FIELDS,
+}
 
 
 @dataclass
@@ -75,6 +84,9 @@ class GroundingConfig:
     box_format: str = "xywh"
     # Image path when a record names none, e.g. "COCO_train2014_{image_id:012d}.jpg".
     image_template: str | None = None
+    # one image format in the shards (a loader expects one extension per dataset): others are
+    # re-encoded as written; `format: keep` writes every image as it came
+    shard_images: ShardImages = field(default_factory=ShardImages)
 
     def validate(self) -> None:
         if self.box_format not in ("xywh", "xyxy"):
@@ -83,14 +95,16 @@ class GroundingConfig:
         if not self.span_fields or unknown:
             raise ValueError(f"span_fields: choose from ref_exps, noun_chunks (got "
                              f"{self.span_fields})")
+        check_image_template(self.image_template, IMAGE_TEMPLATE_FIELDS)
 
 
 GRIT_REASONS = ["unreadable_file", "malformed_json", "other_record_kind", "malformed_record",
-                "missing_image", "corrupt_image", "empty_caption", "malformed_span",
-                "span_outside_caption", "box_outside_unit_range", "box_inverted",
+                "missing_image", "image_template_unfilled", "corrupt_image", "empty_caption",
+                "malformed_span", "span_outside_caption", "box_outside_unit_range", "box_inverted",
                 "no_grounding_spans", BENCHMARK_IMAGE]
 DUALITY_REASONS = ["unreadable_file", "malformed_json", "other_record_kind", "malformed_record",
-                   "no_phrases", "missing_image", "corrupt_image", "empty_phrase", "missing_box",
+                   "no_phrases", "missing_image", "image_template_unfilled", "corrupt_image",
+                   "empty_phrase", "missing_box",
                    "box_inverted", "box_outside_image", "empty_box", BENCHMARK_IMAGE]
 
 
@@ -199,7 +213,7 @@ class ReadGrounding:
         height}…]}`; every region is one record of the region set, sharing the image."""
         regions = record.fields["regions"]
         if not regions:
-            yield record.reject(self.dataset, "no_phrases", "dropped")
+            yield record.reject(self.dataset, "no_phrases", "dropped", "an empty regions list")
             return
         image_fields = {k: v for k, v in record.fields.items() if k != "regions"}
         if "image_id" not in image_fields and "id" in image_fields:
@@ -222,7 +236,8 @@ class ReadGrounding:
                        loaded: LoadedImage | None = None) -> Iterator[Sample | Reject]:
         phrases = phrases_of(fields)
         if not phrases:
-            yield record.reject(self.dataset, "no_phrases", "dropped")
+            yield record.reject(self.dataset, "no_phrases", "dropped",
+                                f"no text in {', '.join(PHRASE_LIST_FIELDS + PHRASE_FIELDS)}")
             return
         if self.instances is not None and box_of(fields, self.config.box_format) is None:
             fields = self.instances.complete(fields)
@@ -243,7 +258,7 @@ class ReadGrounding:
         regions = []
         if box is not None and task != "grounding":
             regions = [Region(kind="ref", text=text, box=box, char_start=0, char_end=len(text))]
-        extra = {IMAGE_PROBLEM: loaded.problem, "image_detail": loaded.detail} \
+        extra = {IMAGE_PROBLEM: loaded.problem, IMAGE_DETAIL: loaded.detail} \
             if loaded.problem else {}
         images: list[Image] = [loaded.image] if loaded.image is not None else []
         return Sample(id=sample_id(self.dataset, task_key), dataset=self.dataset, task=task,
@@ -383,7 +398,7 @@ def run_spec(task: str, output_dir: str, dataset: str, config: GroundingConfig, 
     return RunSpec("grounding", dataset, task, FileSystems.join(output_dir, task),
                    GRIT_REASONS if grit else DUALITY_REASONS, formats=shard_formats,
                    samples_per_shard=samples_per_shard,
-                   config={**to_mapping(config), "kind": kind},
+                   config={**to_mapping(config), "kind": kind}, images=config.shard_images,
                    kept_counts=_kept_grit_counts if grit else None,
                    finish_stats=_grit_stats if grit else None)
 
@@ -391,26 +406,38 @@ def run_spec(task: str, output_dir: str, dataset: str, config: GroundingConfig, 
 def run(inputs: list[str], output_dir: str, dataset: str, config: GroundingConfig,
         beam_argv: list[str], images: str | None = None, kind: str = "auto",
         coco_instances: str | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+        samples_per_shard: int = 1000, exclude_images: str | None = None, *,
+        overwrite: bool = False) -> dict[str, Any]:
     """Run the pipeline, a run task per annotation file, dropping samples whose image is a
     near-duplicate of one of `exclude_images`; returns the combined report (`tasks` holds each
     output task's report)."""
-    files = expand_inputs(inputs, RECORD_EXTENSIONS)
+    # images beside the annotation files are read through the records that name them
+    found = find_inputs(inputs, RECORD_EXTENSIONS, "corpus grounding",
+                        ".json, .jsonl, .parquet and .tar annotation files, and the images they "
+                        "name", companions=IMAGE_FILES)
+    files = found.files
     kind = detect_kind(files) if kind == "auto" else kind
     tasks = (GRIT_TASKS + (DUALITY_TASKS if config.grit_duality else [])) if kind == "grit" \
         else list(DUALITY_TASKS)
     specs = [run_spec(task, output_dir, dataset, config, kind, shard_formats or ["webdataset"],
                       samples_per_shard) for task in tasks]
-    exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
-    if exclude is not None:
-        specs = [replace(spec, config={**spec.config, "exclude_images": exclude.describe()})
-                 for spec in specs]
-    work = CleanGrounding(ReadGrounding(dataset, config, images, kind, coco_instances), tasks,
-                          exclude)
     file_tasks = plan_tasks(files)
-    reports = run_pipeline(
-        lambda pipeline, execution: run_tasks(pipeline, specs, work, file_tasks, execution),
-        beam_argv, [spec.output_dir for spec in specs])
+    file_tasks += unread_tasks(found.unread, len(file_tasks))
+    # each task's folder records the whole run
+    record = RunRecord.of(specs[0], file_inputs(inputs, [f.path for f in files], images=images,
+                                                coco_instances=coco_instances,
+                                                exclude_images=exclude_images))
+
+    def build(pipeline, execution):
+        # once the output folders are claimed: the guard may write its fingerprints beside them
+        exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
+        guarded = [guarded_spec(spec, exclude) for spec in specs]
+        work = CleanGrounding(ReadGrounding(dataset, config, images, kind, coco_instances),
+                              tasks, exclude)
+        run_tasks(pipeline, guarded, work, file_tasks, execution)
+
+    reports = run_pipeline(build, beam_argv, [spec.output_dir for spec in specs], record=record,
+                           overwrite=overwrite)
     return combine_reports(dict(zip(tasks, reports)), dataset)
 
 
@@ -435,14 +462,15 @@ def combine_reports(reports: dict[str, dict[str, Any]], dataset: str) -> dict[st
 def add_arguments(parser) -> None:
     add_common_arguments(parser, reads_images=True)
     parser.add_argument("--images", metavar="PATH",
-                        help="folder or tar of images named by the records (when the records "
-                             "do not carry their images)")
+                        help="folder or tar of images named by the records (default: none, "
+                             "images come from the records or beside the annotation files)")
     parser.add_argument("--coco-instances", metavar="JSON",
                         help="COCO instances.json giving the box of refer records that name "
-                             "only their ann_id (RefCOCO/RefCOCO+/RefCOCOg refs)")
+                             "only their ann_id (RefCOCO/RefCOCO+/RefCOCOg refs) (default: "
+                             "none, such records drop as missing_box)")
     parser.add_argument("--kind", choices=["auto", "grit", "regions"], default="auto",
-                        help="GRIT records or region-set records (default: detect from the "
-                             "first record)")
+                        help="GRIT records or region-set records; auto: told by the first "
+                             "readable record")
 
 
 def main(args, beam_argv) -> int:
@@ -450,7 +478,8 @@ def main(args, beam_argv) -> int:
     report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
                  coco_instances=args.coco_instances,
                  kind=args.kind, shard_formats=args.shard_formats,
-                 samples_per_shard=args.samples_per_shard, exclude_images=args.exclude_images)
+                 samples_per_shard=args.samples_per_shard, exclude_images=args.exclude_images,
+                 overwrite=args.overwrite)
     for task, task_report in report["tasks"].items():
         print_summary({**task_report, "pipeline": f"grounding/{task}"})
     return 0

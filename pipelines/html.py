@@ -39,6 +39,7 @@ from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject, checked, set_up
 from filters.pages import HTML_REASON_ORDER, PageRulesConfig, html_page_rules
 from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, run_pipeline
+from pipelines.run_record import RunRecord, file_inputs, task_files
 from pipelines.sinks import Counts, RunSpec
 from pipelines.tasks import Task, plan_tasks, run_tasks
 from renderers.html import (LOCAL_ORIGIN, HtmlRenderer, PageJob, RenderConfig, RenderedPage,
@@ -52,7 +53,7 @@ HTML_MIME_TYPES = ("text/html", "application/xhtml+xml")
 # Reader and renderer reasons come first (a page meets them before any rule), then A.4's rules.
 REASON_ORDER = ["not_html", "http_error_status", "page_too_large", "binary_content",
                 "undecodable_text", "load_timeout", "render_timeout", "dom_too_large",
-                "navigated_away", *HTML_REASON_ORDER]
+                "navigated_away", "invisible_text", *HTML_REASON_ORDER]
 # Pages submitted to the browser ahead of the oldest one still rendering, per slot of the pool:
 # the other slots keep working behind a slow page, and memory holds this many pages at most.
 PAGES_AHEAD_PER_SLOT = 8
@@ -189,7 +190,8 @@ class PageReader:
             yield self._reject(item.uri, item.key, "unreadable_input", "errored", str(error))
             return
         if len(body) > self.max_page_bytes:
-            yield self._reject(item.uri, item.key, "page_too_large")
+            yield self._reject(item.uri, item.key, "page_too_large",
+                               detail=f"over max_page_bytes, {self.max_page_bytes:,}")
             return
         yield PageJob(item.uri, item.key, body, _local_url(item.uri, item.root), item.root)
 
@@ -223,7 +225,8 @@ class PageReader:
             return self._reject(uri, key, "not_html", detail=mime)
         body = record.content_stream().read(self.max_page_bytes + 1)
         if len(body) > self.max_page_bytes:
-            return self._reject(uri, key, "page_too_large")
+            return self._reject(uri, key, "page_too_large",
+                                detail=f"over max_page_bytes, {self.max_page_bytes:,}")
         if not url.startswith(("http://", "https://")):
             url = LOCAL_ORIGIN + "warc/" + hashlib.sha1(key.encode()).hexdigest() + ".html"
         return PageJob(uri, key, body, url, None, _charset_of(content_type))
@@ -244,7 +247,7 @@ def to_sample(job: PageJob, page: RenderedPage, dataset: str) -> Sample:
 
 
 STAT_KEYS = ("blocked_requests", "local_requests", "missing_local", "dialogs", "popups",
-             "lines_outside_capture")
+             "lines_outside_capture", "invisible_lines")
 
 
 def render_stats(sample: Sample) -> dict:
@@ -343,7 +346,7 @@ def _sorted_stats(counts: dict) -> dict:
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: HtmlConfig | None = None,
         beam_argv: list[str] | None = None, formats: list[str] | None = None,
-        samples_per_shard: int = 1000) -> dict:
+        samples_per_shard: int = 1000, *, overwrite: bool = False) -> dict:
     config = config or HtmlConfig()
     config.validate()
     tasks = plan_html_tasks(expand_inputs(inputs), config.pages_per_batch)
@@ -351,14 +354,18 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: HtmlConfig | N
     return run_pipeline(
         lambda pipeline, execution: run_tasks(pipeline, [spec], RenderPages(dataset, config),
                                               tasks, execution),
-        beam_argv or [], output_dir)
+        beam_argv or [], output_dir,
+        record=RunRecord.of(spec, file_inputs(inputs, task_files(tasks))), overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, dataset_default="html")
-    parser.add_argument("--chromium", help="Chromium executable (default: /usr/bin/chromium)")
+    parser.add_argument("--chromium", metavar="PATH",
+                        help="Chromium executable; overrides render.chromium (default: the "
+                             f"config's, {RenderConfig().chromium})")
     parser.add_argument("--capture", choices=["viewport", "full"],
-                        help="screenshot the first screen or the whole page")
+                        help="screenshot the first screen or the whole page; overrides "
+                             f"render.capture (default: the config's, {RenderConfig().capture})")
 
 
 def main(args, beam_argv) -> int:
@@ -368,7 +375,7 @@ def main(args, beam_argv) -> int:
     if args.capture:
         config.render.capture = args.capture
     report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
-                 args.samples_per_shard)
+                 args.samples_per_shard, overwrite=args.overwrite)
     print_summary(report)
     return 0
 

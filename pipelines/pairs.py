@@ -36,10 +36,10 @@ import pyarrow.parquet as pq
 
 from corpus.config import to_mapping
 from corpus.ids import sample_id
-from corpus.inputs import InputFile, expand_inputs
+from corpus.inputs import IMAGE_FILES, InputFile, Inputs, find_inputs
 from corpus.schema import Sample, Source
 from corpus.shards import iter_tar_groups
-from filters.base import Reject, checked, set_up
+from filters.base import Reject, checked, rule_reasons, set_up
 from filters.benchmark_images import BenchmarkImages
 from filters.image_rules import ImageError, ImageRulesConfig, decode_for_model, image_rules, \
     probe_image, verify_decode
@@ -47,10 +47,11 @@ from filters.language import LanguageRule
 from filters.text_rules import AcademicTags, EnglishChineseOnly, PatternCleaner, TextLength, \
     TextRulesConfig, html_cleaner, no_emoji, remove_invisible
 from pipelines.clip import ClipConfig, ClipService, load_clip, model_input_size
-from pipelines.common import add_common_arguments, exclusion_guard, load_pipeline_config, \
-    print_summary, read_file, run_pipeline
-from pipelines.sinks import Choice, Counts, RunSpec
-from pipelines.tasks import plan_tasks, run_tasks
+from pipelines.common import add_common_arguments, exclusion_guard, guarded_spec, \
+    load_pipeline_config, print_summary, read_file, run_pipeline
+from pipelines.run_record import RunRecord, file_inputs, task_files
+from pipelines.sinks import Choice, Counts, RunSpec, ShardImages
+from pipelines.tasks import plan_tasks, run_tasks, unread_tasks
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ GZIPPED_TAR_EXTENSIONS = (".tar.gz", ".tgz")  # read as a stream, never unpacked
 TAR_EXTENSIONS = (".tar",) + GZIPPED_TAR_EXTENSIONS
 INPUT_EXTENSIONS = TAR_EXTENSIONS + TABLE_EXTENSIONS
 CAPTION_EXTENSION = ".txt"  # KEY.txt beside KEY.jpg in a folder
+PAIRS_READS = (".tar, .tar.gz, .tgz, .tsv, .jsonl and .parquet files, and folders of images with "
+               "same-named .txt captions")
 # Pairs per unit of a caption folder or a TSV/JSONL table: each reads its images one by one,
 # so a large folder or table is cut into parts that spread over the workers.
 PAIRS_PER_PART = 5000
@@ -92,6 +95,9 @@ class PairsConfig:
     rule_set: str = "web"
     longest_caption_per_image: bool = False  # one caption per image (by content hash)
     input: InputConfig = field(default_factory=InputConfig)
+    # one image format in the shards (a loader expects one extension per dataset): others are
+    # re-encoded as written; `format: keep` writes every image as it came
+    shard_images: ShardImages = field(default_factory=ShardImages)
 
     @property
     def clip_step(self) -> bool:
@@ -145,9 +151,9 @@ class PairReader:
     def make_sample(self, file: InputFile, key: str, image_bytes: bytes | None,
                     caption: bytes | str | None, meta: dict[str, Any]) -> Sample | Reject:
         if image_bytes is None:
-            return self.reject(file, key, "missing_image")
+            return self.reject(file, key, "missing_image", f"{key}: no image beside the caption")
         if caption is None:
-            return self.reject(file, key, "missing_caption")
+            return self.reject(file, key, "missing_caption", f"{key}: no caption beside the image")
         limit = self.config.input.max_caption_bytes
         if len(caption) > limit:  # characters or bytes: either way far past any caption
             return self.reject(file, key, "caption_too_large", f"{len(caption)} > {limit}")
@@ -430,8 +436,18 @@ def pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> list[
     """The tars and tables the patterns name, and each folder holding images beside captions
     of the same name (the folder of img2dataset's files format is read through its Parquet
     instead). Folders and TSV/JSONL tables come in parts of `pairs_per_part` names or lines."""
+    return find_pair_inputs(patterns, pairs_per_part).files
+
+
+def find_pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> Inputs:
+    """`pair_inputs`, and the files below the folders and globs that none of them reads. Images
+    (named by tables and captions) and JSON (KEY.json beside KEY.jpg, img2dataset's
+    NNNNN_stats.json) are read beside the units, or are img2dataset's own record, so they are
+    not among those."""
     pairs_per_part = pairs_per_part or PAIRS_PER_PART
-    found = expand_inputs(patterns, INPUT_EXTENSIONS + (CAPTION_EXTENSION,))
+    inputs = find_inputs(patterns, INPUT_EXTENSIONS + (CAPTION_EXTENSION,), "corpus pairs",
+                         PAIRS_READS, companions=IMAGE_FILES + (".json",))
+    found = inputs.files
     files = [f for f in found if not f.path.lower().endswith(CAPTION_EXTENSION)]
     read_by_parquet = {f.path[:-len(".parquet")] for f in files if f.path.endswith(".parquet")}
     folders: dict[str, InputFile] = {}
@@ -455,7 +471,7 @@ def pair_inputs(patterns: list[str], pairs_per_part: int | None = None) -> list[
     if not units:
         raise FileNotFoundError(f"no pairs under {patterns}: no .tar, .tsv, .jsonl or .parquet "
                                 "file, and no folder of images with same-named .txt captions")
-    return units
+    return Inputs(units, inputs.unread)
 
 
 def folder_parts(folder: InputFile, pairs_per_part: int) -> list[FolderPart]:
@@ -738,18 +754,15 @@ def text_rules(config: TextRulesConfig) -> list:
     return rules
 
 
-IMAGE_REASONS = ["aspect_ratio_too_large", "image_too_small"]
 CLIP_REASONS = ["clip_score_too_low", "clip_score_missing"]
-TEXT_REASONS = ["non_en_zh_characters", "emoji", "text_too_short", "text_too_long",
-                "empty_after_html_cleaning", "empty_after_pattern_cleaning",
-                "text_too_short_after_cleaning", "text_too_long_after_cleaning",
-                "language_not_allowed", "language_uncertain", "academic_special_tag"]
 
 
 def reason_order(config: PairsConfig) -> list[str]:
-    middle = TEXT_REASONS + CLIP_REASONS if config.clip.after_text_rules else \
-        CLIP_REASONS + TEXT_REASONS
-    return IMAGE_REASONS + middle + ["shorter_caption_same_image"]
+    """The drop reasons of the rules this config runs, in their order (the report's rows)."""
+    before, after = rules_around_clip(config)
+    clip = CLIP_REASONS if config.clip_step else []
+    choice = [LONGEST_CAPTION.reason] if config.longest_caption_per_image else []
+    return rule_reasons(before) + clip + rule_reasons(after) + choice
 
 
 def describe_clip(pairs_config: PairsConfig) -> str:
@@ -787,7 +800,8 @@ def run_spec(output_dir: str, dataset: str, config: PairsConfig, shard_formats: 
                    formats=shard_formats, samples_per_shard=samples_per_shard,
                    config=to_mapping(config), kept_counts=_kept_language,
                    finish_stats=finish_stats,
-                   choice=LONGEST_CAPTION if config.longest_caption_per_image else None)
+                   choice=LONGEST_CAPTION if config.longest_caption_per_image else None,
+                   images=config.shard_images)
 
 
 def _kept_language(sample: Sample) -> dict:
@@ -796,33 +810,45 @@ def _kept_language(sample: Sample) -> dict:
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PairsConfig | None = None,
         beam_argv: list[str] | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+        samples_per_shard: int = 1000, exclude_images: str | None = None, *,
+        overwrite: bool = False) -> dict[str, Any]:
     """Clean the pairs under `inputs` into `output_dir`, a task per input unit, dropping those
     whose image is a near-duplicate of one of `exclude_images` (`--exclude-images`); returns
     the report."""
     config = config or PairsConfig()
-    tasks = plan_tasks(pair_inputs(inputs))
+    found = find_pair_inputs(inputs)
+    tasks = plan_tasks(found.files)
+    tasks += unread_tasks(found.unread, len(tasks))
     log.info("corpus pairs: %d task(s); CLIP %s", len(tasks), describe_clip(config))
     spec = run_spec(output_dir, dataset, config, shard_formats or ["webdataset"],
                     samples_per_shard)
-    exclude = exclusion_guard(exclude_images, output_dir, beam_argv or [])
-    if exclude is not None:  # the guard runs after every rule, before the choice
-        reasons = list(spec.reason_order)
-        reasons.insert(reasons.index("shorter_caption_same_image"), exclude.reason)
-        spec = dataclasses.replace(spec, reason_order=reasons,
-                                   config={**spec.config, "exclude_images": exclude.describe()})
-    work = CleanPairs(dataset, config, exclude)
-    return run_pipeline(
-        lambda pipeline, execution: run_tasks(pipeline, [spec], work, tasks, execution),
-        beam_argv or [], output_dir)
+    record = RunRecord.of(spec, file_inputs(inputs, task_files(tasks),
+                                            exclude_images=exclude_images))
+
+    def build(pipeline, execution):
+        # once the output folder is claimed: the guard may write its fingerprints there
+        exclude = exclusion_guard(exclude_images, output_dir, beam_argv or [])
+        guarded = spec
+        if exclude is not None:  # the guard runs after every rule, before the choice
+            reasons = list(spec.reason_order)
+            choice = LONGEST_CAPTION.reason  # when the config chooses a caption per image
+            reasons.insert(reasons.index(choice) if choice in reasons else len(reasons),
+                           exclude.reason)
+            guarded = guarded_spec(dataclasses.replace(spec, reason_order=reasons), exclude)
+        run_tasks(pipeline, [guarded], CleanPairs(dataset, config, exclude), tasks, execution)
+
+    return run_pipeline(build, beam_argv or [], output_dir, record=record, overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, reads_images=True)
     parser.add_argument("--clip-checkpoint", metavar="WEIGHTS",
                         help="open_clip weights: a file, a URI, a pretrained tag of the model or "
-                             "hf-hub:ORG/REPO; overrides clip.checkpoint in the config")
-    parser.add_argument("--clip-device", metavar="DEVICE", help="cpu or cuda; overrides the config")
+                             "hf-hub:ORG/REPO; overrides clip.checkpoint (default: the config's "
+                             "clip.checkpoint; none turns the CLIP step off)")
+    parser.add_argument("--clip-device", metavar="DEVICE",
+                        help="cpu, cuda or cuda:N; overrides clip.device (default: the config's, "
+                             f"{ClipConfig().device})")
 
 
 def main(args, beam_argv) -> int:
@@ -835,7 +861,8 @@ def main(args, beam_argv) -> int:
         config = dataclasses.replace(config, clip=clip)
     print(f"CLIP step: {describe_clip(config)}")
     report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
-                 args.samples_per_shard, exclude_images=args.exclude_images)
+                 args.samples_per_shard, exclude_images=args.exclude_images,
+                 overwrite=args.overwrite)
     print_summary(report)
     return 0
 

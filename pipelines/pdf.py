@@ -53,13 +53,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import to_mapping
 from corpus.ids import sample_id
-from corpus.inputs import InputFile, expand_inputs
+from corpus.inputs import InputFile, find_inputs
 from corpus.schema import Region, Sample, Source
 from filters.base import Reject, rule_name, set_up
 from filters.pages import PDF_REASON_ORDER, PageRulesConfig, pdf_page_rules
 from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, run_pipeline
+from pipelines.run_record import RunRecord, file_inputs, task_files
 from pipelines.sinks import Counts, RunSpec, collector_paused
-from pipelines.tasks import Task, run_tasks
+from pipelines.tasks import Task, run_tasks, unread_tasks
 from renderers.pdf import (DOCUMENT_REASONS, PAGE_REASONS, READY, DocumentPolicy, PageRequest,
                            PdfProblem, RenderedPage, RenderOptions, VetRequest, Vetted, let_go,
                            open_pdf, read_at_most, receive_result, render_pages, send_request)
@@ -179,7 +180,8 @@ class ListDocuments:
             ref = DocumentRef(item.path, item.relative, name)
             if name in seen:  # only the last of equal names can be read back
                 results.append(_reject(self.dataset, ref.pdf_uri, f"{ref.key}#duplicate",
-                                       PdfProblem("duplicate_zip_member", "errored")))
+                                       PdfProblem("duplicate_zip_member", "errored",
+                                                  f"{name} appears more than once")))
                 continue
             seen.add(name)
             results.append(ref)
@@ -196,7 +198,8 @@ def read_document(doc: DocumentRef, max_bytes: int) -> bytes:
                 with zipfile.ZipFile(f) as archive:
                     info = archive.getinfo(doc.member)
                     if info.flag_bits & 0x1:
-                        raise PdfProblem("encrypted_zip_member", "errored")
+                        raise PdfProblem("encrypted_zip_member", "errored",
+                                         f"{doc.member} is encrypted in the zip")
                     if info.file_size > max_bytes:
                         raise PdfProblem("pdf_too_large", "errored", f"{info.file_size} bytes")
                     with archive.open(info) as member:
@@ -468,7 +471,9 @@ class RenderDocuments:
         except Exception as error:  # as filters.base.checked: a failing rule costs this page
             return Reject.of(sample, type(error).__name__, "errored", str(error)[:1000])
         failures.update(failed)
-        return Reject.of(sample, failed[0]) if failed else sample
+        if not failed:
+            return sample
+        return Reject.of(sample, failed[0], detail=getattr(failed[0], "detail", ""))
 
     def _sample(self, document: VettedDocument, page: RenderedPage) -> Sample:
         key = document.page_key(page.index)
@@ -485,7 +490,8 @@ class RenderDocuments:
             extra={"page_count": document.page_count, "rotation": page.rotation,
                    "page_size_pt": [round(page.width_pt, 2), round(page.height_pt, 2)],
                    "zoom": round(page.zoom, 4), "inkless_lines": page.inkless_lines,
-                   "unmapped_symbols": page.unmapped_symbols})
+                   "unmapped_symbols": page.unmapped_symbols,
+                   "byte_swapped_lines": page.byte_swapped_lines})
 
 
 def rule_failures(sample: Sample, rules: list) -> list[str]:
@@ -522,25 +528,30 @@ def run_spec(output_dir: str, dataset: str, config: PdfConfig, formats: list[str
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: PdfConfig | None = None,
         beam_argv: list[str] | None = None, formats: list[str] | None = None,
-        samples_per_shard: int = 1000) -> dict:
+        samples_per_shard: int = 1000, *, overwrite: bool = False) -> dict:
     """Render the PDFs under `inputs` into OCR shards in `output_dir`; returns the report."""
     config = config or PdfConfig()
     config.validate()
-    tasks = plan_pdf_tasks(expand_inputs(inputs, INPUT_EXTENSIONS), config.documents_per_task)
+    found = find_inputs(inputs, INPUT_EXTENSIONS, "corpus pdf", ".pdf, and .zip files of PDFs")
+    tasks = plan_pdf_tasks(found.files, config.documents_per_task)
+    tasks += unread_tasks(found.unread, len(tasks))
     log.info("corpus pdf: %d task(s)", len(tasks))
     spec = run_spec(output_dir, dataset, config, formats or ["webdataset"], samples_per_shard)
     return run_pipeline(
         lambda pipeline, execution: run_tasks(pipeline, [spec], RenderDocuments(config, dataset),
                                               tasks, execution),
-        beam_argv or [], output_dir)
+        beam_argv or [], output_dir,
+        record=RunRecord.of(spec, file_inputs(inputs, task_files(tasks))), overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, dataset_default="pdf")
     parser.add_argument("--dpi", type=float,
-                        help="render resolution (overrides render.dpi and render.long_side)")
+                        help="render resolution; overrides render.dpi and render.long_side "
+                             f"(default: render.dpi of the config, {RenderOptions().dpi:g})")
     parser.add_argument("--image-format", choices=["jpeg", "png", "webp"],
-                        help="page image format (overrides the config)")
+                        help="page image format; overrides render.image_format (default: the "
+                             f"config's, {RenderOptions().image_format})")
 
 
 def main(args, beam_argv) -> int:
@@ -550,7 +561,7 @@ def main(args, beam_argv) -> int:
     if args.image_format is not None:
         config.render.image_format = args.image_format
     report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
-                 args.samples_per_shard)
+                 args.samples_per_shard, overwrite=args.overwrite)
     print_summary(report)
     return 0
 

@@ -22,26 +22,27 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from corpus.config import to_mapping
 from corpus.formats import IMAGE_PLACEHOLDER
 from corpus.ids import sample_id
-from corpus.inputs import InputFile, expand_inputs
+from corpus.inputs import IMAGE_FILES, InputFile, find_inputs
 from corpus.schema import Image, Sample, Source, Turn
 from filters.base import Reject, checked, set_up
 from filters.benchmark_images import REASON as BENCHMARK_IMAGE
 from filters.benchmark_images import BenchmarkImages, screened
 from filters.dialogue import REASON_ORDER as RULE_REASONS
 from filters.dialogue import dialogue_rules
-from filters.grounding import IMAGE_PROBLEM
+from filters.grounding import IMAGE_DETAIL, IMAGE_PROBLEM
 from pipelines.annotations import IMAGE_EXTENSIONS, RECORD_EXTENSIONS, AnnotationRecord, \
     ImageStore, decode_image, embedded_image_bytes, image_problem_of, read_records
-from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, \
+from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, guarded_spec, \
     load_pipeline_config, print_summary, run_pipeline
-from pipelines.sinks import RunSpec
-from pipelines.tasks import plan_tasks, run_tasks
+from pipelines.run_record import RunRecord, file_inputs, task_files
+from pipelines.sinks import RunSpec, ShardImages
+from pipelines.tasks import plan_tasks, run_tasks, unread_tasks
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
               "bot": "assistant", "model": "assistant", "system": "system"}
@@ -56,6 +57,9 @@ class SftConfig:
     # Put LLaVA's images (named in `image`, with no `<image>` in the text) at the start of the
     # first user turn, as LLaVA's own training code does.
     images_first_when_unplaced: bool = True
+    # one image format in the shards (a loader expects one extension per dataset): others are
+    # re-encoded as written; `format: keep` writes every image as it came
+    shard_images: ShardImages = field(default_factory=ShardImages)
 
 
 def convert_turns(messages: list[Any]) -> tuple[list[Turn], list[str]] | None:
@@ -120,7 +124,7 @@ class ReadDialogues:
         if listed and placed == 0 and not inline and self.config.images_first_when_unplaced:
             turns = place_images(turns, len(listed))
         images, problem, detail = self._images(record, inline + listed)
-        extra = {IMAGE_PROBLEM: problem, "image_detail": detail} if problem else {}
+        extra = {IMAGE_PROBLEM: problem, IMAGE_DETAIL: detail} if problem else {}
         if isinstance(record.fields.get("id"), (str, int)):
             extra["source_id"] = record.fields["id"]
         text = "\n".join(f"{t.role}: {t.content}" for t in turns)
@@ -170,34 +174,46 @@ class CleanDialogues(GuardedWork):
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: SftConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+        samples_per_shard: int = 1000, exclude_images: str | None = None, *,
+        overwrite: bool = False) -> dict[str, Any]:
     """Dialogues under `inputs` into `output_dir`, a task per annotation file, those with an
     image that is a near-duplicate of one of `exclude_images` dropped; returns the report."""
-    tasks = plan_tasks(expand_inputs(inputs, RECORD_EXTENSIONS))
-    exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
-    settings = to_mapping(config)
-    if exclude is not None:
-        settings["exclude_images"] = exclude.describe()
-    spec = RunSpec("sft", dataset, "sft", output_dir, REASON_ORDER,
-                   formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
-                   config=settings)
-    work = CleanDialogues(dataset, config, images, exclude)
-    return run_pipeline(
-        lambda pipeline, execution: run_tasks(pipeline, [spec], work, tasks, execution),
-        beam_argv, output_dir)
+    # images beside the dialogue files are read through the dialogues that name them
+    found = find_inputs(inputs, RECORD_EXTENSIONS, "corpus sft",
+                        ".json, .jsonl, .parquet and .tar dialogue files, and the images they name",
+                        companions=IMAGE_FILES)
+    tasks = plan_tasks(found.files)
+    tasks += unread_tasks(found.unread, len(tasks))
+    formats = shard_formats or ["webdataset"]
+    record = RunRecord("sft", dataset, file_inputs(inputs, task_files(tasks), images=images,
+                                                   exclude_images=exclude_images),
+                       to_mapping(config), formats, samples_per_shard)
+
+    def build(pipeline, execution):
+        # once the output folder is claimed: the guard may write its fingerprints there
+        exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
+        spec = guarded_spec(RunSpec("sft", dataset, "sft", output_dir, REASON_ORDER,
+                                    formats=formats, samples_per_shard=samples_per_shard,
+                                    config=to_mapping(config), images=config.shard_images),
+                            exclude)
+        work = CleanDialogues(dataset, config, images, exclude)
+        run_tasks(pipeline, [spec], work, tasks, execution)
+
+    return run_pipeline(build, beam_argv, output_dir, record=record, overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, reads_images=True)
     parser.add_argument("--images", metavar="PATH",
-                        help="folder or tar of the images the dialogues name")
+                        help="folder or tar of the images the dialogues name (default: none, "
+                             "images come from the records or beside the dialogue files)")
 
 
 def main(args, beam_argv) -> int:
     config = load_pipeline_config(SftConfig, "sft", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
                  shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard,
-                 exclude_images=args.exclude_images)
+                 exclude_images=args.exclude_images, overwrite=args.overwrite)
     print_summary(report)
     return 0
 

@@ -28,6 +28,7 @@ from its staged file (`finish_staged`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -44,9 +45,10 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from corpus.report import REPORT_NAME, build_report, dumps
-from corpus.schema import Sample
+from corpus.schema import IMAGE_FORMATS, Sample
 from corpus.shards import SHARD_FORMATS, WRITERS, ShardInfo, tar_members, write_tar_members
 from filters.base import Reject
+from filters.image_rules import reencoded
 
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in
                            ("id", "dataset", "uri", "key", "reason", "status", "detail", "text")])
@@ -196,6 +198,7 @@ class TaskSummary:
     keys: list = field(default_factory=list)  # a staged task's choice keys (`Choice`)
     fingerprint: str = ""  # a staged task's: what its finishing step's fingerprint builds on
     staged: str = ""  # a staged task's file
+    reused: bool = False  # what an earlier run left, found whole: the task was not run again
 
     def to_json(self) -> dict:
         return {"input": self.input, "outcomes": self.outcomes,
@@ -222,6 +225,34 @@ class Choice:
 
 
 @dataclass
+class ShardImages:
+    """The one image format of a task's shards: loaders expect one extension per dataset
+    (`to_tuple("jpg", "txt")`), so images of other formats are re-encoded as the shards are
+    written; `keep` writes every image as it came."""
+
+    format: str = "jpeg"  # jpeg, png, webp, or keep
+    quality: int = 95  # JPEG and WebP
+
+    def validate(self) -> None:
+        if self.format not in (*IMAGE_FORMATS, "keep"):
+            raise ValueError(f"shard_images.format must be one of {[*IMAGE_FORMATS, 'keep']}, "
+                             f"not {self.format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"shard_images.quality must be 1-100, not {self.quality}")
+
+    def applied(self, sample: Sample) -> Sample:
+        """The sample with every image in the one format (the decision recorded)."""
+        if self.format == "keep" or all(i.format == self.format for i in sample.images):
+            return sample
+        changed = [f"{i.format}->{self.format}" for i in sample.images if i.format != self.format]
+        images = [i if i.format == self.format else reencoded(i, self.format, self.quality)
+                  for i in sample.images]
+        quality = "" if self.format == "png" else f" quality {self.quality}"
+        return dataclasses.replace(sample, images=images, decisions=sample.decisions + [
+            f"image_reencoded: {', '.join(changed)}{quality}"])
+
+
+@dataclass
 class RunSpec:
     """The one description of a run's output that every pipeline fills in: where it goes, in
     which formats and shard sizes, what its report says. A command writing several tasks (GRIT
@@ -239,6 +270,7 @@ class RunSpec:
     kept_counts: Callable[[Sample], dict] | None = None  # counts summed over kept samples
     finish_stats: Callable[[dict], dict] | None = None  # summed counts -> the report's stats
     choice: Choice | None = None  # one sample among several of the whole run
+    images: ShardImages | None = None  # one image format for the shards; None: as they come
 
 
 class ShardWriter:
@@ -260,8 +292,11 @@ class ShardWriter:
 
     def add(self, sample: Sample) -> None:
         try:
+            if self.spec.images is not None:
+                sample = self.spec.images.applied(sample)
             members = tar_members(sample)
-        except (UnicodeError, ValueError, TypeError) as error:  # no shard writer could hold it
+        # no shard writer could hold it (or its image could not be re-encoded)
+        except (UnicodeError, ValueError, TypeError, OSError) as error:
             self.reject(Reject.of(sample, "unwritable_sample", "errored",
                                   f"{type(error).__name__}: {error}"[:1000]))
             return
@@ -346,6 +381,7 @@ def completed(spec: RunSpec, index: int, count: int, fingerprint: str) -> TaskSu
         return None
     if not all(_verified(spec.output_dir, written) for written in files):
         return None
+    summary.reused = True
     return summary
 
 
@@ -423,6 +459,7 @@ def staged_completed(spec: RunSpec, index: int, count: int,
     summary = TaskSummary.from_json(spec.output_dir, index, marker["summary"])
     summary.keys, summary.fingerprint, summary.staged = marker["keys"], fingerprint, \
         marker["staged"]
+    summary.reused = True
     return summary
 
 
@@ -560,6 +597,11 @@ def write_report(spec: RunSpec, summaries: list[TaskSummary]) -> dict:
                           reason_order=spec.reason_order, stats=stats, config=spec.config)
     report["other_shards"] = [asdict(s) for s in sorted(shards, key=lambda s: s.path)
                               if not s.path.endswith(primary)]
+    # the tasks that wrote shards (a staged task also reports its staging), and those of them
+    # whose shards an earlier run of the same inputs had written
+    writing = [summary for summary in summaries if not summary.staged]
+    report["task_count"] = len(writing)
+    report["tasks_reused"] = sum(summary.reused for summary in writing)
     stale = _stale_files(spec.output_dir, spec.task, produced)
     if stale:
         _LOG.info("removing %d file(s) of earlier runs: %s", len(stale), stale[:5])

@@ -33,6 +33,7 @@ from corpus.ids import sample_id
 from corpus.schema import Image, Region, Sample, Source
 from filters.base import Reject
 from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, run_pipeline
+from pipelines.run_record import RunRecord
 from pipelines.sinks import RunSpec
 from pipelines.tasks import Task, run_tasks
 from renderers.synthdog.config import SynthDogConfig
@@ -200,7 +201,7 @@ def stats_with(inventory: dict):
 
 def run(output_dir: str, dataset: str, config: SynthDogConfig, beam_argv: list[str], *,
         count: int, seed: int = 0, start: int = 0, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000) -> dict[str, Any]:
+        samples_per_shard: int = 1000, overwrite: bool = False) -> dict[str, Any]:
     """Render indices [start, start + count) of the run seeded `seed`; returns the report.
     Raises CorpusError / FontError / TextureError / ConfigError before anything runs when the
     fonts, corpus or textures cannot be used."""
@@ -214,32 +215,42 @@ def run(output_dir: str, dataset: str, config: SynthDogConfig, beam_argv: list[s
                        config={**to_mapping(config), "seed": seed, "start": start,
                                "count": count},
                        kept_counts=sample_stats, finish_stats=stats_with(template.inventory))
+        # what the images are made from, in place of input files
+        made_from = {"count": count, "seed": seed, "start": start, "lang": config.lang,
+                     "backgrounds": config.backgrounds,
+                     "corpus": {lang: chosen.corpus for lang, chosen in config.languages.items()}}
+        record = RunRecord(PIPELINE, dataset, made_from, to_mapping(config), spec.formats,
+                           samples_per_shard)
         return run_pipeline(
             lambda pipeline, execution: run_tasks(pipeline, [spec],
                                                   RenderSynthDog(config, dataset), tasks,
                                                   execution),
-            beam_argv, output_dir)
+            beam_argv, output_dir, record=record, overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, needs_input=False, dataset_default="synthdog")
     parser.add_argument("--count", type=int, required=True, help="how many images")
     parser.add_argument("--start", type=int, default=0,
-                        help="first index (default 0): split one run over machines by range")
-    parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+                        help="first index: split one run over machines by range")
+    parser.add_argument("--seed", type=int, default=0, help="run seed")
     parser.add_argument("--lang", choices=["en", "zh", "both"],
-                        help="language of the text (default: the config's, en)")
+                        help="language of the text (default: the config's, "
+                             f"{SynthDogConfig().lang})")
     parser.add_argument("--fonts", nargs="+", metavar="DIR",
                         help="font files or folders (.ttf/.otf/.ttc; file.ttc#N for one face) "
-                             "for the chosen language(s)")
+                             "for the chosen language(s) (default: the config's "
+                             "languages.LANG.fonts: Debian's DejaVu, Noto CJK and WenQuanYi)")
     parser.add_argument("--corpus", nargs="+", metavar="FILE",
                         help="UTF-8 text files for the chosen language(s), e.g. a Wikipedia "
-                             "dump's text; default: the small bundled corpus")
+                             "dump's text (default: the config's, else the small bundled "
+                             "corpus)")
     parser.add_argument("--backgrounds", nargs="+", metavar="DIR",
                         help="background images, files or folders (the paper: COCO train2017 "
-                             "and unlabeled2017); default: generated")
+                             "and unlabeled2017) (default: the config's, else generated)")
     parser.add_argument("--papers", nargs="+", metavar="DIR",
-                        help="paper textures (files or folders); default: generated")
+                        help="paper textures, files or folders (default: the config's, else "
+                             "generated)")
     parser.add_argument("--no-effects", action="store_true",
                         help="clean documents: no background blur, document or global effects")
 
@@ -269,7 +280,7 @@ def main(args, beam_argv) -> int:
                                                       args.dataset), args)
         report = run(args.output, args.dataset, config, beam_argv, count=args.count,
                      seed=args.seed, start=args.start, shard_formats=args.shard_formats,
-                     samples_per_shard=args.samples_per_shard)
+                     samples_per_shard=args.samples_per_shard, overwrite=args.overwrite)
     except (ConfigError, CorpusError, FontError, TextureError) as error:
         print(f"corpus synthdog: {error}", file=sys.stderr)
         return 2

@@ -43,7 +43,9 @@ from typing import Any, Iterable, Iterator, Protocol
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from corpus import progress
 from corpus.ids import sample_id
+from corpus.inputs import UNSUPPORTED_FILE, UnreadFile
 from corpus.schema import Sample
 from filters.base import Reject
 from pipelines import workers as local_workers
@@ -67,6 +69,12 @@ def plan_tasks(units: list, per_task: int = 1) -> list[Task]:
     """Consecutive units, `per_task` to a task."""
     return [Task(i, tuple(units[start:start + per_task]))
             for i, start in enumerate(range(0, len(units), per_task))]
+
+
+def unread_tasks(unread: list[UnreadFile], index: int) -> list[Task]:
+    """One task, numbered `index`, of the files a run lists but does not read (each an errored
+    input); none when there are none."""
+    return [Task(index, tuple(unread))] if unread else []
 
 
 # ---- one task --------------------------------------------------------------------------------
@@ -112,6 +120,13 @@ def fingerprint(specs: list[RunSpec], task: Task) -> str:
     }
     encoded = json.dumps(description, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(encoded).hexdigest()
+
+
+def unread_reject(unit: UnreadFile, dataset: str) -> Reject:
+    """The errored reject of a file the run does not read, keyed as a file's own rejects are."""
+    key = f"{unit.relative}#<file>"
+    return Reject(sample_id(dataset, key), dataset, unit.uri, key, UNSUPPORTED_FILE, "errored",
+                  unit.detail[:1000])
 
 
 def unit_reject(unit: Any, error: Exception, dataset: str) -> Reject:
@@ -166,6 +181,8 @@ def run_task(specs: list[RunSpec], work: Work, task: Task, count: int,
     for unit in task.units:
         for item in _items(work, unit, specs[0].dataset):
             outputs.add(item)
+            if not isinstance(item, Counts):
+                progress.input_done()
     return [writer.close(print_) for writer in outputs.writers.values()]
 
 
@@ -173,6 +190,9 @@ def _items(work: Work, unit: Any, dataset: str) -> Iterator[Sample | Reject | Co
     """What the work yields for a unit; a failure partway ends the unit with its errored reject
     (the dead letter: a failing unit costs that unit only). Only the work's failures: one of the
     writers (a full disk) fails the task."""
+    if isinstance(unit, UnreadFile):  # counted, never given to the work
+        yield unread_reject(unit, dataset)
+        return
     try:
         for item in work(unit):
             if not isinstance(item, (Sample, Reject, Counts)):
@@ -188,6 +208,7 @@ class TaskJob:
 
     def __init__(self, specs: list[RunSpec], work: Work, count: int, staged: bool):
         self.specs, self.work, self.count, self.staged = specs, work, count, staged
+        self.label = f"corpus {specs[0].pipeline}" + (" (staging)" if staged else "")
 
     def setup(self, worker: int) -> None:
         self.work.setup(worker)
@@ -199,6 +220,7 @@ class TaskJob:
 class FinishJob:
     def __init__(self, spec: RunSpec, count: int):
         self.spec, self.count = spec, count
+        self.label = f"corpus {spec.pipeline} (finishing)"
 
     def setup(self, worker: int) -> None:
         pass
@@ -231,16 +253,24 @@ class RunTasks(beam.DoFn):
             if serve is not None:
                 self._services.enter_context(serve(processes))
             self._workers = local_workers.Workers(self.job, processes)
+        # a progress line where this process holds the whole step; elsewhere the runner's UI
+        line = progress.tracking(self.job.label, len(tasks)) if self.close_after else \
+            contextlib.nullcontext()
+        finished = False
         try:
-            for summaries in self._workers.run(tasks):
-                yield from summaries
+            with line as shown:
+                for summaries in self._workers.run(tasks):
+                    if shown is not None:
+                        shown.task_done()
+                    yield from summaries
+            finished = True
         finally:
-            if self.close_after:
-                self.teardown()
+            if self.close_after or not finished:
+                self.teardown(finished)
 
-    def teardown(self):
+    def teardown(self, finished: bool = True):
         if self._workers is not None:
-            self._workers.close()
+            self._workers.close(finished)
             self._services.close()
             self._workers = self._services = None
 

@@ -7,6 +7,10 @@ A task is a few input files, done whole by one process (`pipelines.tasks`):
   control characters removed, HTML cleaned, empty / too short / too long, language -> long
   documents split into chunks that fit `max_tokens` -> the task's shards, rejects and marker
 
+A .txt or .jsonl file may be compressed (`.gz`, `.bz2`, `.xz`, `.zst`): it is decompressed as it
+is read, and a cut or corrupt one is an `unreadable_file` after the documents read before the
+damage. Any other file below an input folder or glob is an errored `unsupported_file` input.
+
 With `deduplicate` (the default) exact duplicates are removed across the whole run: the tasks
 stage their chunks and send out only (normalised-text hash of the document, document id): of
 the documents sharing a hash the smallest id is kept, with all its chunks, then each task writes
@@ -28,9 +32,15 @@ made after chunking, where only keys travel); a short duplicate counts one.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import io
 import json
 import logging
+import lzma
 import os
+import zlib
 from typing import Any, BinaryIO, Iterator
 
 import fsspec
@@ -38,7 +48,7 @@ import pyarrow.parquet as pq
 
 from corpus.config import load_config, to_mapping
 from corpus.ids import sample_id
-from corpus.inputs import InputFile, expand_inputs
+from corpus.inputs import InputFile, find_inputs
 from corpus.schema import Sample, Source
 from filters.base import Reject, checked, set_up
 from filters.language import LanguageRule
@@ -48,15 +58,24 @@ from filters.text_rules import TextLength
 from pipelines.common import add_common_arguments, load_pipeline_config, print_summary, \
     read_file, run_pipeline
 from pipelines.pairs import bounded_lines
+from pipelines.run_record import RunRecord, file_inputs, task_files
 from pipelines.sinks import Choice, RunSpec
-from pipelines.tasks import Task, run_tasks
+from pipelines.tasks import Task, run_tasks, unread_tasks
 
 log = logging.getLogger(__name__)
 
 PIPELINE = "text"
 TASK = "text"
-TEXT_EXTENSIONS = (".txt", ".jsonl", ".parquet")
+COMPRESSIBLE_EXTENSIONS = (".txt", ".jsonl")  # read plain or compressed (COMPRESSIONS)
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+TEXT_EXTENSIONS = COMPRESSIBLE_EXTENSIONS + (".parquet",) + tuple(
+    extension + compression
+    for extension in COMPRESSIBLE_EXTENSIONS for compression in COMPRESSIONS)
+TEXT_READS = ".txt, .jsonl, .parquet, and .txt/.jsonl compressed with .gz/.bz2/.xz/.zst"
 BINARY_PROBE_BYTES = 8192
+# Compressed bytes a .zst stream decompresses at a time: some 4 KiB of text, and at most 32 MiB
+# even for a bomb (a 4-byte block can hold 128 KiB).
+ZSTD_READ_BYTES = 1024
 REASON_ORDER = ["empty_document", "text_too_short", "text_too_long", "language_not_allowed",
                 "language_uncertain", "duplicate_document"]
 TASK_BYTES = 4 << 20  # files smaller than this share a task, up to this many bytes together
@@ -65,6 +84,76 @@ MAX_FILES_PER_TASK = 1000
 
 # ---- reading -------------------------------------------------------------------------------------
 
+class ZstdReader(io.RawIOBase):
+    """The text of a .zst file, frame after frame, in pieces of bounded size. zstandard's own
+    reader ends quietly at a cut inside a frame; this one raises EOFError there, as gzip, bz2
+    and lzma do."""
+
+    def __init__(self, f: BinaryIO):
+        try:
+            import zstandard  # only .zst inputs need it
+        except ImportError as error:
+            raise OSError("reading .zst needs the zstandard module") from error
+        self.f, self.zstd_error = f, zstandard.ZstdError
+        self.decompressor = zstandard.ZstdDecompressor()
+        self.frame = self.decompressor.decompressobj()
+        self.in_frame = False  # part of a frame was fed and it has not ended
+        self.left = b""  # input read past the end of the last frame
+        self.pending, self.offset = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.offset == len(self.pending):
+            data = self.left or self.f.read(ZSTD_READ_BYTES)
+            self.left = b""
+            if not data:
+                if self.in_frame:
+                    raise EOFError("zstd file ended inside a frame")
+                return 0
+            if self.frame.eof:  # the next frame of a file of several
+                self.frame = self.decompressor.decompressobj()
+            try:
+                self.pending, self.offset = self.frame.decompress(data), 0
+            except self.zstd_error as error:
+                raise OSError(f"corrupt zstd data: {error}") from error
+            self.in_frame = not self.frame.eof
+            if self.frame.eof:
+                self.left = self.frame.unused_data
+        size = min(len(buffer), len(self.pending) - self.offset)
+        buffer[:size] = memoryview(self.pending)[self.offset:self.offset + size]
+        self.offset += size
+        return size
+
+
+# Each wraps a raw file in a stream of the text it holds.
+DECOMPRESSORS = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": bz2.BZ2File,
+                 ".xz": lzma.LZMAFile, ".zst": lambda f: io.BufferedReader(ZstdReader(f))}
+# What a cut or corrupt compressed file raises besides OSError.
+DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError)
+
+
+def compression_of(path: str) -> str:
+    """The compression suffix a path ends in; "" for plain text."""
+    return next((c for c in COMPRESSIONS if path.lower().endswith(c)), "")
+
+
+def decompressed(raw: BinaryIO, path: str) -> BinaryIO:
+    compression = compression_of(path)
+    return DECOMPRESSORS[compression](raw) if compression else raw
+
+
+@contextlib.contextmanager
+def open_text(path: str) -> Iterator[tuple[bytes, BinaryIO]]:
+    """A file's first BINARY_PROBE_BYTES and a stream of it from the start, both decompressed
+    when its name ends in a compression suffix (so the binary probe looks at the text)."""
+    with fsspec.open(path, "rb") as raw:
+        head = decompressed(raw, path).read(BINARY_PROBE_BYTES)
+        raw.seek(0)  # a new decompressor from the start: a zstd stream cannot seek back
+        yield head, decompressed(raw, path)
+
+
 class TextReader:
     """One input file -> Samples (one per document) and Rejects, in bounded memory."""
 
@@ -72,16 +161,21 @@ class TextReader:
         self.dataset, self.config = dataset, config
 
     def __call__(self, file: InputFile) -> Iterator[Sample | Reject]:
+        try:
+            yield from self.read(file)
+        except DECOMPRESSION_ERRORS as error:  # what was read before the cut stays
+            yield self.reject(file, "<file>", "unreadable_file",
+                              f"{type(error).__name__}: {error}")
+
+    def read(self, file: InputFile) -> Iterator[Sample | Reject]:
         if file.path.lower().endswith(".parquet"):
             yield from self.read_parquet(file)
             return
-        with fsspec.open(file.path, "rb") as f:
-            head = f.read(BINARY_PROBE_BYTES)
+        with open_text(file.path) as (head, f):
             if b"\x00" in head:
                 yield self.reject(file, "<file>", "binary_file", "NUL byte in the first 8 KiB")
                 return
-            f.seek(0)
-            if file.path.lower().endswith(".jsonl"):
+            if file.path.lower().removesuffix(compression_of(file.path)).endswith(".jsonl"):
                 yield from self.read_jsonl(file, f)
             elif self.config.split == "file":
                 data = f.read(self.config.max_document_bytes + 1)
@@ -282,7 +376,8 @@ class CleanText:
 
 
 def plan_file_tasks(files: list[InputFile]) -> list[Task]:
-    """Consecutive files, as many to a task as fit in TASK_BYTES (at least one)."""
+    """Consecutive files, as many to a task as fit in TASK_BYTES (at least one; a compressed
+    file counts its compressed size)."""
     groups: list[list[InputFile]] = []
     held = 0
     for file in files:
@@ -346,17 +441,21 @@ def run_spec(output_dir: str, dataset: str, config: TextDocsConfig, shard_format
 
 def run(inputs: list[str], output_dir: str, dataset: str = "text",
         config: TextDocsConfig | None = None, beam_argv: list[str] | None = None,
-        shard_formats: list[str] | None = None, samples_per_shard: int = 1000) -> dict[str, Any]:
+        shard_formats: list[str] | None = None, samples_per_shard: int = 1000, *,
+        overwrite: bool = False) -> dict[str, Any]:
     """Clean the text under `inputs` into `output_dir`; returns the report."""
     config = config or TextDocsConfig()
-    tasks = plan_file_tasks(expand_inputs(inputs, TEXT_EXTENSIONS))
+    found = find_inputs(inputs, TEXT_EXTENSIONS, "corpus text", TEXT_READS)
+    tasks = plan_file_tasks(found.files)
+    tasks += unread_tasks(found.unread, len(tasks))
     log.info("corpus text: %d task(s)", len(tasks))
     spec = run_spec(output_dir, dataset, config, shard_formats or ["webdataset"],
                     samples_per_shard)
     return run_pipeline(
         lambda pipeline, execution: run_tasks(pipeline, [spec], CleanText(dataset, config),
                                               tasks, execution),
-        beam_argv or [], output_dir)
+        beam_argv or [], output_dir,
+        record=RunRecord.of(spec, file_inputs(inputs, task_files(tasks))), overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
@@ -366,7 +465,7 @@ def add_arguments(parser) -> None:
 def main(args, beam_argv) -> int:
     config = load_pipeline_config(TextDocsConfig, "text", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, args.shard_formats,
-                 args.samples_per_shard)
+                 args.samples_per_shard, overwrite=args.overwrite)
     print_summary(report)
     return 0
 

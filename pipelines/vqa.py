@@ -40,26 +40,36 @@ from apache_beam.io.filesystems import FileSystems
 
 from corpus.config import to_mapping
 from corpus.ids import sample_id
-from corpus.inputs import InputFile, expand_inputs
+from corpus.inputs import IMAGE_FILES, InputFile, find_inputs
 from corpus.schema import Sample, Source
 from filters.base import Reject, checked, set_up
 from filters.benchmark_images import REASON as BENCHMARK_IMAGE
 from filters.benchmark_images import BenchmarkImages, screened
-from filters.grounding import IMAGE_PROBLEM, image_problem
+from filters.grounding import IMAGE_DETAIL, IMAGE_PROBLEM, image_problem
 from filters.vqa import ANSWERS, ChooseAnswer, MinAnswerConfidence, empty_question
-from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageStore, LoadedImage, \
-    image_paths_of, iter_records, load_record_image, loaded_image, read_records, \
-    record_image_bytes
-from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, \
+from pipelines.annotations import ANY_RECORD_IMAGE_FIELDS, RECORD_EXTENSIONS, AnnotationRecord, \
+    ImageStore, ImageTemplateError, LoadedImage, check_image_template, image_paths_of, \
+    iter_records, load_record_image, loaded_image, read_records, record_image_bytes
+from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, guarded_spec, \
     load_pipeline_config, print_summary, run_pipeline
-from pipelines.sinks import RunSpec
-from pipelines.tasks import Task, plan_tasks, run_tasks
+from pipelines.run_record import RunRecord, file_inputs
+from pipelines.sinks import RunSpec, ShardImages
+from pipelines.tasks import Task, plan_tasks, run_tasks, unread_tasks
 
 log = logging.getLogger(__name__)
 
 REASON_ORDER = ["unreadable_file", "malformed_json", "malformed_record", "unmatched_annotation",
-                "duplicate_question", "missing_image", "corrupt_image", "empty_question",
-                "no_answer", "answer_confidence_too_low", BENCHMARK_IMAGE]
+                "duplicate_question", "missing_image", "image_template_unfilled", "corrupt_image",
+                "empty_question", "no_answer", "answer_confidence_too_low", BENCHMARK_IMAGE]
+# The fields each record form names its image by (docs/vqa.md), which `image_template` may use.
+IMAGE_TEMPLATE_FIELDS = {
+    "VQAv2": ("image_id", "question_id", "data_subtype"),
+    "GQA": ("imageId", "_key"),
+    "DocVQA": ("image", "docId", "questionId", "ucsf_document_id", "ucsf_document_page_no"),
+    "OCR-VQA": ("_key", "imageURL"),
+    "Visual Genome": ("id", "image_id", "qa_id"),
+    "any record": ANY_RECORD_IMAGE_FIELDS,
+}
 # VQAv2 holds somewhat under a kilobyte of JSON per question over its two files (ten answers
 # each): join tasks get about `samples_per_shard` questions per this many input bytes.
 INPUT_BYTES_PER_JOINED_QUESTION = 1024
@@ -72,10 +82,14 @@ class VqaConfig:
     min_answer_confidence: str | None = None
     # Image path when a record names none, e.g. "COCO_val2014_{image_id:012d}.jpg".
     image_template: str | None = None
+    # one image format in the shards (a loader expects one extension per dataset): others are
+    # re-encoded as written; `format: keep` writes every image as it came
+    shard_images: ShardImages = field(default_factory=ShardImages)
 
     def validate(self) -> None:
         if self.min_answer_confidence not in (None, "no", "maybe", "yes"):
             raise ValueError("min_answer_confidence must be null, no, maybe or yes")
+        check_image_template(self.image_template, IMAGE_TEMPLATE_FIELDS)
 
 
 def rules(config: VqaConfig) -> list:
@@ -114,6 +128,7 @@ class JoinHalf:
     image_paths: tuple = ()
     image: bytes | None = field(default=None, repr=False)
     image_sha256: str = ""  # stands for the carried image in the join task's fingerprint
+    template_problem: str = ""  # why `image_template` gave no path: the question's reject
 
 
 @dataclass
@@ -179,7 +194,8 @@ class ReadVqa:
         if has_question and has_answers:
             yield self._sample(record, record.key, fields, self._load(record, fields))
         elif has_question:
-            yield record.reject(self.dataset, "no_answer", "dropped")
+            yield record.reject(self.dataset, "no_answer", "dropped",
+                                "a question with no answers or answer field")
         else:
             yield record.reject(self.dataset, "malformed_record", "dropped",
                                 "no question and answer fields")
@@ -232,7 +248,7 @@ class ReadVqa:
                 break
         if loaded.problem:
             extra[IMAGE_PROBLEM] = loaded.problem
-            extra["image_detail"] = loaded.detail
+            extra[IMAGE_DETAIL] = loaded.detail
         return Sample(id=sample_id(self.dataset, key), dataset=self.dataset, task="vqa",
                       source=Source(uri=record.uri, key=key),
                       images=[loaded.image] if loaded.image else [], text=answer or "",
@@ -245,9 +261,15 @@ class ReadVqa:
         if part != "question":
             return JoinHalf(part, record.uri, record.key, fields)
         image = record_image_bytes(record)
-        return JoinHalf(part, record.uri, record.key, fields,
-                        tuple(image_paths_of(record.fields, self.config.image_template)), image,
-                        hashlib.sha256(image).hexdigest() if image is not None else "")
+        paths, template_problem = (), ""
+        if image is None:
+            try:
+                paths = tuple(image_paths_of(record.fields, self.config.image_template))
+            except ImageTemplateError as error:
+                template_problem = str(error)[:500]
+        return JoinHalf(part, record.uri, record.key, fields, paths, image,
+                        hashlib.sha256(image).hexdigest() if image is not None else "",
+                        template_problem)
 
     # -- the join
     def joined(self, unit: QuestionHalves) -> Iterator[Sample | Reject]:
@@ -280,6 +302,8 @@ class ReadVqa:
     def _question_image(self, question: JoinHalf) -> LoadedImage:
         if question.image is not None:
             return loaded_image(question.image)
+        if question.template_problem:
+            return LoadedImage(None, ImageTemplateError.reason, question.template_problem)
         if not question.image_paths:
             return LoadedImage(None, "missing_image", "record names no image")
         data = self.store.first(list(question.image_paths), question.uri)
@@ -369,44 +393,55 @@ def _confidence_stats(counts: dict) -> dict:
 
 def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
         beam_argv: list[str], images: str | None = None, shard_formats: list[str] | None = None,
-        samples_per_shard: int = 1000, exclude_images: str | None = None) -> dict[str, Any]:
+        samples_per_shard: int = 1000, exclude_images: str | None = None, *,
+        overwrite: bool = False) -> dict[str, Any]:
     """Questions under `inputs` into `output_dir`: a task per annotation file, then the join
     tasks of the VQAv2 halves; those whose image is a near-duplicate of one of
     `exclude_images` dropped. Returns the report."""
-    files = expand_inputs(inputs, RECORD_EXTENSIONS)
+    # images beside the annotation files are read through the records that name them
+    found = find_inputs(inputs, RECORD_EXTENSIONS, "corpus vqa",
+                        ".json, .jsonl, .parquet and .tar annotation files, and the images they "
+                        "name", companions=IMAGE_FILES)
+    files = found.files
     join_tasks = join_task_count(files, samples_per_shard)
-    exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
-    settings = to_mapping(config)
-    if exclude is not None:
-        settings["exclude_images"] = exclude.describe()
-    spec = RunSpec("vqa", dataset, "vqa", output_dir, REASON_ORDER,
-                   formats=shard_formats or ["webdataset"], samples_per_shard=samples_per_shard,
-                   config=settings, kept_counts=_kept_confidence,
-                   finish_stats=_confidence_stats)
-    work = CleanVqa(dataset, config, images, exclude)
+    unread = unread_tasks(found.unread, len(files) + join_tasks)  # numbered after the joins
+    formats = shard_formats or ["webdataset"]
+    record = RunRecord("vqa", dataset, file_inputs(inputs, [f.path for f in files], images=images,
+                                                   exclude_images=exclude_images),
+                       to_mapping(config), formats, samples_per_shard)
 
     def build(pipeline, execution):
-        file_tasks = pipeline | "FileTasks" >> beam.Create(plan_tasks(files))
+        # once the output folder is claimed: the guard may write its fingerprints there
+        exclude = exclusion_guard(exclude_images, output_dir, beam_argv)
+        spec = guarded_spec(RunSpec("vqa", dataset, "vqa", output_dir, REASON_ORDER,
+                                    formats=formats, samples_per_shard=samples_per_shard,
+                                    config=to_mapping(config), kept_counts=_kept_confidence,
+                                    finish_stats=_confidence_stats, images=config.shard_images),
+                            exclude)
+        work = CleanVqa(dataset, config, images, exclude)
+        file_tasks = pipeline | "FileTasks" >> beam.Create(plan_tasks(files) + unread)
         joins = (pipeline | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
                  | "ReadHalves" >> beam.FlatMap(work.reader.halves)
                  | "JoinTasks" >> JoinTasks(len(files), join_tasks))
         tasks = (file_tasks, joins) | "AllTasks" >> beam.Flatten()
-        run_tasks(pipeline, [spec], work, tasks, execution, count=len(files) + join_tasks)
+        run_tasks(pipeline, [spec], work, tasks, execution,
+                  count=len(files) + join_tasks + len(unread))
 
-    return run_pipeline(build, beam_argv, output_dir)
+    return run_pipeline(build, beam_argv, output_dir, record=record, overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, reads_images=True)
     parser.add_argument("--images", metavar="PATH",
-                        help="folder or tar of images named by the records")
+                        help="folder or tar of images named by the records (default: none, images "
+                             "come from the records or beside the annotation files)")
 
 
 def main(args, beam_argv) -> int:
     config = load_pipeline_config(VqaConfig, "vqa", args.config, args.dataset)
     report = run(args.input, args.output, args.dataset, config, beam_argv, images=args.images,
                  shard_formats=args.shard_formats, samples_per_shard=args.samples_per_shard,
-                 exclude_images=args.exclude_images)
+                 exclude_images=args.exclude_images, overwrite=args.overwrite)
     print_summary(report)
     return 0
 

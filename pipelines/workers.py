@@ -17,10 +17,13 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Iterable, Iterator, Protocol
+
+from corpus import progress
 
 IN_FLIGHT_PER_WORKER = 4  # tasks submitted ahead, so a worker never waits for its next one
 traffic: Counter = Counter()  # results and their pickled bytes that came back from workers
@@ -48,6 +51,9 @@ def one_thread_each() -> None:
 
 def _start_worker(job: Job, numbers) -> None:
     global _worker_job
+    # Ctrl-C reaches every process of the terminal's group: the parent alone decides, and
+    # stops the workers itself (`Workers.close`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with numbers.get_lock():
         number = numbers.value
         numbers.value += 1
@@ -96,16 +102,29 @@ class Workers:
                 pending.add(self._pool.submit(_run_in_worker, task))
             if not pending:
                 return
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=progress.REFRESH_SECONDS,
+                                 return_when=FIRST_COMPLETED)
+            progress.refresh()
             for future in done:
                 data = future.result()
                 _count(data)
                 yield pickle.loads(data)
 
-    def close(self) -> None:
-        if self._pool is not None:
+    def close(self, finished: bool = True) -> None:
+        """Ends the pool: after its tasks when the step finished, at once when it did not (an
+        interrupt, a failed task): queued tasks are dropped and running ones stopped."""
+        if self._pool is None:
+            return
+        if finished:
             self._pool.shutdown()
-            self._pool = None
+        else:
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
+        self._pool = None
 
 
 def _count(data: bytes) -> None:

@@ -6,6 +6,11 @@ across pages, so that several pages are in flight at once and one slow page does
 others. `submit(job)` returns a future; `render(job)` waits for it. The browser is relaunched
 after a crash and every `restart_every` pages; a context that timed out or crashed is dropped.
 
+Lines whose box shows no text on the screenshot are left out of the labels and the page text
+(`leave_out_invisible_lines`): text the browser paints but nobody can see, in a colour at or
+near its background's (a stylesheet applied only in part), at an opacity near 0, under an
+overlay. A page where most lines are such is dropped (`invisible_text`).
+
 Offline: the page's own bytes are served from memory, files under the page's local root from
 disk, `data:` URLs work; every other request is aborted and counted, and the browser is launched
 with a dead proxy and a resolver that resolves nothing, so no fetch can leave the machine.
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 from PIL import Image as PILImage
 
 MAX_SCREENSHOT_SIDE = 16384  # Chromium's largest texture
@@ -43,6 +49,13 @@ LAUNCH_FLAGS = [
 # Stops CSS animation and transitions so the screenshot shows what was measured.
 FREEZE_CSS = ("*, *::before, *::after { animation: none !important; "
               "transition: none !important; caret-color: transparent !important; }")
+# `window.open` opens nothing and counts the attempt: a popup the context closes as it opens
+# raced with the page's own load (the load event of the page that opened it was then lost).
+POPUP_GUARD_JS = """(() => {
+  let opened = 0;
+  window.open = () => { opened += 1; return null; };
+  Object.defineProperty(window, "__corpusPopups", {get: () => opened});
+})()"""
 LOADED_JS = """() => document.readyState === "complete" ||
   new Promise((resolve) => addEventListener("load", () => resolve(true), {once: true}))"""
 SETTLE_JS = """async (timeoutMs) => {
@@ -78,6 +91,8 @@ class RenderConfig:
     max_text_nodes: int = 50_000
     image_format: str = "png"  # "png" or "jpeg"
     jpeg_quality: int = 90
+    min_text_contrast: int = 48  # a line whose box varies less (0-255) is left out; 0: off
+    max_invisible_share: float = 0.5  # a page with a larger share of such lines is dropped
 
     def validate(self) -> None:
         if self.capture not in ("viewport", "full"):
@@ -90,6 +105,10 @@ class RenderConfig:
             raise ValueError("need 0 < load_timeout_s <= page_timeout_s")
         if self.device_scale_factor <= 0:
             raise ValueError("device_scale_factor must be positive")
+        if not 0 <= self.min_text_contrast <= 255:
+            raise ValueError("min_text_contrast must be within 0..255")
+        if not 0 < self.max_invisible_share <= 1:
+            raise ValueError("max_invisible_share must be within (0, 1]")
         tallest = max(self.viewport_height, self.max_page_height) * self.device_scale_factor
         if tallest > MAX_SCREENSHOT_SIDE or self.viewport_width * self.device_scale_factor \
                 > MAX_SCREENSHOT_SIDE:
@@ -232,7 +251,8 @@ def decode_html(body: bytes, header_charset: str | None = None) -> DecodedHtml:
         if body.startswith(bom):
             return DecodedHtml(body[2:].decode(codec, "replace"), codec, None)
     if looks_binary(body):
-        raise PageError("binary_content")
+        raise PageError("binary_content", detail="NUL or control bytes in the first 8 KiB: not "
+                                                 "text")
     declared = declared_charset(body, header_charset)
     try:
         as_utf8 = body.decode("utf-8")
@@ -290,6 +310,52 @@ def local_path(root: str, url: str) -> str | None:
 
 def _same_document(a: str, b: str) -> bool:
     return unquote(a.split("#", 1)[0]) == unquote(b.split("#", 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels: a line is labelled only if its box shows text.
+
+def colour_spread(pixels: np.ndarray, box: tuple[float, float, float, float]) -> int:
+    """The largest spread (max - min, 0-255) of one colour channel over the RGB pixels the box
+    touches. Glyph stems reach the full text colour even at 10 px, so anti-aliasing does not
+    lower it. Each channel counts on its own: coloured text on a dark background (green or
+    blue on black, a dark theme's links and highlighted code) can share its darkest channel
+    with the background, so the darkest-channel measure of PDF pages (`renderers.pdf.has_ink`)
+    would call it inkless."""
+    x0, y0 = int(box[0]), int(box[1])
+    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    crop = pixels[y0:y1, x0:x1]
+    if not crop.size:
+        return 0
+    # Rows of interleaved channels (a view): numpy reduces one axis of a 2-D array ~13x
+    # faster than two axes of a 3-D one.
+    rows = crop.reshape(crop.shape[0], -1)
+    highest = rows.max(axis=0).reshape(-1, 3).max(axis=0)
+    lowest = rows.min(axis=0).reshape(-1, 3).min(axis=0)
+    return int((highest.astype(np.int16) - lowest).max())
+
+
+def leave_out_invisible_lines(page: RenderedPage, config: RenderConfig
+                              ) -> RenderedPage | RenderFailure:
+    """The page without the lines whose box shows no text (`colour_spread` below
+    `min_text_contrast`), counted as `invisible_lines`; a page with more than
+    `max_invisible_share` of its lines so is dropped as `invisible_text`, since what it shows
+    is not what its markup says."""
+    page.stats["invisible_lines"] = 0
+    if config.min_text_contrast == 0 or not page.lines:
+        return page
+    pixels = np.asarray(PILImage.open(io.BytesIO(page.image)).convert("RGB"))
+    visible = [line for line in page.lines
+               if colour_spread(pixels, line.box) >= config.min_text_contrast]
+    invisible = len(page.lines) - len(visible)
+    if invisible > config.max_invisible_share * len(page.lines):
+        return RenderFailure("invisible_text",
+                             detail=f"{invisible} of {len(page.lines)} lines show no contrast")
+    if invisible:
+        page.lines = visible
+        page.text = "\n".join(line.text for line in visible)
+        page.stats["invisible_lines"] = invisible
+    return page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +511,9 @@ class HtmlRenderer:
                         self._drained.notify_all()
             if not (isinstance(result, RenderFailure) and result.reason == "browser_crashed"):
                 break
+        if isinstance(result, RenderedPage):
+            # Decoding the screenshot takes milliseconds: off the loop, which serves every page.
+            result = await asyncio.to_thread(leave_out_invisible_lines, result, self.config)
         return result
 
     async def _render_once(self, job: PageJob, decoded: DecodedHtml):
@@ -538,6 +607,7 @@ class HtmlRenderer:
         def on_crash(_):
             slot.crashed = True
 
+        await context.add_init_script(POPUP_GUARD_JS)
         await context.route("**/*", on_request)
         await context.route_web_socket("**/*", on_websocket)
         context.on("page", on_popup)
@@ -614,6 +684,7 @@ class HtmlRenderer:
             raise PageError("dom_too_large", detail=f"over {config.max_text_nodes} text nodes")
         if not _same_document(page.url, slot.job.url):
             raise PageError("navigated_away", detail=page.url[:300])
+        slot.counts["popups"] += await page.evaluate("() => window.__corpusPopups || 0")
         stage[0] = "screenshot"
         options = {"type": config.image_format, "animations": "disabled", "caret": "hide",
                    "timeout": config.page_timeout_s * 1000}

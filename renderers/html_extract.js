@@ -6,7 +6,9 @@
 // same visual line of the same block box are merged into one line. Text that is not painted is
 // skipped: display/visibility/opacity (checkVisibility), transparent fill, zero-size boxes,
 // text clipped away by an ancestor with overflow other than visible, and text under an opaque
-// element that covers it. Boxes are client rectangles plus scroll, times the device scale.
+// element that covers it. Text that is painted but cannot be seen (a colour near the
+// background's, an opacity near 0) is left to the screenshot's pixels (renderers/html.py).
+// Boxes are client rectangles plus scroll, times the device scale.
 (options) => {
   const scale = options.scale;
   const maxTextNodes = options.maxTextNodes;

@@ -26,6 +26,12 @@ TeX math extension or symbol font (a large bracket set tight against its content
 page with one inside a word is dropped (`unmapped_glyphs`), because that text no longer says
 what its pixels show (`unmapped_glyphs: drop_page` drops the page for a lone symbol too).
 
+A broken font map (ToUnicode CMap) gives text that does not say what the glyphs show. Text read
+as UTF-16 with its bytes swapped ('M', U+004D, as U+4D00) is swapped back when that is certain,
+else the page is dropped (`repair_byte_swapped`, `garbled_text`). Text whose characters the
+drawing font's own character map lacks altogether (a Latin font labelled with CJK) drops the
+page too (`mismapped_font`, `garbled_text`).
+
 `serve_socket(fd)` runs the loop of a separate render process: a page that takes too long or
 crashes MuPDF is then lost alone, and the caller restarts the process (pipelines/pdf.py).
 """
@@ -37,6 +43,7 @@ import math
 import re
 import socket
 import struct
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -50,8 +57,9 @@ pymupdf.TOOLS.mupdf_display_errors(False)  # broken PDFs are counted, not printe
 pymupdf.TOOLS.mupdf_display_warnings(False)
 
 POINTS_PER_INCH = 72
-LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi",
-                           "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"})
+LIGATURE_FORMS = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
+                  "\ufb05": "st", "\ufb06": "st"}
+LIGATURES = str.maketrans(LIGATURE_FORMS)
 UNMAPPED = "\ufffd"
 # TeX's math extension and symbol fonts (Computer Modern, Euler, Latin Modern, AMS, txfonts,
 # pxfonts, STIX size variants, esint), with or without a subset prefix
@@ -63,6 +71,28 @@ READY = "ready"
 READ_CHUNK_BYTES = 16 << 20
 # what MuPDF raises through PyMuPDF: its own error classes, or RuntimeError/ValueError wrappers
 MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
+# Printable ASCII and Latin-1 read as UTF-16 with the bytes swapped: 'M' U+004D as U+4D00, and
+# the space as U+2000. Real text has such code points (CJK, Hangul, Yi) about once in 256.
+SWAP_BACK = {chr(code << 8): chr(code) for code in (*range(0x20, 0x7F), *range(0xA0, 0x100))}
+SWAP_TABLE = str.maketrans(SWAP_BACK)
+WITHOUT_BYTE_SWAPPED = str.maketrans(dict.fromkeys(SWAP_BACK, ""))
+# what shows a line byte-swapped: all but a swapped '0', whose U+3000 is also the ideographic
+# space of real CJK text (it is swapped back with the rest of its line)
+BYTE_SWAPPED = re.compile("[%s]" % "".join(char for char in SWAP_BACK if char != "\u3000"))
+# the scripts byte-swapped code points fall in: CJK, kana, Hangul, Yi, full-width forms
+WIDE_SCRIPTS = re.compile("[\u2e80-\u9fff\ua000-\ua4ff\uac00-\ud7ff\uf900-\ufaff\uff00-\uffef]")
+MIN_SWAPPED_CHARS = 3  # a line judged byte-swapped on its own has at least this many
+# fonts whose own Unicode character map can vouch for the text: Type 1 and bare CFF maps are
+# guessed from glyph names by FreeType, Type 3 fonts have none
+CMAP_FONT_FILES = ("ttf", "otf")
+UNICODE_CMAPS = {(0, encoding) for encoding in range(7)} | {(3, 1), (3, 10)}  # (platform, encoding)
+SUBSET_PREFIX = re.compile(r"[A-Z]{6}\+")
+MUPDF_FONT_NAME_CHARS = 31  # MuPDF keeps this much of a font's name, subset prefix included
+DRAWN = pymupdf.mupdf.FZ_STEXT_FILLED | pymupdf.mupdf.FZ_STEXT_STROKED  # not invisible (Tr 3)
+MIN_MISMAPPED_CHARS = 2  # distinct characters, before a font's map is judged wrong
+# blocks of 256 code points every text font draws some of: Basic Latin and Latin-1, General
+# Punctuation. A map sending glyphs into them cannot be found wrong by the blocks alone.
+COMMON_BLOCKS = (0x00, 0x20)
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the rendered image
 Quad = tuple[float, ...]  # (x, y) * 4: start-top, end-top, end-bottom, start-bottom, in pixels
@@ -136,7 +166,7 @@ DOCUMENT_REASONS = ["empty_file", "not_a_pdf", "malformed_pdf", "password_protec
                     "encrypted_pdf", "truncated_pdf", "zero_pages", "javascript_pdf",
                     "embedded_files_pdf", "open_timeout", "open_crashed"]
 # Page-level reasons the renderer itself gives (before the A.4 rules see the page).
-PAGE_REASONS = ["page_too_large", "page_geometry_mismatch", "unmapped_glyphs",
+PAGE_REASONS = ["page_too_large", "page_geometry_mismatch", "unmapped_glyphs", "garbled_text",
                 "page_render_failed", "out_of_memory", "render_timeout", "render_crashed"]
 
 
@@ -144,7 +174,7 @@ def open_pdf(data: bytes, policy: DocumentPolicy | None) -> pymupdf.Document:
     """Open and vet a PDF; raises PdfProblem with the first reason it fails. `policy=None`
     only opens it: for a PDF already vetted (the same bytes, by sha256) earlier in the run."""
     if not data:
-        raise PdfProblem("empty_file", "errored")
+        raise PdfProblem("empty_file", "errored", "0 bytes")
     if b"%PDF-" not in data[:1024]:
         raise PdfProblem("not_a_pdf", "errored", repr(data[:16]))
     try:
@@ -154,23 +184,25 @@ def open_pdf(data: bytes, policy: DocumentPolicy | None) -> pymupdf.Document:
     except MUPDF_ERRORS as error:
         raise PdfProblem("malformed_pdf", "errored", str(error)[:300]) from error
     except MemoryError as error:  # over the render process's memory limit
-        raise PdfProblem("out_of_memory", "errored") from error
+        raise PdfProblem("out_of_memory", "errored", "over the render process's memory limit") \
+            from error
     return doc
 
 
 def _vet(doc: pymupdf.Document, data: bytes, policy: DocumentPolicy) -> None:
     if doc.needs_pass:
-        raise PdfProblem("password_protected_pdf", "errored")
+        raise PdfProblem("password_protected_pdf", "errored", "opening it needs a password")
     if policy.reject_encrypted and doc.metadata.get("encryption"):
         raise PdfProblem("encrypted_pdf", "errored", doc.metadata["encryption"])
     # MuPDF quietly rebuilds a cut-off file from what is left; without the end marker the
     # pages it finds are a guess, so the document is refused as a whole.
     if doc.is_repaired and b"%%EOF" not in data[-2048:]:
-        raise PdfProblem("truncated_pdf", "errored")
+        raise PdfProblem("truncated_pdf", "errored",
+                         f"no %%EOF in the last 2 KiB of {len(data):,} bytes; MuPDF had to repair it")
     if doc.page_count == 0:
-        raise PdfProblem("zero_pages", "dropped")
+        raise PdfProblem("zero_pages", "dropped", "the document has no page")
     if policy.reject_javascript and has_javascript(doc):
-        raise PdfProblem("javascript_pdf", "dropped")
+        raise PdfProblem("javascript_pdf", "dropped", "a JavaScript action or /JS script")
     if policy.reject_embedded_files and doc.embfile_count() > 0:
         raise PdfProblem("embedded_files_pdf", "dropped", f"{doc.embfile_count()} file(s)")
 
@@ -222,6 +254,7 @@ class RenderedPage:
     zoom: float
     inkless_lines: int = 0  # lines left out because their box shows no ink
     unmapped_symbols: int = 0  # words of glyphs without Unicode left out (`unmapped_glyphs`)
+    byte_swapped_lines: int = 0  # lines whose byte-swapped UTF-16 text was swapped back
 
     @property
     def word_boxes(self) -> list[Box]:
@@ -239,7 +272,8 @@ class RenderedPage:
         return _rebuild_page, (self.index, self.image, self.word_texts, self.word_box_data,
                                self.word_line_data, [tuple(line) for line in self.lines],
                                self.text, self.width_pt, self.height_pt, self.rotation,
-                               self.zoom, self.inkless_lines, self.unmapped_symbols)
+                               self.zoom, self.inkless_lines, self.unmapped_symbols,
+                               self.byte_swapped_lines)
 
 
 def _rebuild_page(index, image, texts, boxes, word_lines, lines, *rest) -> "RenderedPage":
@@ -247,8 +281,11 @@ def _rebuild_page(index, image, texts, boxes, word_lines, lines, *rest) -> "Rend
                         *rest)
 
 
-def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> RenderedPage:
-    """Render one page and extract its text geometry; raises PdfProblem for a page reason."""
+def render_page(doc: pymupdf.Document, index: int, options: RenderOptions,
+                font_maps: FontMaps | None = None) -> RenderedPage:
+    """Render one page and extract its text geometry; raises PdfProblem for a page reason.
+    `font_maps` holds the document's fonts across its pages (one is made for this page alone
+    if not given)."""
     try:
         page = doc.load_page(index)
         rect = page.rect
@@ -281,6 +318,8 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
                     unmapped_are_math_symbols(textpage):
                 raw_words, stripped = without_unmapped_glyphs(raw_words)
                 unmapped_symbols += stripped
+        # before the words are stripped: a swapped '0' is U+3000, a space to str.strip
+        raw_words, swapped_lines = repair_byte_swapped(raw_words)
         directions = line_directions(textpage)
     except PdfProblem:
         raise
@@ -297,8 +336,13 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
         if inkless:
             words, runs = words.of_runs(kept_runs)
     if UNMAPPED in "".join(words.texts):  # only text the image shows matters
-        raise PdfProblem("unmapped_glyphs", "dropped")
+        raise PdfProblem("unmapped_glyphs", "dropped",
+                         "characters MuPDF cannot map to Unicode in text the image shows")
     try:
+        mismapped = mismapped_font(page, textpage, font_maps or FontMaps(doc),
+                                   set("".join(words.texts)), swapped_lines > 0)
+        if mismapped:
+            raise PdfProblem("garbled_text", "dropped", mismapped)
         lines = group_lines(words, runs, line_boxes, directions, textpage, to_pixels,
                             pixmap.width, pixmap.height)
     except MUPDF_ERRORS as error:
@@ -309,7 +353,8 @@ def render_page(doc: pymupdf.Document, index: int, options: RenderOptions) -> Re
                         lines=lines,
                         text="\n".join(line.text for line in lines), width_pt=rect.width,
                         height_pt=rect.height, rotation=page.rotation, zoom=zoom,
-                        inkless_lines=inkless, unmapped_symbols=unmapped_symbols)
+                        inkless_lines=inkless, unmapped_symbols=unmapped_symbols,
+                        byte_swapped_lines=swapped_lines)
 
 
 def page_text(page: pymupdf.Page, content: pymupdf.DisplayList, flags: int) -> pymupdf.TextPage:
@@ -348,6 +393,68 @@ def unmapped_are_math_symbols(textpage) -> bool:
                         any(char["c"] == UNMAPPED for char in span["chars"]):
                     return False
     return True
+
+
+def repair_byte_swapped(raw_words: list) -> tuple[list, int]:
+    """MuPDF's words with byte-swapped UTF-16 swapped back, and how many lines were; raises
+    PdfProblem (`garbled_text`) where that is not certain.
+
+    A line is byte-swapped on its own when most of its characters, and at least
+    MIN_SWAPPED_CHARS, swap back to printable ASCII or Latin-1 that reads as text (letters and
+    digits). Real CJK or Hangul text has such code points about once in 256, so its lines are
+    not. A page with such a line has a broken font map; then every line with any byte-swapped
+    code point is swapped back when all its other characters are Latin-1 already and it is
+    byte-swapped on its own or the page has no other CJK, Hangul or Yi text (where such a code
+    point may be real); any other such line drops the page."""
+    if not BYTE_SWAPPED.search("".join(word[4] for word in raw_words)):  # nearly every page
+        return raw_words, 0
+    keys = [word[5:7] for word in raw_words]  # (block, line): a line's words are consecutive
+    starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    runs = list(zip(starts, starts[1:] + [len(keys)]))
+    lines = [" ".join(word[4] for word in raw_words[start:end]) for start, end in runs]
+    garbled = [reads_byte_swapped(line) for line in lines]
+    if not any(garbled):
+        return raw_words, 0
+    other_wide_text = WIDE_SCRIPTS.search("".join(lines).translate(WITHOUT_BYTE_SWAPPED))
+    repaired, count = list(raw_words), 0
+    for number, ((start, end), line, own) in enumerate(zip(runs, lines, garbled), 1):
+        if not BYTE_SWAPPED.search(line):
+            continue
+        if not own and other_wide_text:
+            raise PdfProblem("garbled_text", "dropped", byte_swapped_detail(
+                line, number, "are byte-swapped UTF-16 or CJK, and the page has both"))
+        if not swaps_to_latin(line):
+            raise PdfProblem("garbled_text", "dropped", byte_swapped_detail(
+                line, number, "are byte-swapped UTF-16, the rest not Latin-1"))
+        for i in range(start, end):
+            word = raw_words[i]
+            repaired[i] = word[:4] + (word[4].translate(SWAP_TABLE),) + tuple(word[5:])
+        count += 1
+    return repaired, count
+
+
+def reads_byte_swapped(line: str) -> bool:
+    """Whether most characters of a line, and at least MIN_SWAPPED_CHARS, are byte-swapped
+    UTF-16 of ASCII or Latin-1, which swapped back is mostly letters and digits of more than
+    one kind."""
+    swapped = [SWAP_BACK[char] for char in BYTE_SWAPPED.findall(line)]
+    swapped = [char for char in swapped if char != " "]
+    if len(swapped) < MIN_SWAPPED_CHARS or 2 * len(swapped) <= len("".join(line.split())):
+        return False
+    text_like = sum(char.isalpha() or char.isdigit() and char.isascii() for char in swapped)
+    return 2 * text_like > len(swapped) and len(set(swapped)) > 1
+
+
+def swaps_to_latin(line: str) -> bool:
+    """Whether every character of a line is Latin-1 once byte-swapped ones are swapped back."""
+    return all(ord(char) < 0x100 for char in line.translate(SWAP_TABLE))
+
+
+def byte_swapped_detail(line: str, number: int, finding: str) -> str:
+    swapped = sum(SWAP_BACK[char] != " " for char in BYTE_SWAPPED.findall(line))
+    shown = line if len(line) <= 24 else line[:24] + "…"
+    return f"{swapped} of {len(''.join(line.split()))} characters of line {number} {finding}: " \
+           f"{shown!r}"
 
 
 class PlacedWords(NamedTuple):
@@ -580,6 +687,144 @@ def has_ink(crop: np.ndarray, min_contrast: int) -> bool:
     return int(darkest.max()) - int(darkest.min()) >= min_contrast
 
 
+class FontMaps:
+    """The Unicode character maps of a document's embedded TrueType and OpenType fonts, each
+    read once for all its pages, and which code points each can draw."""
+
+    def __init__(self, doc: pymupdf.Document):
+        self.doc = doc
+        self.fonts: dict[int, pymupdf.Font | None] = {}  # by xref; None: cannot vouch
+        self.names: dict[int, list[str]] = {}  # by xref: the names MuPDF gives its text
+        self.blocks: dict[tuple[int, int], bool] = {}  # (xref, code point >> 8): any glyph
+
+    def of_page(self, page: pymupdf.Page) -> dict[str, tuple[int, ...] | None]:
+        """The page's fonts by the name MuPDF gives their text: the xrefs of the fonts of that
+        name, or None when one of them cannot vouch for its text (or the name is ambiguous)."""
+        by_name: dict[str, tuple[int, ...] | None] = {}
+        for xref, file_type, subtype, *_ in page.get_fonts(full=True):
+            font = self.font(xref, file_type)
+            for name in self.font_names(xref, subtype):
+                known = by_name.get(name, ())
+                by_name[name] = None if font is None or known is None else known + (xref,)
+        return by_name
+
+    def font(self, xref: int, file_type: str) -> pymupdf.Font | None:
+        if xref not in self.fonts:
+            self.fonts[xref] = self._load(xref) if file_type in CMAP_FONT_FILES else None
+        return self.fonts[xref]
+
+    def _load(self, xref: int) -> pymupdf.Font | None:
+        try:
+            data = self.doc.extract_font(xref)[3]
+            if not data or not has_unicode_cmap(data):
+                return None
+            font = pymupdf.Font(fontbuffer=data)
+        except MUPDF_ERRORS:  # a font MuPDF cannot read vouches for nothing
+            return None
+        # a map that gives control codes glyphs was made up from glyph or character codes, not
+        # from the text the glyphs show
+        return None if any(font.has_glyph(code) for code in range(1, 9)) else font
+
+    def font_names(self, xref: int, subtype: str) -> list[str]:
+        """The BaseFont names of a font (and of a Type0 font's descendant, whose name MuPDF
+        gives its text), cut as MuPDF cuts them and without a subset prefix."""
+        if xref not in self.names:
+            xrefs = [xref]
+            if subtype == "Type0":
+                value_type, value = self.doc.xref_get_key(xref, "DescendantFonts")
+                xrefs += [int(ref) for ref in re.findall(r"(\d+) 0 R", value)] \
+                    if value_type in ("array", "xref") else []
+            names = []
+            for font_xref in xrefs:
+                value_type, value = self.doc.xref_get_key(font_xref, "BaseFont")
+                if value_type == "name":
+                    names.append(SUBSET_PREFIX.sub("", value[1:MUPDF_FONT_NAME_CHARS + 1], 1))
+            self.names[xref] = names
+        return self.names[xref]
+
+    def maps(self, xrefs: tuple[int, ...], char: str) -> bool:
+        """Whether one of the fonts maps `char` to a glyph."""
+        return any(self.fonts[xref].has_glyph(ord(char)) for xref in xrefs)
+
+    def draws(self, xrefs: tuple[int, ...], char: str) -> bool:
+        """Whether one of the fonts maps `char`, or any code point of its block of 256: a
+        subset font may keep only the shaped forms of a letter (Arabic, Indic) and lose the
+        letter's own entry. A block is probed once per font (256 look-ups)."""
+        if self.maps(xrefs, char):
+            return True
+        code = ord(char)
+        for xref in xrefs:
+            key = (xref, code >> 8)
+            if key not in self.blocks:
+                has_glyph, first = self.fonts[xref].has_glyph, code & ~0xFF
+                self.blocks[key] = any(has_glyph(first + low) for low in range(256))
+            if self.blocks[key]:
+                return True
+        return False
+
+
+def has_unicode_cmap(font_file: bytes) -> bool:
+    """Whether a TrueType or OpenType font file has a Unicode subtable in its 'cmap' table (a
+    subset font may have none, or only a symbol or Macintosh one)."""
+    try:
+        table_count = struct.unpack_from(">H", font_file, 4)[0]
+        for table in range(table_count):
+            tag, _, offset, _ = struct.unpack_from(">4sIII", font_file, 12 + 16 * table)
+            if tag == b"cmap":
+                subtables = struct.unpack_from(">H", font_file, offset + 2)[0]
+                return any(struct.unpack_from(">HH", font_file, offset + 4 + 8 * i)
+                           in UNICODE_CMAPS for i in range(subtables))
+    except struct.error:  # not an sfnt, or cut short
+        pass
+    return False
+
+
+def mismapped_font(page: pymupdf.Page, textpage: pymupdf.TextPage, font_maps: FontMaps,
+                   page_chars: set[str], swapped_back: bool) -> str | None:
+    """Why the page's text mislabels its glyphs, if a font's ToUnicode map sends them to code
+    points the font itself cannot draw: of the characters drawn (not invisible) in an embedded
+    font with a Unicode character map, at least half, and MIN_MISMAPPED_CHARS distinct ones,
+    lie in blocks of 256 code points the font has no glyph in. A page whose text lies in
+    COMMON_BLOCKS is not looked at (most pages in Latin script); the page's spans are read only
+    when some character is mapped by none of its fonts (MuPDF's dict export costs more than the
+    rest of this). Byte-swapped code points count as what they swap back to on a page where
+    that was done."""
+    if all(ord(char) >> 8 in COMMON_BLOCKS for char in page_chars):
+        return None
+    fonts = font_maps.of_page(page)
+    checked = {xref for xrefs in fonts.values() if xrefs for xref in xrefs}
+    if not checked:
+        return None
+    every_font = tuple(checked)
+    if all(font_maps.maps(every_font, char) for char in page_chars if is_checked(char)):
+        return None
+    drawn, missing = Counter(), {}
+    for block in textpage.extractDICT()["blocks"]:
+        for line in block.get("lines", ()):
+            for span in line["spans"]:
+                xrefs = fonts.get(span["font"])
+                if not xrefs or not (span["char_flags"] & DRAWN or span["alpha"]):
+                    continue
+                for char in filter(is_checked, span["text"]):
+                    drawn[span["font"]] += 1
+                    if swapped_back and char in SWAP_BACK:
+                        char = SWAP_BACK[char]
+                    if not font_maps.draws(xrefs, char):
+                        missing.setdefault(span["font"], []).append(char)
+    for name, chars in missing.items():
+        if len(set(chars)) >= MIN_MISMAPPED_CHARS and 2 * len(chars) >= drawn[name]:
+            shown = "".join(chars[:12]) + ("…" if len(chars) > 12 else "")
+            return (f"{len(chars)} of {drawn[name]} characters drawn in font {name} are code "
+                    f"points it has no glyph for (a wrong ToUnicode map): {shown!r}")
+    return None
+
+
+def is_checked(char: str) -> bool:
+    """Characters a font's map is held to: not spaces, glyphs without Unicode or ligatures
+    (often mapped to their presentation form, which the font's map may lack)."""
+    return not char.isspace() and char != UNMAPPED and char not in LIGATURE_FORMS
+
+
 def encode(pixmap: pymupdf.Pixmap, options: RenderOptions) -> Image:
     """Encode with Pillow: its libjpeg-turbo JPEG is about 5x faster than MuPDF's own encoder,
     and encoding is the largest cost per page."""
@@ -652,13 +897,14 @@ def read_pdf_file(path: str, max_bytes: int) -> bytes:
 
 def render_pages(doc: pymupdf.Document, pages: list[int], options: RenderOptions):
     """Yield a RenderedPage or a PdfProblem for each page, in order."""
+    font_maps = FontMaps(doc)
     for index in pages:
         try:
-            result = render_page(doc, index, options)
+            result = render_page(doc, index, options, font_maps)
         except PdfProblem as problem:
             result = problem
         except MemoryError:  # over the render process's memory limit: MuPDF, Pillow or numpy
-            result = PdfProblem("out_of_memory", "errored")
+            result = PdfProblem("out_of_memory", "errored", "over the render process's memory limit")
         yield result
 
 
@@ -752,7 +998,7 @@ def serve(conn) -> None:
                 send_result(conn, problem)
                 continue
             except MemoryError:  # reading it took more than the process's memory limit
-                send_result(conn, PdfProblem("out_of_memory", "errored"))
+                send_result(conn, PdfProblem("out_of_memory", "errored", "over the render process's memory limit"))
                 continue
             held_sha, held_doc = sha256, doc
             send_result(conn, Vetted(doc.page_count, sha256))

@@ -78,6 +78,8 @@ def check_rejects_match_report(report: dict, rows: list[dict]) -> None:
     expected.update({("errored", r): n for r, n in report["errored"].items()})
     assert by_reason == expected
     assert report["kept"] + report["dropped_total"] + report["errored_total"] == report["input"]
+    undetailed = sorted({row["reason"] for row in rows if not row["detail"]})
+    assert not undetailed, f"rejects without a detail: {undetailed}"
 
 
 def reason_of(rows: list[dict]) -> dict[str, str]:

@@ -130,12 +130,12 @@ def outcome(tmp_path_factory, server):
         from pipelines import html
         from renderers.html import RenderConfig
     """, f"""
-        config = html.HtmlConfig(render=RenderConfig(load_timeout_s=6, page_timeout_s=12,
+        config = html.HtmlConfig(render=RenderConfig(load_timeout_s=12, page_timeout_s=24,
                                                      max_elements=5_000),
                                  max_page_bytes=5_000_000)
         report = html.run([{str(root / "in")!r}], {str(root / "out")!r}, "bad", config,
                           IN_MEMORY)
-    """, root, timeout=240)
+    """, root, timeout=600)
     return root / "out", measured, hits
 
 

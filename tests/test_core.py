@@ -61,11 +61,12 @@ def test_report_accounts_for_every_input():
     report = build_report(pipeline="p", dataset="d", task="captioning", input_count=10,
                           outcome_counts={("dropped", "too_small"): 2, ("dropped", "aspect"): 1,
                                           ("errored", "corrupt_image"): 2},
-                          shards=shards, reason_order=["aspect", "too_small"])
+                          shards=shards, reason_order=["aspect", "too_small", "emoji"])
     assert report["kept"] == 5 and list(report["dropped"]) == ["aspect", "too_small"]
     assert [s["path"] for s in report["shards"]] == ["shards/a.tar", "shards/b.tar"]
-    assert retention_rows(report) == [("aspect", 1, 9), ("too_small", 2, 7),
-                                      ("error: corrupt_image", 2, 5)]
+    # errored inputs first (no rule saw them), then every rule, one that dropped nothing too
+    assert retention_rows(report) == [("error: corrupt_image", 2, 8), ("aspect", 1, 7),
+                                      ("too_small", 2, 5), ("emoji", 0, 5)]
     with pytest.raises(AccountingError, match="!= input 11"):
         build_report(pipeline="p", dataset="d", task="captioning", input_count=11,
                      outcome_counts={}, shards=shards, reason_order=[])
@@ -140,15 +141,23 @@ def test_inspect_prints_and_draws(tmp_path):
     shard = tmp_path / "s.tar"
     with open(shard, "wb") as f:
         write_tar([sample, make_sample("t", "only text", task="text", images=[])], f)
-    result = _corpus("inspect", str(shard), "--out", str(tmp_path / "png"))
+    result = _corpus("inspect", str(shard), "--output", str(tmp_path / "png"))
     assert result.returncode == 0, result.stderr
     assert "OCR with grounding: <ref>OCR</ref> <quad>(50,100), (450,100)" in result.stdout
     assert "only text" in result.stdout
     from PIL import Image
 
-    preview = Image.open(tmp_path / "png" / f"{sample.id}.png")
+    preview = Image.open(tmp_path / "png" / f"001-ocr-{sample.id}.png")  # order, task, id
     assert preview.getpixel((10, 20)) == (255, 40, 40)  # the line box is drawn in red
     assert preview.getpixel((125, 50)) == (0, 160, 255)  # the word quad in blue
+    # the legend right of the image: each region's text in its kind's colour
+    from corpus.inspect import LEGEND_WIDTH
+    assert preview.width == 200 + LEGEND_WIDTH
+    legend = [colour for _, colour in
+              preview.crop((200, 0, preview.width, preview.height)).getcolors(1 << 16)]
+    assert any(r < 80 and g < 80 and b < 80 for r, g, b in legend)  # the head, in black
+    assert any(r > 200 and g < 120 and b < 120 for r, g, b in legend)  # the line's text, red
+    assert any(r < 100 and g > 120 and b > 200 for r, g, b in legend)  # the word's, blue
 
 
 def test_cli_reports_user_errors_without_a_traceback(tmp_path):

@@ -76,7 +76,7 @@ def test_a_worker_killed_midway_changes_nothing(tmp_path, dask_address, direct_o
     killed = []
 
     def kill_one_worker():
-        deadline = time.time() + 60
+        deadline = time.time() + 600
         while time.time() < deadline and not killed:
             names = os.listdir(pids)
             if names:

@@ -75,8 +75,9 @@ def test_region_sets_fan_out_into_both_tasks(tmp_path, beam_argv):
         assert task_report["input"] == 12
         assert task_report["kept"] == 5
         assert task_report["dropped"] == {
-            "no_phrases": 1, "missing_image": 1, "empty_phrase": 1, "missing_box": 1,
+            "no_phrases": 1, "empty_phrase": 1, "missing_box": 1,
             "box_inverted": 1, "box_outside_image": 1, "empty_box": 1}
+        assert task_report["errored"] == {"missing_image": 1}
         samples = _samples(tmp_path / "out" / task)
         assert {s.task for s in samples} == {task}
         for sample in samples:
@@ -102,9 +103,9 @@ def test_grit_run_prunes_and_counts_every_bad_record(tmp_path, beam_argv):
     grounding = report["tasks"]["grounding"]
     assert (grounding["input"], grounding["kept"]) == (10, 2)
     assert grounding["dropped"] == {
-        "missing_image": 1, "corrupt_image": 1, "empty_caption": 1, "span_outside_caption": 1,
+        "empty_caption": 1, "span_outside_caption": 1,
         "box_outside_unit_range": 1, "box_inverted": 1, "no_grounding_spans": 1}
-    assert grounding["errored"] == {"malformed_json": 1}
+    assert grounding["errored"] == {"malformed_json": 1, "missing_image": 1, "corrupt_image": 1}
     assert grounding["stats"] == {"spans_in": 7, "boxes_in": 8, "spans_kept": 5,
                                   "boxes_kept": 6}
     texts = sorted(render(format_sample(s)) for s in _samples(tmp_path / "out" / "grounding"))
@@ -131,9 +132,9 @@ def test_grit_feeds_the_duality_tasks_by_default_with_counts_per_task(tmp_path, 
         # drops its 5, the blank caption and the span past "a bird" leave empty phrases
         duality = report["tasks"][task]
         assert (duality["input"], duality["kept"]) == (19, 8)
-        assert duality["dropped"] == {"corrupt_image": 5, "missing_image": 1, "empty_phrase": 2,
-                                      "box_inverted": 1, "box_outside_image": 1}
-        assert duality["errored"] == {"malformed_json": 1}
+        assert duality["dropped"] == {"empty_phrase": 2, "box_inverted": 1,
+                                      "box_outside_image": 1}
+        assert duality["errored"] == {"malformed_json": 1, "corrupt_image": 5, "missing_image": 1}
 
 
 def _one_grit_record_tar(tmp_path, record):
@@ -204,14 +205,16 @@ def test_records_of_the_other_kind_are_counted_not_lost(tmp_path, beam_argv):
     report = run(_mixed_records(tmp_path), str(tmp_path / "out"), "mixed", GroundingConfig(),
                  beam_argv, kind="regions")
     for task in ("ref_grounding", "grounded_captioning"):
-        assert report["tasks"][task]["dropped"] == {"other_record_kind": 1, "missing_image": 1}
+        assert report["tasks"][task]["dropped"] == {"other_record_kind": 1}
+        assert report["tasks"][task]["errored"] == {"missing_image": 1}
 
 
 def test_a_grit_run_keeping_nothing_still_reports_its_span_counts(tmp_path, beam_argv):
     report = run(_mixed_records(tmp_path), str(tmp_path / "out"), "mixed", GroundingConfig(),
                  beam_argv, kind="grit")
     grounding = report["tasks"]["grounding"]
-    assert grounding["dropped"] == {"other_record_kind": 1, "missing_image": 1}
+    assert grounding["dropped"] == {"other_record_kind": 1}
+    assert grounding["errored"] == {"missing_image": 1}
     assert grounding["stats"] == {"spans_in": 0, "boxes_in": 0, "spans_kept": 0,
                                   "boxes_kept": 0}
 

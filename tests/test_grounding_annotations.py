@@ -1,6 +1,8 @@
 """Reading annotation records and their images (pipelines/annotations.py)."""
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -9,8 +11,10 @@ from PIL import Image as PILImage
 from conftest import make_image
 from corpus.inputs import InputFile, expand_inputs
 from filters.base import Reject
-from pipelines.annotations import RECORD_EXTENSIONS, ImageNotFound, ImageStore, decode_image, \
-    image_paths_of, iter_records, json_record_list, read_records
+from corpus.config import ConfigError
+from pipelines.annotations import RECORD_EXTENSIONS, AnnotationRecord, ImageNotFound, \
+    ImageStore, ImageTemplateError, check_image_template, decode_image, image_paths_of, \
+    iter_records, json_record_list, load_record_image, read_records, template_fields
 
 
 def test_json_documents_give_their_records():
@@ -106,3 +110,49 @@ def test_decode_image_reads_the_real_size_and_rejects_garbage():
     assert decode_image(gif.getvalue()).format == "png"
     with pytest.raises(ValueError, match="corrupt_image"):
         decode_image(b"\xff\xd8\xff not an image")
+
+
+KNOWN = {"GQA": ("imageId",), "any record": ("image_id", "file_name")}
+
+
+def test_an_image_template_names_only_fields_the_records_have():
+    assert template_fields("COCO_{image_id:012d}_{file_name!s}.{ext.x}{{}}") == \
+        ["image_id", "file_name", "ext"]
+    check_image_template(None, KNOWN)
+    check_image_template("{imageId}.jpg", KNOWN)
+    with pytest.raises(ConfigError, match=r"image_template '\{imgid\}.jpg': unknown field "
+                                          r"'imgid'; fields available: GQA: imageId; any "
+                                          r"record: image_id, file_name"):
+        check_image_template("{imgid}.jpg", KNOWN)
+    with pytest.raises(ConfigError, match=r"unknown positional field \{\}"):
+        check_image_template("{}.jpg", KNOWN)
+    with pytest.raises(ConfigError, match="expected '}' before end of string"):
+        check_image_template("{image_id", KNOWN)
+
+
+def test_a_record_that_cannot_fill_the_template_is_its_image_problem():
+    with pytest.raises(ImageTemplateError, match="the record has no field 'imageId'"):
+        image_paths_of({"image_id": 3}, "{imageId}.jpg")
+    loaded = load_record_image(AnnotationRecord("a.json", "a.json#0", {"image_id": "x"}),
+                               ImageStore(None), "COCO_{image_id:012d}.jpg")
+    assert (loaded.image, loaded.problem) == (None, "image_template_unfilled")
+    assert "Unknown format code 'd'" in loaded.detail
+    # a record carrying its image never needs the template
+    carried = AnnotationRecord("a.json", "a.json#1", {"image": {"bytes": make_image().data}})
+    assert load_record_image(carried, ImageStore(None), "{imageId}.jpg").problem is None
+
+
+def test_a_template_with_an_unknown_field_stops_the_command(tmp_path):
+    (tmp_path / "refs.jsonl").write_text('{"image_id": 1, "sent": "a cat", "bbox": [0, 0, 1, 1]}\n')
+    config = tmp_path / "grounding.yaml"
+    config.write_text('image_template: "COCO_train2014_{imageid:012d}.jpg"\n')
+    result = subprocess.run([sys.executable, "-m", "corpus.cli", "grounding", "--input",
+                             str(tmp_path / "refs.jsonl"), "--dataset", "refcoco", "--output",
+                             str(tmp_path / "out"), "--config", str(config)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"corpus grounding: {config}: image_template "
+                                    "'COCO_train2014_{imageid:012d}.jpg': unknown field 'imageid'")
+    assert "RefCOCO/RefCOCO+/RefCOCOg: image_id, ann_id" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -227,7 +227,7 @@ def test_a_tasks_pages_leave_in_the_order_read_whatever_finishes_first(tmp_path)
     assert len(counts) == len(keys) - 2
     assert counts[0] == {"blocked_requests": 2, "local_requests": 0, "missing_local": 0,
                          "dialogs": 0, "popups": 0, "lines_outside_capture": 0,
-                         "pages_rendered": 1}
+                         "invisible_lines": 0, "pages_rendered": 1}
 
 
 def test_the_work_pickles_without_its_browser():

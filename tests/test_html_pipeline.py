@@ -124,7 +124,7 @@ def small_site(folder) -> str:
     return site
 
 
-def browsers_left(token: str, wait_s: float = 5.0) -> list:
+def browsers_left(token: str, wait_s: float = 60.0) -> list:
     """Browser processes still running that were started under the environment variable
     `token` (inherited by forked workers, Playwright's driver and Chromium, and kept when an
     exiting worker's browser is reparented); a browser closing is given `wait_s` to go."""

@@ -5,7 +5,7 @@ import pytest
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from corpus.inputs import InputFile, expand_inputs, fixed_prefix
+from corpus.inputs import InputFile, expand_inputs, find_inputs, fixed_prefix
 
 EXTENSIONS = (".tar", ".jsonl")
 
@@ -87,6 +87,31 @@ def test_a_pattern_matching_nothing_is_named(tree):
         assert repr(pattern) in str(error.value)
 
 
+def unread(patterns: list[str]) -> list[str]:
+    return [f.relative for f in find_inputs(patterns, EXTENSIONS, "corpus test").unread]
+
+
+def test_files_not_read_below_folders_and_globs_are_listed(tree):
+    found = find_inputs([str(tree / "data")], EXTENSIONS, "corpus test")
+    assert relatives(found.files) == ["a.JSONL", "b.tar", "deep/c.tar"]
+    [notes] = found.unread  # the dotfile stays skipped
+    assert (notes.uri, notes.relative) == (str(tree / "data" / "notes.txt"), "notes.txt")
+    assert notes.detail == "extension .txt is not read by corpus test (it reads .tar, .jsonl " \
+                           "files)"
+    assert unread([str(tree / "data" / "*")]) == ["notes.txt"]
+    assert unread([str(tree / "data" / "*.tar")]) == []  # a glob finds only what it matches
+    # named on its own, or by another pattern, a file is read whatever its extension
+    assert unread([str(tree / "data"), str(tree / "data" / "notes.txt")]) == []
+    assert find_inputs([str(tree / "data")], EXTENSIONS, "corpus test",
+                       companions=(".TXT",)).unread == []
+
+
+def test_a_folder_of_only_other_files_names_them(tree):
+    touch(tree, "texts/only.txt")
+    with pytest.raises(FileNotFoundError, match="found only 1 other file\\(s\\): only.txt"):
+        expand_inputs([str(tree / "texts")], EXTENSIONS)
+
+
 def test_uris_of_fsspec_filesystems():
     fs = fsspec.filesystem("memory")
     for name in ("set/x.tar", "set/sub/y.tar", "set/skip.txt", "set/.cache/z.tar"):
@@ -94,6 +119,7 @@ def test_uris_of_fsspec_filesystems():
     try:
         folder = expand_inputs(["memory://inputs-test/set"], EXTENSIONS)
         assert relatives(folder) == ["sub/y.tar", "x.tar"]
+        assert unread(["memory://inputs-test/set"]) == ["skip.txt"]
         with fsspec.open(folder[1].path, "rb") as f:  # the path opens as given
             assert f.read() == b"x"
         assert relatives(expand_inputs(["memory://inputs-test/set/*.tar"], EXTENSIONS)) == [
@@ -136,6 +162,7 @@ def test_uris_of_beam_filesystems(tree):
                                                       (uri + "/deep/c.tar", "deep/c.tar")]
     assert relatives(expand_inputs([uri + "/"], EXTENSIONS)) == relatives(folder)
     assert relatives(expand_inputs([uri + "/*.tar"], EXTENSIONS)) == ["b.tar"]
+    assert unread([uri]) == unread([uri + "/*"]) == ["notes.txt"]
     [notes] = expand_inputs([uri + "/notes.txt"], EXTENSIONS)
     assert (notes.path, notes.relative, notes.root) == (uri + "/notes.txt", "notes.txt", uri)
     for pattern in (uri + "/none*.tar", uri + "/none.tar"):

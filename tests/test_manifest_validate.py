@@ -199,7 +199,7 @@ def test_load_names_a_missing_or_broken_file(tmp_path):
     with pytest.raises(ManifestError, match="no such manifest"):
         load_manifest(str(tmp_path / "none.yaml"))
     (tmp_path / "bad.yaml").write_text("stage: [1\n")
-    with pytest.raises(ManifestError, match="not valid YAML/JSON"):
+    with pytest.raises(ManifestError, match=r"bad.yaml:2:1: invalid YAML"):
         load_manifest(str(tmp_path / "bad.yaml"))
 
 

@@ -50,7 +50,7 @@ def test_demo_inputs_every_rule_with_clip(tmp_path, beam_argv, capsys):
     report = web
     assert report["input"] == 27 + 3
     rejects, kept = rejects_by_key(tmp_path / "web"), kept_by_key(tmp_path / "web")
-    order = pairs.reason_order(pairs.PairsConfig())
+    order = report["rules"]  # the rules this run checked, in order
     after_clip = set(order[order.index("clip_score_too_low"):])
     expectations = [(f"00000.tar#{p.key}", p.expect) for p in demo_pairs()]
     for key, expect in expectations:
@@ -110,10 +110,12 @@ def test_img2dataset_parquet_and_jsonl_folder_without_clip(tmp_path, beam_argv, 
     assert sum(report["stats"]["kept_languages"].values()) == expected_kept
     kept = kept_by_key(tmp_path / "out")
     assert kept["coco/captions.jsonl#1"].text == "a man riding a red bike down a city street"
-    # The phone photo is stored upright, the GIF as PNG; the source hash is of the input's bytes.
+    # The phone photo is stored upright, the GIF read (as PNG, then written as the shards' one
+    # format, JPEG); the source hash is of the input's bytes.
     phone, drawing = kept["coco/captions.jsonl#5"], kept["coco/captions.jsonl#6"]
     assert (phone.image.format, phone.image.width, phone.image.height) == ("jpeg", 240, 320)
-    assert (drawing.image.format, drawing.image.width, drawing.image.height) == ("png", 300, 240)
+    assert (drawing.image.format, drawing.image.width, drawing.image.height) == ("jpeg", 300, 240)
+    assert "image_reencoded: png->jpeg quality 95" in drawing.decisions
     assert phone.source.sha256 == hashlib.sha256(rows[5][1]).hexdigest()
     assert all(s.clip_score is None for s in kept.values())
     parquet_shards = glob.glob(str(tmp_path / "out" / "shards" / "*.parquet"))
@@ -252,13 +254,22 @@ def test_table_reader_rejects_bad_lines_without_holding_them(tmp_path):
 
 
 def test_rule_order_follows_the_config():
-    config = pairs.PairsConfig()
+    """The report lists exactly the rules the config runs, in their order."""
+    config = pairs.PairsConfig(longest_caption_per_image=True)
+    config.clip.score_field, config.text.languages = "similarity", ["en", "zh"]
     order = pairs.reason_order(config)
-    assert order.index("image_too_small") < order.index("clip_score_too_low") < \
-        order.index("non_en_zh_characters") < order.index("shorter_caption_same_image")
+    assert order == ["aspect_ratio_too_large", "image_too_small", "clip_score_too_low",
+                     "clip_score_missing", "non_en_zh_characters", "emoji", "text_too_short",
+                     "text_too_long", "empty_after_html_cleaning", "empty_after_pattern_cleaning",
+                     "text_too_short_after_cleaning", "text_too_long_after_cleaning",
+                     "language_not_allowed", "language_uncertain", "shorter_caption_same_image"]
     config.clip.after_text_rules = True
     order = pairs.reason_order(config)
     assert order.index("language_not_allowed") < order.index("clip_score_too_low")
+    config.rule_set = "academic"
+    assert pairs.reason_order(config) == ["text_too_short", "text_too_long",
+                                          "language_not_allowed", "language_uncertain",
+                                          "academic_special_tag", "shorter_caption_same_image"]
     names = [getattr(r, "name", getattr(r, "__name__", "")) for r in
              pairs.text_rules(pairs.TextRulesConfig(tag_language=False))]
     assert names == ["non_en_zh_characters", "no_emoji", "text_length", "html_cleaner",

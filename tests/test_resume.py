@@ -37,7 +37,7 @@ def run_until(output: Path, ready, *flags: str) -> None:
                                 "--samples-per-shard", str(PER_SHARD), *flags],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while not ready():
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline, "the run never reached the point to kill it"

@@ -82,9 +82,10 @@ def test_sft_run_counts_every_rule_and_writes_chatml(tmp_path, beam_argv):
     report = run(inputs, str(tmp_path / "out"), "sft", SftConfig(), beam_argv, images=images)
     assert (report["input"], report["kept"]) == (14, 5)
     assert report["dropped"] == {
-        "malformed_record": 1, "empty_dialogue": 1, "unknown_role": 1,
-        "misplaced_system_turn": 1, "missing_image": 1, "special_token_in_turn": 1,
-        "no_assistant_turn": 1, "empty_answer": 1, "image_count_mismatch": 1}
+        "empty_dialogue": 1, "unknown_role": 1, "misplaced_system_turn": 1,
+        "special_token_in_turn": 1, "no_assistant_turn": 1, "empty_answer": 1,
+        "image_count_mismatch": 1}
+    assert report["errored"] == {"malformed_record": 1, "missing_image": 1}
     samples = {s.extra["source_id"]: s for p in glob.glob(os.path.join(tmp_path, "out",
                                                                        "shards", "*.tar"))
                for s in read_shard(p)}

@@ -21,6 +21,7 @@ from corpus.report import REPORT_NAME
 from corpus.shards import read_shard
 from filters.base import Reject, checked
 from pipelines.common import plan_execution, run_pipeline
+from pipelines.run_record import RECORD_NAME
 from pipelines.sinks import MARKER_DIR, SPILL_DIR, Choice, Counts, RunSpec
 from pipelines.tasks import plan_tasks, run_tasks
 
@@ -105,8 +106,9 @@ def expected_counts(count: int) -> dict:
 
 
 def output_files(output_dir) -> dict[str, bytes]:
-    """Every file of a run, relative path -> bytes; the report without its timing, the markers
-    without their fingerprints (they hold the inputs' modification times), no plot."""
+    """Every file of a run, relative path -> bytes; the report without its timing and resume
+    count, the markers without their fingerprints (they hold the inputs' modification times),
+    the run's record without its start time and the inputs' modification times, no plot."""
     files = {}
     for root, _, names in os.walk(output_dir):
         for name in names:
@@ -119,7 +121,14 @@ def output_files(output_dir) -> dict[str, bytes]:
             if os.path.basename(relative) == REPORT_NAME:
                 report = json.loads(data)
                 report.pop("wall_seconds", None)
+                report.pop("tasks_reused", None)
                 data = json.dumps(report, sort_keys=True).encode()
+            elif os.path.basename(relative) == RECORD_NAME:
+                record = json.loads(data)
+                record.pop("started")
+                for file in record["inputs"].get("files", []):
+                    file[2] = None  # the modification time
+                data = json.dumps(record, sort_keys=True).encode()
             elif MARKER_DIR in relative.split(os.sep):
                 marker = json.loads(data)
                 marker.pop("fingerprint", None)

@@ -177,3 +177,27 @@ def test_stats_keep_their_keys_when_nothing_is_kept(tmp_path, beam_argv):
     assert (report["input"], report["kept"]) == (1, 0)
     assert report["stats"] == {"kept_documents_by_language": {}, "chunks": 0,
                                "chunked_documents": 0, "kept_documents": 0}
+
+
+def test_compressed_text_is_probed_and_read_decompressed(tmp_path):
+    import gzip
+
+    import zstandard
+
+    from corpus.inputs import InputFile
+
+    zstd = zstandard.ZstdCompressor()
+    files = {
+        "plain.txt.gz": gzip.compress(b"one block of words\n"),  # NULs in the gzip header
+        "binary.txt.gz": gzip.compress(b"\x00\x01 an image, renamed"),
+        # two frames, as a parallel compressor writes them; a block across their border
+        "frames.txt.zst": zstd.compress(b"first block\n\nsecond ") + zstd.compress(b"block\n"),
+    }
+    reader = text_pipeline.TextReader("unit", text_pipeline.TextDocsConfig())
+    read = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        read[name] = [getattr(item, "reason", None) or item.text
+                      for item in reader(InputFile(str(tmp_path / name), name))]
+    assert read == {"plain.txt.gz": ["one block of words\n"], "binary.txt.gz": ["binary_file"],
+                    "frames.txt.zst": ["first block\n", "second block\n"]}

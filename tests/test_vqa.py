@@ -2,7 +2,10 @@
 tasks, and `corpus vqa`."""
 import glob
 import itertools
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -80,8 +83,9 @@ def test_vqa_run_joins_vqav2_files_and_passes_other_sets_through(tmp_path, beam_
     report = run(inputs, str(tmp_path / "out"), "vqa", VqaConfig(), beam_argv, images=images)
     # VQAv2: 6 questions + 1 annotation without its question; GQA 2; OCR-VQA 2; DocVQA 2
     assert (report["input"], report["kept"]) == (13, 7)
-    assert report["dropped"] == {"unmatched_annotation": 1, "missing_image": 1,
-                                 "empty_question": 1, "no_answer": 3}
+    assert report["dropped"] == {"unmatched_annotation": 1, "empty_question": 1,
+                                 "no_answer": 3}
+    assert report["errored"] == {"missing_image": 1}
     assert report["stats"] == {"answer_confidence": {"maybe": 1, "single_answer": 3, "yes": 3}}
     samples = [s for p in glob.glob(os.path.join(tmp_path, "out", "shards", "*.tar"))
                for s in read_shard(p)]
@@ -153,3 +157,22 @@ def test_example_config_loads_under_the_profile(capsys):
     config = load_pipeline_config(VqaConfig, "vqa", "pipelines/configs/vqa.yaml", "gqa")
     assert config.image_template == "{imageId}.jpg"
     assert "dataset profile 'gqa': vqa (Table 3: VQA (GQA))" in capsys.readouterr().out
+
+
+def test_records_that_cannot_fill_the_image_template_are_counted_rejects(tmp_path):
+    """Only the GQA records have `imageId`: every other question, joined VQAv2 ones included,
+    drops with the reason instead of being read without the template."""
+    inputs, images = write_vqa_sample(str(tmp_path / "in"))
+    config = tmp_path / "vqa.yaml"
+    config.write_text('image_template: "{imageId}.jpg"\n')
+    result = subprocess.run([sys.executable, "-m", "corpus.cli", "vqa", "--input", *inputs,
+                             "--images", images, "--dataset", "mixed", "--output",
+                             str(tmp_path / "out"), "--config", str(config), "--workers", "1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["input"], report["kept"]) == (13, 1)  # the green square of GQA
+    # VQAv2 5 (the question without an annotation is no_answer before any image is sought),
+    # OCR-VQA 2, DocVQA 2
+    assert report["dropped"] == {"unmatched_annotation": 1, "no_answer": 2}
+    assert report["errored"] == {"image_template_unfilled": 9}

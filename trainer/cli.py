@@ -14,14 +14,19 @@ def add_arguments(parser):
     parser.add_argument("--stage", type=int, required=True, choices=(1, 2, 3),
                         help="the Table 8 column; must match the manifest's stage")
     parser.add_argument("--config", help="YAML overriding the stage's Table 8 plan "
-                                         "(trainer/configs/ has examples)")
-    parser.add_argument("--init", help="checkpoint (or output folder) of the previous stage")
+                                         "(trainer/configs/ has examples) (default: none, the "
+                                         "plan as Table 8 gives it)")
+    parser.add_argument("--init", help="checkpoint (or output folder) of the previous stage "
+                                       "(default: none, the pretrained weights the model config "
+                                       "names, else random ones)")
     parser.add_argument("--output", required=True, help="checkpoints and log.jsonl go here")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --output, exactly")
-    parser.add_argument("--steps", type=int, help="override the stage's total steps")
+    parser.add_argument("--steps", type=int,
+                        help="override the stage's total steps (default: the stage's)")
     parser.add_argument("--stop-after", type=int, metavar="N",
-                        help="stop this run after N steps (with a checkpoint); resume later")
+                        help="stop this run after N steps (with a checkpoint); resume later "
+                             "(default: none, run to the end)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
 
 

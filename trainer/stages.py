@@ -11,9 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from corpus.config import ConfigError, from_mapping, merge
+from corpus.config import ConfigError, from_mapping, merge, read_yaml_mapping
 
 COMPONENTS = ("visual", "adapter", "llm")
 
@@ -161,10 +159,7 @@ def stage_config(stage: int, path: str | None = None,
     mapping = dataclasses.asdict(StageConfig())
     mapping.update(TABLE_8[stage])
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            document = yaml.safe_load(f) or {}
-        if not isinstance(document, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        document = read_yaml_mapping(path)
         if document.get("stage", stage) != stage:
             raise ConfigError(f"{path}: stage {document['stage']} given for stage {stage}")
         mapping = merge(mapping, document)
