@@ -276,3 +276,15 @@ def test_step_flops_count_attention_within_packed_samples():
     llm = model.llm.config
     # 6 x layers x width x (64² - 2 x 32²): causal attention within each sample only
     assert whole - halves == 6 * llm.num_hidden_layers * llm.hidden_size * (64 ** 2 - 2 * 32 ** 2)
+
+
+def test_a_tiny_model_learns_its_shards(tmp_path, shards):
+    """Training lowers the loss: a sign or scale bug in the loss, its mask or the optimizer
+    would leave it where it starts. Stage 3 (adapter and LLM) on the same few dialogues and
+    documents, at a learning rate a tiny model memorises them with."""
+    result = train(stage_manifest(tmp_path, shards, 3), 3, str(tmp_path / "learn"),
+                   overrides=dict(TINY, steps=40, save_every=1000, peak_lr=2e-3, min_lr=2e-3,
+                                  warmup_steps=1),
+                   device="cpu")
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last <= first / 2, (first, last)
