@@ -225,6 +225,66 @@ def component_mfu(model: dict, device: torch.device, image_size: int, images: in
     return results
 
 
+def profile_llm_bodies(model: dict, device: torch.device, image_size: int, rows: int,
+                       seq_len: int, iters: int, folder: str) -> dict[str, str]:
+    """The torch profiler over forward + backward of the plain Hugging Face decoder and of the
+    trainer's LLM body (its `hidden_states`, each attention it has here), same shapes, side by
+    side: the operators each spends its time in, printed, and a Chrome trace of each in
+    `folder` (chrome://tracing, Perfetto). Where the trainer's body pays what the plain model
+    does not shows here first."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from corpus.tokens import IMAGE_PAD, TextTokenizer
+    from trainer.model import QwenVL
+    from trainer.stages import model_config
+
+    tokenizer = TextTokenizer.default()
+    llm = model["llm"]
+    plain_config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=llm["hidden_size"],
+                               intermediate_size=llm["intermediate_size"],
+                               num_hidden_layers=llm["layers"], num_attention_heads=llm["heads"],
+                               num_key_value_heads=llm["kv_heads"], tie_word_embeddings=False)
+    plain_config._attn_implementation = "sdpa"
+    with torch.device(device):
+        plain = Qwen2ForCausalLM(plain_config)
+        ours = QwenVL(model_config(model), image_size, tokenizer.vocab_size,
+                      tokenizer.token_id(IMAGE_PAD))
+    ids = torch.randint(64, tokenizer.vocab_size, (rows, seq_len), device=device)
+    positions = (torch.arange(seq_len, device=device) % (seq_len // 7 + 1)).expand(rows, -1)
+    cases = {"plain HF Qwen2": lambda: plain.model(input_ids=ids).last_hidden_state}
+    for attention in ("sdpa", "varlen") if device.type == "cuda" else ("sdpa",):
+        cases[f"trainer LLM body, {attention}"] = (
+            lambda a=attention: _with_attention(ours, a,
+                                                lambda: ours.hidden_states(ids, positions)))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    os.makedirs(folder, exist_ok=True)
+    traces = {}
+    for name, run in cases.items():
+        for _ in range(2):  # warm-up: kernels chosen, caches filled
+            _forward_backward(run, device)
+        with profile(activities=activities, record_shapes=True) as profiler:
+            for _ in range(iters):
+                _forward_backward(run, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        print(f"\nprofile: {name}, {iters} forward + backward of {rows} x {seq_len} tokens")
+        print(profiler.key_averages().table(sort_by=sort_by, row_limit=15))
+        traces[name] = os.path.join(folder, name.replace(", ", "-").replace(" ", "_") + ".json")
+        profiler.export_chrome_trace(traces[name])
+    del plain, ours
+    gc.collect()
+    return traces
+
+
+def _forward_backward(run, device: torch.device) -> None:
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = run()
+    out.float().square().mean().backward()
+
+
 def _with_attention(net, attention: str, run):
     net.llm.config._attn_implementation = attention
     return run()
@@ -244,6 +304,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--no-components", action="store_true",
                         help="skip the per-component MFU breakdown")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="also profile the plain decoder and the trainer's LLM body side "
+                             "by side: operator tables printed, Chrome traces written to DIR")
     args = parser.parse_args(argv)
     tiny = args.tiny
     device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
@@ -302,6 +365,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         for name, mfu in parts.items():
             print(f"component MFU, {name}: {mfu:.1%}")
         results["components_mfu"] = parts
+    if args.profile:
+        results["profile_traces"] = profile_llm_bodies(model, device, image_size,
+                                                       args.micro_batch, seq_len, 3, args.profile)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -18,6 +18,19 @@ def test_bench_trainer_tiny_runs(capsys):
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_bench_trainer_profiles_both_llm_bodies(tmp_path, capsys):
+    import bench_trainer
+
+    results = bench_trainer.main(["--tiny", "--workers", "0", "--steps", "1", "--profile",
+                                  str(tmp_path)])
+    traces = results["profile_traces"]
+    assert set(traces) == {"plain HF Qwen2", "trainer LLM body, sdpa"}
+    assert all(os.path.getsize(path) > 0 for path in traces.values())
+    out = capsys.readouterr().out
+    assert "profile: plain HF Qwen2" in out and "profile: trainer LLM body, sdpa" in out
+    assert "Self CPU" in out  # the profiler's operator table
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "trainer/configs/*.yaml"))))
 def test_example_configs_load(path):
     from trainer.stages import stage_config
