@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -250,6 +251,7 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
     printed = capsys.readouterr().out
     assert "step 1: checkpoint" in printed and "step 2: checkpoint" in printed
     assert "share of samples (weight): sft " in printed
+    assert re.search(r"start-up peak host memory: rank 0 \d+\.\d\d GiB", printed)
     lines = open(os.path.join(out, "log.jsonl")).read().splitlines()
     assert len(lines) == 2 and '"tokens_per_s"' in lines[0]
     shares = json.loads(lines[1])["sample_shares"]

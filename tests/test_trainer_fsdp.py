@@ -5,6 +5,7 @@ builds the full model on rank 0 only and sends every rank its shards.
 Run as a script (under torchrun), this file is one rank of the start-up test."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -91,7 +92,10 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
                                           distributed="fsdp")))
     out = tmp_path / "fsdp"
     argv = ["--manifest", manifest, "--stage", "3", "--config", str(config), "--output", str(out)]
-    assert "fsdp" in torchrun_train(argv + ["--stop-after", "2"])
+    printed = torchrun_train(argv + ["--stop-after", "2"])
+    assert "fsdp" in printed
+    assert re.search(r"start-up peak host memory: rank 0 \d+\.\d\d GiB, rank 1 \d+\.\d\d GiB",
+                     printed)
     torchrun_train(argv + ["--resume"])
     logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
     sharded = out / "checkpoints" / "step-00000003"

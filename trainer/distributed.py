@@ -178,6 +178,12 @@ class World:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def each(self, value: float, device: torch.device) -> list[float]:
+        """Every rank's `value`, in rank order, on every rank."""
+        values = [0.0] * self.size
+        values[self.rank] = value
+        return self.sum(values, device)
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()

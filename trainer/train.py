@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -222,6 +223,11 @@ def build_model(config: ModelConfig, image_size: int, tokenizer: TextTokenizer,
     return model.to(device) if full else model
 
 
+def peak_host_memory_gib() -> float:
+    """This process's peak resident memory so far (Linux reports kibibytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
 def train(manifest_path: str, stage: int, output_dir: str, config_path: str | None = None,
           init: str | None = None, resume: bool = False, overrides: dict[str, Any] | None = None,
           device: str | None = None, progress: bool | None = None,
@@ -287,6 +293,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                  "seq_len": seq_len, "seed": seed, "init": init_from, "world": world.size}
     peak = peak_flops(device)
     counts = parameter_counts(model)
+    host_memory = world.each(peak_host_memory_gib(), device)  # what start-up cost each rank
     if world.main:
         print(f"stage {stage}: {sum(counts[k] for k in COMPONENTS) / 1e6:.1f} M parameters (ViT "
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
@@ -296,6 +303,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
               f"pass(es); "
               f"step {step} of {config.steps}", flush=True)
+        print("start-up peak host memory: " + ", ".join(
+            f"rank {rank} {gib:.2f} GiB" for rank, gib in enumerate(host_memory)), flush=True)
 
     result = TrainResult(checkpoint=resume_from or "", steps=step)
     batches = iter(loader)
