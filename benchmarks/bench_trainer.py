@@ -103,19 +103,25 @@ def write_stage2_manifest(path: str, shards: dict[str, str], counts: dict[str, i
     return path
 
 
-def plain_llm(model: dict, rows: int, seq_len: int, steps: int, warmup: int,
-              device: torch.device) -> dict[str, float]:
-    """The reference: Hugging Face Qwen2ForCausalLM alone, random tokens, labels = inputs."""
+def plain_decoder(model: dict, vocab_size: int, device: torch.device):
+    """Hugging Face Qwen2ForCausalLM of the model's LLM shape, sdpa attention, random init."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     llm = model["llm"]
-    config = Qwen2Config(vocab_size=llm.get("vocab_size", 4096), hidden_size=llm["hidden_size"],
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=llm["hidden_size"],
                          intermediate_size=llm["intermediate_size"],
                          num_hidden_layers=llm["layers"], num_attention_heads=llm["heads"],
                          num_key_value_heads=llm["kv_heads"], tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
     with torch.device(device):
-        net = Qwen2ForCausalLM(config)
+        return Qwen2ForCausalLM(config)
+
+
+def plain_llm(model: dict, rows: int, seq_len: int, steps: int, warmup: int,
+              device: torch.device) -> dict[str, float]:
+    """The reference: Hugging Face Qwen2ForCausalLM alone, random tokens, labels = inputs."""
+    net = plain_decoder(model, model["llm"].get("vocab_size", 4096), device)
+    config = net.config
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
                                   weight_decay=0.05, fused=device.type == "cuda")
     ids = torch.randint(0, config.vocab_size, (rows, seq_len), device=device)
@@ -233,21 +239,14 @@ def profile_llm_bodies(model: dict, device: torch.device, image_size: int, rows:
     `folder` (chrome://tracing, Perfetto). Where the trainer's body pays what the plain model
     does not shows here first."""
     from torch.profiler import ProfilerActivity, profile
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from corpus.tokens import IMAGE_PAD, TextTokenizer
     from trainer.model import QwenVL
     from trainer.stages import model_config
 
     tokenizer = TextTokenizer.default()
-    llm = model["llm"]
-    plain_config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=llm["hidden_size"],
-                               intermediate_size=llm["intermediate_size"],
-                               num_hidden_layers=llm["layers"], num_attention_heads=llm["heads"],
-                               num_key_value_heads=llm["kv_heads"], tie_word_embeddings=False)
-    plain_config._attn_implementation = "sdpa"
+    plain = plain_decoder(model, tokenizer.vocab_size, device)
     with torch.device(device):
-        plain = Qwen2ForCausalLM(plain_config)
         ours = QwenVL(model_config(model), image_size, tokenizer.vocab_size,
                       tokenizer.token_id(IMAGE_PAD))
     ids = torch.randint(64, tokenizer.vocab_size, (rows, seq_len), device=device)
