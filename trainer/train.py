@@ -80,7 +80,7 @@ def gather_state(model: QwenVL, optimizer) -> tuple[dict[str, Any], dict[str, An
 
 def load_optimizer(model: QwenVL, optimizer, path: str) -> None:
     """Restore a saved optimizer state into `optimizer`, sharded or not."""
-    saved = torch.load(path, map_location="cpu")
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     if any(isinstance(key, int) for key in saved["state"]):  # the id-keyed layout of older runs
         optimizer.load_state_dict(saved)
         return
@@ -219,7 +219,10 @@ def build_model(config: ModelConfig, image_size: int, tokenizer: TextTokenizer,
         model = QwenVL(config, image_size, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD),
                        load_pretrained=full)
     if weights_from and full:
-        load_weights(model, torch.load(os.path.join(weights_from, "model.pt"), map_location="cpu"))
+        # mapped, not read: the file's pages stay in the page cache, which the kernel can give
+        # back under pressure, instead of a second private copy of the weights
+        load_weights(model, torch.load(os.path.join(weights_from, "model.pt"), map_location="cpu",
+                                       mmap=True, weights_only=True))
     return model.to(device) if full else model
 
 
