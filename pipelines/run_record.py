@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from corpus.config import ConfigError
 from corpus.report import PLOT_NAME, REPORT_NAME
 from pipelines.sinks import MARKER_DIR, SPILL_DIR, TMP_INFIX, write_atomically
-from pipelines.tasks import _file_identity, _unit_files, _version
+from pipelines.tasks import file_identity, project_version, unit_files
 
 RECORD_NAME = "run.json"
 # Everything a run writes in its output folder; `--overwrite` removes these and nothing else.
@@ -58,7 +58,7 @@ class RunRecord:
 
     def to_json(self, started: str = "") -> dict:
         # through JSON and back: tuples become lists, as in a stored record
-        record = {"command": self.command, "dataset": self.dataset, "version": _version(),
+        record = {"command": self.command, "dataset": self.dataset, "version": project_version(),
                   "started": started, **asdict(self)}  # the fields in the order shown
         return json.loads(json.dumps(record, default=str))
 
@@ -67,13 +67,13 @@ def file_inputs(patterns: list[str], files: Iterable[str], **options) -> dict:
     """The inputs of a run reading files: the patterns as given, each file they resolved to
     (size, modification time), and the options naming more inputs (`images=...`), when set."""
     return {"patterns": list(patterns),
-            "files": [_file_identity(path) for path in sorted(set(files))],
+            "files": [file_identity(path) for path in sorted(set(files))],
             **{name: value for name, value in options.items() if value is not None}}
 
 
 def task_files(tasks) -> list[str]:
     """The files a run's tasks read (what their fingerprints take sizes and times of)."""
-    return [path for task in tasks for unit in task.units for path in _unit_files(unit)]
+    return [path for task in tasks for unit in task.units for path in unit_files(unit)]
 
 
 # ---- comparing two records ----------------------------------------------------------------------

@@ -80,14 +80,14 @@ def unread_tasks(unread: list[UnreadFile], index: int) -> list[Task]:
 # ---- one task --------------------------------------------------------------------------------
 
 @functools.cache
-def _version() -> str:
+def project_version() -> str:
     try:
         return metadata.version("qwenvl-corpus")
     except metadata.PackageNotFoundError:
         return "unknown"
 
 
-def _unit_files(unit: Any) -> list[str]:
+def unit_files(unit: Any) -> list[str]:
     """The files a unit reads: its `paths` (a unit of several files), or its `path`."""
     paths = getattr(unit, "paths", None)
     if paths is not None:
@@ -96,7 +96,7 @@ def _unit_files(unit: Any) -> list[str]:
     return [path] if isinstance(path, str) and not path.endswith("/") else []
 
 
-def _file_identity(path: str) -> list:
+def file_identity(path: str) -> list:
     """Size and modification time of an input file (what tells a re-run that it changed)."""
     try:
         metadata_list = FileSystems.match([path])[0].metadata_list
@@ -112,11 +112,11 @@ def fingerprint(specs: list[RunSpec], task: Task) -> str:
     """What a task's outputs are a function of: the runs' settings, the project's version, the
     task's units and their files' sizes and modification times."""
     description = {
-        "version": _version(),
+        "version": project_version(),
         "runs": [[s.pipeline, s.dataset, s.task, s.formats, s.samples_per_shard, s.config,
                   s.choice.reason if s.choice else None] for s in specs],
         "units": [repr(unit) for unit in task.units],
-        "files": [_file_identity(path) for unit in task.units for path in _unit_files(unit)],
+        "files": [file_identity(path) for unit in task.units for path in unit_files(unit)],
     }
     encoded = json.dumps(description, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(encoded).hexdigest()
