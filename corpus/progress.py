@@ -3,14 +3,15 @@ time left, redrawn in place on stderr about once a second.
 
 The processes that run a step's tasks count inputs in one shared counter (forked children
 inherit it); the process that owns the line draws it. The line is off with `--quiet` and when
-stderr is not a terminal (tqdm's own test), and it is cleared when the step ends: the run's
-summary says the rest. The time left is estimated from finished tasks.
+stderr is not a terminal, and then nothing is counted either. It is cleared when the step ends:
+the run's summary says the rest. The time left is estimated from finished tasks.
 """
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
 import os
+import sys
 import time
 from typing import Iterator
 
@@ -29,8 +30,7 @@ class Progress:
         self._shown = -1
         self._drawn = time.monotonic()
         self._bar = tqdm(total=tasks, desc=label, unit="task", leave=False,
-                         disable=True if quiet else None, mininterval=REFRESH_SECONDS,
-                         dynamic_ncols=True,
+                         mininterval=REFRESH_SECONDS, dynamic_ncols=True,
                          bar_format="{desc}: {n_fmt}/{total_fmt} tasks{postfix} "
                                     "[{elapsed} elapsed, {remaining} left]")
         self._show_inputs()
@@ -47,14 +47,14 @@ class Progress:
 
     def refresh(self) -> None:
         """Redraw with the latest input count when the line is due."""
-        if not self._bar.disable and time.monotonic() - self._drawn >= REFRESH_SECONDS:
+        if time.monotonic() - self._drawn >= REFRESH_SECONDS:
             self._drawn = time.monotonic()
             self._show_inputs()
             self._bar.refresh()
 
     def _show_inputs(self) -> None:
         inputs = self._inputs.value
-        if inputs != self._shown and not self._bar.disable:
+        if inputs != self._shown:
             elapsed = max(self._bar.format_dict["elapsed"], 1e-9)
             self._bar.set_postfix_str(f"{inputs:,} inputs ({inputs / elapsed:,.1f}/s)",
                                       refresh=False)
@@ -66,8 +66,12 @@ class Progress:
 
 @contextlib.contextmanager
 def tracking(label: str, tasks: int) -> Iterator[Progress]:
-    """The progress line of one step of `tasks` tasks, current while the step runs."""
+    """The progress line of one step of `tasks` tasks, current while the step runs; None when
+    no line is shown, so that the step's processes count nothing (a lock per input)."""
     global _current
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
     progress = Progress(label, tasks)
     previous, _current = _current, progress
     try:
