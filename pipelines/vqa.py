@@ -52,7 +52,7 @@ from pipelines.annotations import ANY_RECORD_IMAGE_FIELDS, RECORD_EXTENSIONS, An
     iter_records, load_record_image, loaded_image, read_records, record_image_bytes
 from pipelines.common import GuardedWork, add_common_arguments, exclusion_guard, guarded_spec, \
     load_pipeline_config, print_summary, run_pipeline
-from pipelines.run_record import RunRecord, file_inputs
+from pipelines.run_record import RunRecord, file_inputs, task_files
 from pipelines.sinks import RunSpec, ShardImages
 from pipelines.tasks import Task, plan_tasks, run_tasks, unread_tasks
 
@@ -405,8 +405,9 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
     files = found.files
     join_tasks = join_task_count(files, samples_per_shard)
     unread = unread_tasks(found.unread, len(files) + join_tasks)  # numbered after the joins
+    file_tasks = plan_tasks(files) + unread
     formats = shard_formats or ["webdataset"]
-    record = RunRecord("vqa", dataset, file_inputs(inputs, [f.path for f in files], images=images,
+    record = RunRecord("vqa", dataset, file_inputs(inputs, task_files(file_tasks), images=images,
                                                    exclude_images=exclude_images),
                        to_mapping(config), formats, samples_per_shard)
 
@@ -419,11 +420,11 @@ def run(inputs: list[str], output_dir: str, dataset: str, config: VqaConfig,
                                     finish_stats=_confidence_stats, images=config.shard_images),
                             exclude)
         work = CleanVqa(dataset, config, images, exclude)
-        file_tasks = pipeline | "FileTasks" >> beam.Create(plan_tasks(files) + unread)
+        reads = pipeline | "FileTasks" >> beam.Create(file_tasks)
         joins = (pipeline | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
                  | "ReadHalves" >> beam.FlatMap(work.reader.halves)
                  | "JoinTasks" >> JoinTasks(len(files), join_tasks))
-        tasks = (file_tasks, joins) | "AllTasks" >> beam.Flatten()
+        tasks = (reads, joins) | "AllTasks" >> beam.Flatten()
         run_tasks(pipeline, [spec], work, tasks, execution,
                   count=len(files) + join_tasks + len(unread))
 
