@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from corpus.inputs import IMAGE_FILES
 from corpus.schema import Sample
 from filters.base import Reject
 from filters.hash_index import HashIndex
@@ -46,7 +47,6 @@ HASH_SIDE = 64  # every hash reads this reduced square
 DEFAULT_THRESHOLD = 32  # of 256 bits
 SCHEME = (f"v1 {','.join(h.__name__ for h in HASHES)} of {HASH_SIDE}x{HASH_SIDE} grey; "
           f"crops 0/{CROP} per side")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive
 
 
@@ -99,7 +99,7 @@ def image_paths(source: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(source)
     protocol = source.split("://", 1)[0] + "://" if "://" in source else ""
     if fs.isdir(root):
-        found = [path for path in fs.find(root) if path.lower().endswith(IMAGE_EXTENSIONS)
+        found = [path for path in fs.find(root) if path.lower().endswith(IMAGE_FILES)
                  and not any(part.startswith(".")
                              for part in posixpath.relpath(path, root).split("/"))]
         return [protocol + path for path in sorted(found)]
