@@ -1,6 +1,6 @@
 """FSDP2 (`distributed: fsdp`): the wrapping plan; two CPU ranks under torchrun (gloo) that
-train, checkpoint and resume exactly as one rank with twice the micro-batch; a start-up that
-builds the full model on rank 0 only and sends every rank its shards.
+train, checkpoint and resume exactly as one rank with twice the micro-batch; a start-up in which
+no rank builds the full model (tests/test_trainer_weights.py covers where the weights come from).
 
 Run as a script (under torchrun), this file is one rank of the start-up test."""
 import json
@@ -12,15 +12,14 @@ import sys
 import pytest
 import torch
 import yaml
-from open_clip import create_model
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import TINY, shards, stage_manifest  # noqa: F401  (shards is a fixture)
-from trainer.distributed import check_uniform, join_world, shard_plan, unit_parameters
-from trainer.model import QwenVL, apply_freeze_plan, load_weights
+from trainer.distributed import World, check_uniform, join_world, shard_plan, unit_parameters
+from trainer.model import QwenVL, apply_freeze_plan
 from trainer.stages import TABLE_8, stage_config
 from trainer.train import build_model, train
+from trainer.weights import InitialWeights
 
 
 def tiny_model():
@@ -117,89 +116,72 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
     assert optimizer["state"].keys() == torch.load(
         os.path.join(single.checkpoint, "optimizer.pt"))["state"].keys()
     assert not any(name.startswith("visual.") for name in optimizer["state"])  # frozen
-    load_weights(tiny_model(), weights)  # strict: loads into an unsharded model
+    tiny_model().load_state_dict(weights, strict=True)  # loads into an unsharded model
 
 
-# ---- start-up: one full model, on rank 0 ----------------------------------------------------
+# ---- start-up: every rank on the meta device, one unit filled at a time --------------------
 
-def test_fsdp_start_up_builds_one_full_model_and_sends_its_slices(tmp_path):
-    # --init weights (not the seed's) must reach rank 1 although only rank 0 reads them
-    torch.manual_seed(123)
-    torch.save(tiny_model().state_dict(), tmp_path / "model.pt")
-    torchrun(__file__, str(tmp_path), str(tmp_path))
-    full = torch.load(tmp_path / "full.pt")
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
-    assert [r["built_on"] for r in ranks] == [["cpu"], ["meta"]]  # rank 1 allocated nothing
-    init = torch.load(tmp_path / "model.pt")
-    assert full["state"].keys() == init.keys()
-    for name in init:
-        assert torch.equal(full["state"][name], init[name])
-    # buffers outside the state dict, which rank 1 could not compute on the meta device
-    assert {"pixel_mean", "llm.model.rotary_emb.inv_freq"} <= full["buffers"].keys()
-    for rank, held in enumerate(ranks):
-        assert held["shards"].keys() == full["state"].keys() - full["buffers"].keys()
-        for name, shard in held["shards"].items():  # FSDP2 shards dim 0 in torch.chunk slices
-            slices = full["state"][name].chunk(2)
-            expected = slices[rank] if rank < len(slices) else full["state"][name][:0]
-            assert torch.equal(shard, expected), (rank, name)
-        assert held["buffers"].keys() == full["buffers"].keys()
-        for name, buffer in held["buffers"].items():
-            assert torch.equal(buffer, full["buffers"][name]), (rank, name)
-    # rank 1 drew no random init, yet continues from rank 0's generator state
-    assert torch.equal(ranks[0]["rng"], ranks[1]["rng"])
+def tiny_config(stage=3):
+    return stage_config(stage, overrides={"model": {"adapter": {"queries": 16}}})
 
-def test_a_meta_build_has_the_pretrained_architecture_and_reads_no_weights(tmp_path):
-    # open_clip and Hugging Face checkpoints on disk (the LLM's vocabulary is resized)
+
+def filled_model(config, weights_from=None, seed=0):
+    """The single-process start-up: the whole model filled at once."""
     tokenizer = TextTokenizer.default()
-    clip_dir, llm_dir = tmp_path / "clip", tmp_path / "llm"
-    clip_config = {"embed_dim": 32, "vision_cfg": {"image_size": 56, "layers": 1, "width": 64,
-                                                   "patch_size": 14, "head_width": 32},
-                   "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 1,
-                                "layers": 1}}
-    clip_dir.mkdir()
-    (clip_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": clip_config}))
-    clip = create_model(f"local-dir:{clip_dir}", load_weights=False)
-    torch.save(clip.state_dict(), clip_dir / "open_clip_pytorch_model.bin")
-    llm = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=tokenizer.vocab_size - 10, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        tie_word_embeddings=False))
-    llm.save_pretrained(llm_dir)
-    config = stage_config(2, overrides={"model": {
-        "adapter": {"queries": 16}, "visual": {"open_clip_model": f"local-dir:{clip_dir}"},
-        "llm": {"pretrained": str(llm_dir)}}}).model
-    full = build_model(config, 56, tokenizer, torch.device("cpu"), None)
-    assert torch.equal(full.visual.conv1.weight, clip.visual.conv1.weight)  # loaded
-    assert torch.equal(full.llm.get_input_embeddings().weight[:tokenizer.vocab_size - 10],
-                       llm.get_input_embeddings().weight)
-    for weights in [clip_dir / "open_clip_pytorch_model.bin", *llm_dir.glob("*.safetensors")]:
-        weights.unlink()  # the meta build must not need them
-    meta = build_model(config, 56, tokenizer, torch.device("meta"), None)
-    assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {"meta"}
-    layout = {name: (t.shape, t.dtype) for name, t in full.state_dict().items()}
-    assert {name: (t.shape, t.dtype) for name, t in meta.state_dict().items()} == layout
-    assert [name for name, _ in meta.named_buffers()] == [name for name, _ in full.named_buffers()]
-    assert meta.llm.get_input_embeddings().num_embeddings == tokenizer.vocab_size
+    model = build_model(config.model, 56, tokenizer)
+    World().wrap(model, InitialWeights(model, seed, weights_from), torch.device("cpu"))
+    return model
 
+
+@pytest.mark.parametrize("init", [False, True])
+def test_fsdp_ranks_build_nothing_whole_and_hold_the_single_process_slices(tmp_path, init):
+    # --init weights (not the seed's), or the seeded initialisation, reach both ranks although
+    # neither builds the full model: each fills one unit at a time and keeps its slice
+    weights_from = "-"
+    if init:
+        torch.manual_seed(123)
+        torch.save(tiny_model().state_dict(), tmp_path / "model.pt")
+        weights_from = str(tmp_path)
+    torchrun(__file__, str(tmp_path), weights_from)
+    full = filled_model(tiny_config(), None if weights_from == "-" else weights_from)
+    state = full.state_dict()
+    if init:
+        for name, value in torch.load(tmp_path / "model.pt").items():
+            assert torch.equal(state[name], value), name
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    unit_sizes = [sum(p.numel() * 4 for _, p in own)
+                  for own in unit_parameters(shard_plan(tiny_model()))]
+    for rank, held in enumerate(ranks):
+        assert held["built_on"] == ["meta"]  # no parameter had storage before its unit
+        # the most a rank held unsharded at once: its largest unit, a fraction of the model
+        assert held["largest_fill"] == max(unit_sizes) < sum(unit_sizes) / 4
+        assert held["shards"].keys() == state.keys()
+        for name, shard in held["shards"].items():  # FSDP2 shards dim 0 in torch.chunk slices
+            slices = state[name].chunk(2)
+            expected = slices[rank] if rank < len(slices) else state[name][:0]
+            assert torch.equal(shard, expected), (rank, name)
+        buffers = dict(full.named_buffers())
+        assert held["buffers"].keys() == buffers.keys()
+        for name, buffer in held["buffers"].items():
+            assert torch.equal(buffer, buffers[name]), (rank, name)
+    assert torch.equal(ranks[0]["rng"], ranks[1]["rng"])
 
 
 def startup_worker(out, weights_from):
-    """One rank of `test_fsdp_start_up_builds_one_full_model_and_sends_its_slices`: the
-    trainer's start-up (build, freeze plan, shard), then what this rank holds."""
+    """One rank of `test_fsdp_ranks_build_nothing_whole_and_hold_the_single_process_slices`:
+    the trainer's start-up (build, freeze plan, fill and shard), then what this rank holds."""
     world = join_world()
     torch.manual_seed(0)
-    config = stage_config(3, overrides={"model": {"adapter": {"queries": 16}}})
+    config = tiny_config()
     tokenizer = TextTokenizer.default()
     cpu = torch.device("cpu")
-    model = build_model(config.model, 56, tokenizer, world.build_device(cpu, fsdp=True),
-                        weights_from)
-    built_on = sorted({t.device.type for t in [*model.parameters(), *model.buffers()]})
-    if world.main:  # rank 0's full initial model, before it is sharded
-        torch.save({"state": model.state_dict(), "buffers": dict(model.named_buffers())},
-                   os.path.join(out, "full.pt"))
+    model = build_model(config.model, 56, tokenizer)
+    weights = InitialWeights(model, 0, None if weights_from == "-" else weights_from)
+    built_on = sorted({p.device.type for p in model.parameters()})
     apply_freeze_plan(model, config.trainable)
-    world.wrap(model, cpu, "fsdp")
+    world.wrap(model, weights, cpu, "fsdp")
     torch.save({"built_on": built_on, "rng": torch.get_rng_state(),
+                "largest_fill": weights.largest_fill,
                 "shards": {name: p.to_local().clone() for name, p in model.named_parameters()},
                 "buffers": {name: b.clone() for name, b in model.named_buffers()}},
                os.path.join(out, f"rank{world.rank}.pt"))

@@ -40,7 +40,7 @@ class PositionAwareAdapter(nn.Module):
             raise ValueError(f"query count must be a square, got {queries}")
         self.width = width
         self.query = nn.Parameter(torch.empty(queries, width))
-        nn.init.trunc_normal_(self.query, std=0.02)
+        self.reset_parameters()
         self.kv_proj = nn.Linear(vision_width, width, bias=False)
         self.ln_q = nn.LayerNorm(width)
         self.ln_kv = nn.LayerNorm(width)
@@ -49,6 +49,10 @@ class PositionAwareAdapter(nn.Module):
         self.proj = nn.Linear(width, llm_width)
         self.register_buffer("query_pos", sincos_2d(width, self.query_grid), persistent=False)
         self._key_pos: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def reset_parameters(self) -> None:
+        """The parameters this module holds itself (its layers initialise their own)."""
+        nn.init.trunc_normal_(self.query, std=0.02)
 
     @property
     def queries(self) -> int:

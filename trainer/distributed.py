@@ -9,8 +9,9 @@ micro-batch N·B. Rank 0 logs and writes checkpoints.
 `distributed: fsdp` shards the model with FSDP2 (`fully_shard`): one unit per ViT block and per
 decoder layer, one per remaining piece the model calls on its own (see `shard_plan`), then the
 root. Each unit's parameters are all of one component, so a freeze plan of Table 8 leaves every
-unit wholly trainable or wholly frozen. Only rank 0 builds the full model; the other ranks build
-it on the meta device and receive their shards from rank 0 (`shard`).
+unit wholly trainable or wholly frozen. No rank builds the full model: every rank holds the
+architecture on the meta device and fills one unit at a time, sharding it before the next
+(`shard`), so a rank's start-up holds at most one unit unsharded.
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from corpus.config import ConfigError
+from trainer.weights import InitialWeights, move_buffers
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -72,59 +73,22 @@ def check_uniform(plan: list[nn.Module]) -> None:
                              f"(frozen: {frozen[:4]})")
 
 
-def shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
-    """Shard `model` in place and give every rank its part of rank 0's weights. Rank 0 holds
-    the whole model; the others may hold it on the meta device (shapes only), so that start-up
-    never needs more than the one full copy on rank 0."""
+def shard(model: nn.Module, weights: InitialWeights, device: torch.device,
+          bf16: bool) -> nn.Module:
+    """Shard `model`, built on the meta device, in place: innermost unit first, each rank gives
+    the unit's own parameters their initial values (the same on every rank: read from the same
+    files, or drawn from generators seeded by name), then keeps its slice of them."""
     plan = shard_plan(model)
     check_uniform(plan)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     # bf16 weights in compute, fp32 gradient reduction and fp32 master weights
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if bf16 else MixedPrecisionPolicy())
-    main = dist.get_rank() == 0
-    # views of rank 0's full tensors, kept alive until they are sent; the sharded model holds
-    # its own copies of its parts
-    full_state = model.state_dict() if main else {}
-    unsaved = unsaved_buffers(model) if main else None
-    for module in plan:
+    move_buffers(model, device)
+    for module, own in zip(plan, unit_parameters(plan)):
+        weights.fill([param for _, param in own], device)
         fully_shard(module, mesh=mesh, mp_policy=policy)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        model.to_empty(device=device)  # this rank's shards and the buffers, uninitialised
-    set_model_state_dict(model, full_state, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=True))
-    broadcast_unsaved_state(model, unsaved, device)
     return model
-
-
-def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The buffers outside the state dict (non-persistent: the rotary frequencies, the pixel
-    normalisation, attention masks), by name. The code that builds the model computes them, and
-    a rank building on the meta device computed nothing."""
-    saved = model.state_dict().keys()
-    return {name: value for name, value in model.named_buffers() if name not in saved}
-
-
-def broadcast_unsaved_state(model: nn.Module, unsaved: dict[str, torch.Tensor] | None,
-                            device: torch.device) -> None:
-    """Broadcast rank 0's `unsaved_buffers` and set them on the other ranks, with rank 0's
-    random generator state: the ranks that built no weights drew no random numbers, and every
-    rank continues from the state a full build leaves (as when every rank built the model)."""
-    sent = [None]
-    if dist.get_rank() == 0:
-        generators = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            generators["cuda"] = torch.cuda.get_rng_state(device)
-        sent = [({key: value.cpu() for key, value in unsaved.items()}, generators)]
-    dist.broadcast_object_list(sent, src=0)
-    if dist.get_rank() == 0:
-        return
-    values, generators = sent[0]
-    for name, value in values.items():
-        model.get_buffer(name).copy_(value)
-    torch.set_rng_state(generators["cpu"])
-    if "cuda" in generators:
-        torch.cuda.set_rng_state(generators["cuda"], device)
 
 
 @dataclass
@@ -144,20 +108,17 @@ class World:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
-    def build_device(self, device: torch.device, fsdp: bool) -> torch.device:
-        """Where this rank builds the model: `device`, except under FSDP on every rank but 0,
-        which builds it on the meta device (no memory, no weights read) and receives its
-        shards from rank 0 (`shard`)."""
-        return torch.device("meta") if fsdp and not self.main else device
-
-    def wrap(self, model: nn.Module, device: torch.device, strategy: str = "ddp",
-             bf16: bool = False) -> nn.Module:
-        """The module to call for training: `model` itself on one rank or under FSDP (sharded
-        in place), else a DDP wrapper around it."""
+    def wrap(self, model: nn.Module, weights: InitialWeights, device: torch.device,
+             strategy: str = "ddp", bf16: bool = False) -> nn.Module:
+        """Fill `model`'s parameters (on the meta device) on `device` and return the module to
+        call for training: `model` itself on one rank or under FSDP (sharded in place), else a
+        DDP wrapper around it."""
+        if self.size > 1 and strategy == "fsdp":
+            return shard(model, weights, device, bf16)
+        move_buffers(model, device)
+        weights.fill(model.parameters(), device)
         if self.size == 1:
             return model
-        if strategy == "fsdp":
-            return shard(model, device, bf16)
         # a text-only micro-batch leaves the ViT and the adapter without gradients on one rank
         return DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,

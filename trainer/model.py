@@ -18,7 +18,6 @@ import logging
 import torch
 import torch.nn.functional as F
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, create_model
-from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -26,19 +25,20 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2For
 from trainer.adapter import PositionAwareAdapter
 from trainer.attention import VARLEN, sequence_bounds
 from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
+from trainer.weights import building_on_meta
 
 IGNORE = -100
 
 
-def build_visual(config: VisionConfig, image_size: int, load: bool = True) -> VisionTransformer:
-    """The ViT; `load=False` builds the architecture `config.pretrained` names without reading
-    its weights (a rank that receives them from rank 0)."""
+def build_visual(config: VisionConfig, image_size: int) -> VisionTransformer:
+    """The ViT `config` names, without reading any weights (trainer/weights.py fills them)."""
     if config.open_clip_model:
-        # without its weights open_clip warns of a random init, which here is not one
-        with contextlib.nullcontext() if load else _warnings_off():
-            clip = create_model(config.open_clip_model, pretrained=config.pretrained,
-                                load_weights=load, force_image_size=image_size,
-                                pretrained_text=False, device=torch.get_default_device())
+        # open_clip warns of a random init, which here is not one when weights follow
+        with _warnings_off():
+            clip = create_model(config.open_clip_model, load_weights=False,
+                                force_image_size=image_size, pretrained_text=False,
+                                device="meta" if building_on_meta()
+                                else torch.get_default_device())
         visual = clip.visual
         if not isinstance(visual, VisionTransformer):
             raise ValueError(f"{config.open_clip_model}: not an open_clip ViT")
@@ -62,23 +62,17 @@ def _warnings_off():
         logging.disable(previous)
 
 
-def build_llm(config: LLMConfig, vocab_size: int, load: bool = True) -> Qwen2ForCausalLM:
-    """The causal LM; `load=False` builds the architecture of `config.pretrained` from its
-    config alone, without reading its weights (a rank that receives them from rank 0)."""
+def build_llm(config: LLMConfig, vocab_size: int) -> Qwen2ForCausalLM:
+    """The causal LM: the architecture of `config.pretrained` from its config alone, without
+    reading its weights (trainer/weights.py fills them), or a Qwen2 of the config's sizes."""
     if config.pretrained:
-        options = dict(dtype=torch.float32, attn_implementation=config.attn_implementation,
-                       trust_remote_code=config.trust_remote_code)
-        if load:
-            llm = AutoModelForCausalLM.from_pretrained(config.pretrained, local_files_only=True,
-                                                       **options)
-        else:
-            llm = AutoModelForCausalLM.from_config(
-                AutoConfig.from_pretrained(config.pretrained, local_files_only=True,
-                                           trust_remote_code=config.trust_remote_code),
-                **options)
+        llm = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(config.pretrained, local_files_only=True,
+                                       trust_remote_code=config.trust_remote_code),
+            dtype=torch.float32, attn_implementation=config.attn_implementation,
+            trust_remote_code=config.trust_remote_code)
         if llm.get_input_embeddings().num_embeddings < vocab_size:
-            # the values of new rows come with the weights; without them only the shape matters
-            llm.resize_token_embeddings(vocab_size, mean_resizing=load)
+            llm.resize_token_embeddings(vocab_size, mean_resizing=False)  # values come later
         return llm
     if config.vocab_size is not None and config.vocab_size < vocab_size:
         raise ValueError(f"model.llm.vocab_size {config.vocab_size} < tokenizer's {vocab_size}")
@@ -93,13 +87,12 @@ def build_llm(config: LLMConfig, vocab_size: int, load: bool = True) -> Qwen2For
 
 
 class QwenVL(nn.Module):
-    def __init__(self, config: ModelConfig, image_size: int, vocab_size: int, image_pad_id: int,
-                 load_pretrained: bool = True):
+    def __init__(self, config: ModelConfig, image_size: int, vocab_size: int, image_pad_id: int):
         super().__init__()
         self.config = config
         self.image_pad_id = image_pad_id
-        self.visual = build_visual(config.visual, image_size, load_pretrained)
-        self.llm = build_llm(config.llm, vocab_size, load_pretrained)
+        self.visual = build_visual(config.visual, image_size)
+        self.llm = build_llm(config.llm, vocab_size)
         self.adapter = PositionAwareAdapter(
             self.visual.transformer.width, self.llm.config.hidden_size,
             queries=config.adapter.queries, width=config.adapter.width,
@@ -178,14 +171,6 @@ def apply_freeze_plan(model: QwenVL, trainable: list[str]) -> None:
     """Table 8: stage 1 trains ViT + adapter, stage 2 all, stage 3 adapter + LLM."""
     for name in COMPONENTS:
         model.components()[name].requires_grad_(name in trainable)
-
-
-def load_weights(model: QwenVL, state: dict[str, torch.Tensor]) -> None:
-    """Load a checkpoint of this model; a ViT trained at another resolution (224 -> 448) gets its
-    position embeddings interpolated to this model's patch grid."""
-    state = dict(state)
-    resize_pos_embed(state, model)
-    model.load_state_dict(state, strict=True)
 
 
 def parameter_counts(model: QwenVL) -> dict[str, int]:

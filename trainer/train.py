@@ -34,10 +34,10 @@ from corpus.shards import atomic_write
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from trainer.attention import sequence_bounds
 from trainer.data import Batch, build_loader, corpus_texts, read_manifest, sample_shares
-from trainer.model import (QwenVL, apply_freeze_plan, compile_blocks, load_weights,
-                           parameter_counts)
+from trainer.model import QwenVL, apply_freeze_plan, compile_blocks, parameter_counts
 from trainer.distributed import join_world
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
+from trainer.weights import InitialWeights, parameters_on_meta
 
 # Dense bf16 peak FLOP/s by device name, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
@@ -208,22 +208,11 @@ def load_tokenizer(config: StageConfig, manifest, checkpoint: str | None) -> Tex
     return TextTokenizer.load(path, trust_remote_code=config.llm.trust_remote_code)
 
 
-def build_model(config: ModelConfig, image_size: int, tokenizer: TextTokenizer,
-                device: torch.device, weights_from: str | None) -> QwenVL:
-    """The model with its initial weights: random (from the seeded generator), the pretrained
-    open_clip / Hugging Face checkpoints the config names, or `weights_from`'s `model.pt`. On
-    the meta device it is only shapes: nothing is allocated or read, the weights come later
-    from another rank (`trainer.distributed.shard`)."""
-    full = device.type != "meta"
-    with torch.device(device):  # initialise in place: large models build fast on a GPU
-        model = QwenVL(config, image_size, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD),
-                       load_pretrained=full)
-    if weights_from and full:
-        # mapped, not read: the file's pages stay in the page cache, which the kernel can give
-        # back under pressure, instead of a second private copy of the weights
-        load_weights(model, torch.load(os.path.join(weights_from, "model.pt"), map_location="cpu",
-                                       mmap=True, weights_only=True))
-    return model.to(device) if full else model
+def build_model(config: ModelConfig, image_size: int, tokenizer: TextTokenizer) -> QwenVL:
+    """The architecture, its parameters on the meta device: nothing allocated, no weights read
+    (`trainer.weights.InitialWeights` fills them, on one device or one FSDP unit at a time)."""
+    with parameters_on_meta():
+        return QwenVL(config, image_size, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
 
 
 def peak_host_memory_gib() -> float:
@@ -258,7 +247,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     seed = manifest.seed if config.seed is None else config.seed
     world = join_world()
     config.grad_accum = config.accumulation(world.size)  # refuses an unreachable global batch
-    torch.manual_seed(seed)  # the same initial weights on every rank that draws them
+    torch.manual_seed(seed)  # every rank continues from the same generator state
     device = world.device(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     if device.type == "cuda":
@@ -266,14 +255,14 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
 
     tokenizer = load_tokenizer(config, manifest, resume_from or init_from)
     fsdp = world.size > 1 and config.distributed == "fsdp"
-    model = build_model(config.model, image_size, tokenizer, world.build_device(device, fsdp),
-                        resume_from or init_from)
+    model = build_model(config.model, image_size, tokenizer)
+    weights = InitialWeights(model, seed, resume_from or init_from)
     apply_freeze_plan(model, config.trainable)
     if config.compile:
         compile_blocks(model)
     model.encode_always = fsdp
-    # FSDP shards in place, then sends rank 0's weights to every rank's shards
-    trained = world.wrap(model, device, config.distributed, bf16)
+    # the weights are filled on `device`; under FSDP one unit at a time, each sharded in place
+    trained = world.wrap(model, weights, device, config.distributed, bf16)
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
                                   betas=tuple(config.betas), eps=config.eps,
                                   fused=device.type == "cuda")
