@@ -289,6 +289,37 @@ def _with_attention(net, attention: str, run):
     return run()
 
 
+def loader_stall(manifest: str, model: dict, image_size: int, seq_len: int, args,
+                 ahead: int) -> float:
+    """The share of a training loop's time spent waiting for its micro-batches, with the model
+    replaced by a simulated step: `args.launch` seconds holding the GIL (the loop launching
+    kernels), then the rest of `args.step_seconds` waiting on the device (a sleep: a CUDA
+    synchronisation releases the GIL too). `ahead` is the trainer's `batches_ahead`."""
+    from corpus.tokens import TextTokenizer
+    from trainer.data import build_loader, read_manifest
+
+    loader = build_loader(read_manifest(manifest), TextTokenizer.default(),
+                          model["adapter"]["queries"], seq_len, image_size, 0, args.micro_batch,
+                          args.workers, 4, 256, batches_ahead=ahead)
+    batches = iter(loader)
+    waited, started = 0.0, time.perf_counter()
+    try:
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                waited, started = 0.0, time.perf_counter()
+            asked = time.perf_counter()
+            for _ in range(args.grad_accum):
+                next(batches)
+            waited += time.perf_counter() - asked
+            launched = time.perf_counter() + args.launch
+            while time.perf_counter() < launched:
+                pass
+            time.sleep(max(0.0, args.step_seconds - args.launch))
+    finally:
+        loader.close()
+    return waited / (time.perf_counter() - started)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model, CPU, a few steps")
@@ -302,6 +333,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                              "varlen+compile (default: sdpa and, on CUDA, varlen)")
     parser.add_argument("--no-components", action="store_true",
                         help="skip the per-component MFU breakdown")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="only the data loader's stall, against a simulated step, with the "
+                             "batches made in the loop and in the background thread (any "
+                             "machine)")
+    parser.add_argument("--step-seconds", type=float, default=0.6,
+                        help="the simulated step (default: the H200's stage-2 step, 8 rows of "
+                             "2048 tokens at 26,840 tokens/s)")
+    parser.add_argument("--launch", type=float, default=0.15,
+                        help="seconds of the simulated step that hold the GIL")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--profile", metavar="DIR",
                         help="also profile the plain decoder and the trainer's LLM body side "
@@ -327,6 +367,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         manifest = write_stage2_manifest(os.path.join(root, "stage2.yaml"), shards, counts,
                                          image_size, seq_len)
         print(f"shards: {counts} in {time.perf_counter() - started:.1f} s")
+        if args.loader_only:
+            for ahead in (0, 8):
+                stall = loader_stall(manifest, model, image_size, seq_len, args, ahead)
+                results[f"loader, batches_ahead {ahead}"] = {"data_wait": stall}
+                print(f"loader stall, batches_ahead {ahead}: {stall:.1%} of a simulated "
+                      f"{args.step_seconds:.2f} s step ({args.launch:.2f} s holding the GIL), "
+                      f"{args.workers} worker(s)")
+            return results
         rows = args.micro_batch * args.grad_accum
         results["plain HF Qwen2, LLM only"] = plain_llm(
             model, rows, seq_len, args.steps, args.warmup, device)

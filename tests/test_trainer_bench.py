@@ -31,6 +31,16 @@ def test_bench_trainer_profiles_both_llm_bodies(tmp_path, capsys):
     assert "Self CPU" in out  # the profiler's operator table
 
 
+def test_bench_trainer_measures_the_loader_stall_both_ways(capsys):
+    import bench_trainer
+
+    results = bench_trainer.main(["--tiny", "--loader-only", "--workers", "0", "--steps", "2",
+                                  "--step-seconds", "0.01", "--launch", "0.005"])
+    assert set(results) == {"loader, batches_ahead 0", "loader, batches_ahead 8"}
+    assert all(0 <= r["data_wait"] < 1 for r in results.values())
+    assert "loader stall, batches_ahead 8:" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "trainer/configs/*.yaml"))))
 def test_example_configs_load(path):
     from trainer.stages import stage_config

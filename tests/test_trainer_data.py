@@ -1,5 +1,7 @@
 """The trainer's data: loss masks token by token, packing boundaries, mixing, exact positions."""
 import collections
+import threading
+import time
 
 import pytest
 import torch
@@ -178,21 +180,70 @@ def test_stream_position_restores_mid_window(manifest, encoder):
     assert [[s.ids for s in restored.next_pack().samples] for _ in range(6)] == expected
 
 
-def test_worker_processes_give_the_same_batches(manifest, tokenizer):
-    def first_batches(workers):
-        loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=2,
-                              num_workers=workers, prefetch=2, window=4)
-        batches = iter(loader)
-        try:
-            return [next(batches) for _ in range(3)]
-        finally:
-            loader.close()
+def first_batches(manifest, tokenizer, workers=0, ahead=0, count=3):
+    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=2,
+                          num_workers=workers, prefetch=2, window=4, batches_ahead=ahead)
+    batches = iter(loader)
+    try:
+        return [next(batches) for _ in range(count)]
+    finally:
+        loader.close()
 
-    inline, pooled = first_batches(0), first_batches(1)
-    for a, b in zip(inline, pooled):
+
+def assert_same_batches(expected, got):
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.pixels, b.pixels)
         assert torch.equal(a.targets, b.targets) and a.state == b.state
+
+
+def test_worker_processes_give_the_same_batches(manifest, tokenizer):
+    inline = first_batches(manifest, tokenizer)
+    assert_same_batches(inline, first_batches(manifest, tokenizer, workers=1))
     assert inline[0].pixels.dtype == torch.uint8 and inline[0].pixels.shape[1:] == (56, 56, 3)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_made_ahead_in_a_thread_are_the_loop_s_batches(manifest, tokenizer, workers):
+    # the data position each batch carries is the one after it, not the thread's
+    assert_same_batches(first_batches(manifest, tokenizer, count=6),
+                        first_batches(manifest, tokenizer, workers, ahead=2, count=6))
+
+
+def test_the_batch_thread_hands_its_error_to_the_loop_and_stops_on_close(manifest, tokenizer):
+    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=1,
+                          window=4, batches_ahead=2)
+    calls = iter(range(3))
+
+    def next_pack():
+        if next(calls, None) is None:
+            raise ValueError("shard unreadable")
+        return PackJob("captioning", [])
+
+    loader.stream.next_pack = next_pack
+    batches = iter(loader)
+    assert [next(batches).samples for _ in range(3)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="shard unreadable"):
+        next(batches)
+
+    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=1,
+                          window=4, batches_ahead=1)
+    next(iter(loader))
+    loader.close()  # the thread, blocked on a full queue, ends
+    for _ in range(50):
+        if not any(t.name == "training-batches" for t in threading.enumerate()):
+            break
+        time.sleep(0.1)
+    assert not any(t.name == "training-batches" for t in threading.enumerate())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_batches_are_pinned_for_the_gpu(manifest, tokenizer):
+    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=2,
+                          window=4, batches_ahead=2, pin_memory=True)
+    batch = next(iter(loader))
+    loader.close()
+    assert batch.input_ids.is_pinned() and batch.pixels.is_pinned()
 
 
 def test_sft_and_text_shards_round_trip_through_the_loader(tmp_path, tokenizer):

@@ -28,7 +28,9 @@ import dataclasses
 import io
 import itertools
 import multiprocessing
+import queue
 import random
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -322,6 +324,12 @@ class Batch:
     def supervised(self) -> int:
         return int((self.targets != IGNORE).sum())
 
+    def pinned(self) -> "Batch":
+        """In page-locked memory: a copy to the GPU from it is asynchronous."""
+        return dataclasses.replace(
+            self, input_ids=self.input_ids.pin_memory(), targets=self.targets.pin_memory(),
+            position_ids=self.position_ids.pin_memory(), pixels=self.pixels.pin_memory())
+
     def to(self, device: torch.device) -> "Batch":
         move = dict(non_blocking=True)
         return dataclasses.replace(
@@ -335,22 +343,64 @@ class Loader:
     """Endless micro-batches from a `PackStream`; images decode in `num_workers` processes, in
     order, `prefetch` packs ahead per worker. With several ranks, pack k belongs to rank
     k mod `world`; every rank draws all packs (cheap: no image is decoded) so that the data
-    position after each batch is the same on every rank."""
+    position after each batch is the same on every rank.
+
+    With `batches_ahead`, a background thread reads, tokenizes and packs the stream, collects the
+    decoded rows and stacks them (in pinned memory with `pin_memory`, for asynchronous copies to
+    the GPU) while the training loop runs: the loop finds the next step's micro-batches ready
+    instead of preparing them while the GPU waits for it."""
 
     def __init__(self, stream: PackStream, micro_batch_size: int, seq_len: int, image_size: int,
                  pad_id: int, num_workers: int = 0, prefetch: int = 8, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, batches_ahead: int = 0, pin_memory: bool = False):
         self.stream, self.micro_batch_size = stream, micro_batch_size
         self.seq_len, self.image_size, self.pad_id = seq_len, image_size, pad_id
         self.num_workers, self.prefetch = num_workers, prefetch
         self.rank, self.world = rank, world
+        self.batches_ahead, self.pin_memory = batches_ahead, pin_memory
         self._pool: ProcessPoolExecutor | None = None
+        self._stop = threading.Event()
 
     def _next_job(self) -> tuple[PackJob, dict[str, Any]]:
         jobs = [self.stream.next_pack() for _ in range(self.world)]
         return jobs[self.rank], self.stream.state()
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.batches_ahead < 1:
+            return self._batches()
+        return self._background(self._batches())
+
+    def _background(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """`batches`, made by a thread up to `batches_ahead` ahead, in order; an error in the
+        thread is raised here. The loop's waits on the GPU release the GIL: the thread works
+        then."""
+        ready: queue.Queue = queue.Queue(self.batches_ahead)
+
+        def hand_over(item) -> bool:
+            while not self._stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in batches:
+                    if not hand_over(batch):
+                        return
+            except BaseException as error:  # noqa: BLE001 (handed to the consumer, raised there)
+                hand_over(error)
+
+        threading.Thread(target=produce, name="training-batches", daemon=True).start()
+        while True:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _batches(self) -> Iterator[Batch]:
         rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for row in self._rows():
             rows.append(row)
@@ -379,31 +429,34 @@ class Loader:
             self.close()
 
     def close(self) -> None:
+        self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     def _stack(self, rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> Batch:
         arrays = [row for row, _ in rows]
-        return Batch(
+        batch = Batch(
             input_ids=torch.from_numpy(np.stack([a["ids"] for a in arrays])),
             targets=torch.from_numpy(np.stack([a["targets"] for a in arrays])),
             position_ids=torch.from_numpy(np.stack([a["positions"] for a in arrays])),
             pixels=torch.from_numpy(np.concatenate([a["pixels"] for a in arrays])),
             samples=sum(a["samples"] for a in arrays), tokens=sum(a["tokens"] for a in arrays),
             tasks=[a["task"] for a in arrays], state=rows[-1][1])
+        return batch.pinned() if self.pin_memory else batch
 
 
 def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int, seq_len: int,
                  image_size: int, seed: int, micro_batch_size: int, num_workers: int = 0,
                  prefetch: int = 8, window: int = 256, state: dict[str, Any] | None = None,
-                 rank: int = 0, world: int = 1) -> Loader:
+                 rank: int = 0, world: int = 1, batches_ahead: int = 0,
+                 pin_memory: bool = False) -> Loader:
     encoder = SampleEncoder(tokenizer, image_tokens, seq_len)
     stream = PackStream(manifest, encoder, seed, window)
     if state is not None:
         stream.restore(state)
     return Loader(stream, micro_batch_size, seq_len, image_size, encoder.pad, num_workers,
-                  prefetch, rank, world)
+                  prefetch, rank, world, batches_ahead, pin_memory)
 
 
 def corpus_texts(manifest: Manifest, limit: int = 2000) -> Iterator[str]:

@@ -102,6 +102,9 @@ class StageConfig:
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs
+    # micro-batches a background thread keeps ready (read, packed, decoded, stacked, pinned on
+    # CUDA) while the loop trains; 0 prepares each in the loop, while the GPU waits for it
+    batches_ahead: int = 8
     log_every: int = 10
     save_every: int = 1000
     keep_checkpoints: int = 2
@@ -120,6 +123,8 @@ class StageConfig:
         stated_accum = 1 if self.grad_accum is None else self.grad_accum
         if min(self.steps, self.micro_batch_size, self.global_batch, stated_accum) < 1:
             raise ConfigError("steps, micro_batch_size, global_batch and grad_accum must be >= 1")
+        if min(self.num_workers, self.batches_ahead) < 0:
+            raise ConfigError("num_workers and batches_ahead must be >= 0")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step that make micro_batch_size x world_size x it exactly

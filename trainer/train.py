@@ -278,7 +278,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
 
     loader = build_loader(manifest, tokenizer, model.image_tokens, seq_len, image_size, seed,
                           config.micro_batch_size, config.num_workers, config.prefetch,
-                          config.pack_window, data_state, world.rank, world.size)
+                          config.pack_window, data_state, world.rank, world.size,
+                          config.batches_ahead, pin_memory=device.type == "cuda")
     os.makedirs(output_dir, exist_ok=True)
     run_state = {"stage": stage, "manifest": os.path.abspath(manifest_path),
                  "config": dataclasses.asdict(config), "image_size": image_size,
