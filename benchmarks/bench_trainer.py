@@ -184,7 +184,6 @@ def component_mfu(model: dict, device: torch.device, image_size: int, images: in
     """MFU of the ViT (+ adapter) and of the LLM body alone, forward + backward, bf16, to show
     where a step's time goes. LLM rows are packed with 7 samples each, like the caption rows."""
     from corpus.tokens import IMAGE_PAD, TextTokenizer
-    from trainer.attention import sequence_bounds
     from trainer.model import QwenVL
     from trainer.stages import model_config
 
@@ -192,24 +191,30 @@ def component_mfu(model: dict, device: torch.device, image_size: int, images: in
     with torch.device(device):
         net = QwenVL(model_config(model), image_size, tokenizer.vocab_size,
                      tokenizer.token_id(IMAGE_PAD))
+    plain = plain_decoder(model, tokenizer.vocab_size, device)
     pixels = torch.randint(0, 256, (images, image_size, image_size, 3), dtype=torch.uint8,
                            device=device)
-    ids = torch.randint(64, tokenizer.vocab_size, (rows, seq_len), device=device)  # no specials
-    positions = (torch.arange(seq_len, device=device) % (seq_len // 7 + 1)).expand(rows, -1)
+    ids, positions, layout = packed_rows(tokenizer.vocab_size, rows, seq_len, net.image_pad_id,
+                                         device)
     patches = net.visual.grid_size[0] * net.visual.grid_size[1] + 1
     vit = sum(p.numel() for p in net.visual.parameters())
     vit_width = net.visual.transformer.width
     vit_attention = 2 * len(net.visual.transformer.resblocks) * patches * vit_width  # per token
     llm = net.llm.config
     body = (sum(p.numel() for p in net.llm.parameters()) - 2 * llm.vocab_size * llm.hidden_size)
-    bounds, _ = sequence_bounds(positions)
-    squares = float(((bounds[1:] - bounds[:-1]).double() ** 2).sum())
+    bounds = layout.sample_bounds.double()
+    squares = float(((bounds[1:] - bounds[:-1]) ** 2).sum())
     llm_attention = llm.num_hidden_layers * llm.hidden_size * squares / (rows * seq_len)
+    # the plain decoder's rows are one causal sequence each
+    plain_attention = llm.num_hidden_layers * llm.hidden_size * seq_len
     cases = {"ViT + adapter": (lambda: net.encode_images(pixels),
-                               6 * (vit + vit_attention) * patches * images)}
+                               6 * (vit + vit_attention) * patches * images),
+             "plain HF decoder body, sdpa": (lambda: plain.model(input_ids=ids).last_hidden_state,
+                                             6 * (body + plain_attention) * rows * seq_len)}
     for attention in ("sdpa", "varlen") if device.type == "cuda" else ("sdpa",):
         cases[f"LLM body, {attention}"] = (
-            lambda a=attention: _with_attention(net, a, lambda: net.hidden_states(ids, positions)),
+            lambda a=attention: _with_attention(
+                net, a, lambda: net.hidden_states(ids, positions, layout=layout)),
             6 * (body + llm_attention) * rows * seq_len)
     peak = peak_flops(device)
     results = {}
@@ -226,9 +231,21 @@ def component_mfu(model: dict, device: torch.device, image_size: int, images: in
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) / iters
         results[name] = flops / seconds / peak if peak else seconds
-    del net
+    del net, plain
     gc.collect()
     return results
+
+
+def packed_rows(vocab_size: int, rows: int, seq_len: int, image_pad_id: int,
+                device: torch.device):
+    """Random token rows (no special tokens) of 7 packed samples each, and their layout
+    computed on the CPU, as the trainer's loader gives it."""
+    from trainer.data import PackedLayout
+
+    ids = torch.randint(64, vocab_size, (rows, seq_len))
+    positions = (torch.arange(seq_len) % (seq_len // 7 + 1)).expand(rows, -1).contiguous()
+    layout = PackedLayout.of(ids, positions, image_pad_id)
+    return ids.to(device), positions.to(device), layout.to(device)
 
 
 def profile_llm_bodies(model: dict, device: torch.device, image_size: int, rows: int,
@@ -249,13 +266,13 @@ def profile_llm_bodies(model: dict, device: torch.device, image_size: int, rows:
     with torch.device(device):
         ours = QwenVL(model_config(model), image_size, tokenizer.vocab_size,
                       tokenizer.token_id(IMAGE_PAD))
-    ids = torch.randint(64, tokenizer.vocab_size, (rows, seq_len), device=device)
-    positions = (torch.arange(seq_len, device=device) % (seq_len // 7 + 1)).expand(rows, -1)
+    ids, positions, layout = packed_rows(tokenizer.vocab_size, rows, seq_len, ours.image_pad_id,
+                                         device)
     cases = {"plain HF Qwen2": lambda: plain.model(input_ids=ids).last_hidden_state}
     for attention in ("sdpa", "varlen") if device.type == "cuda" else ("sdpa",):
         cases[f"trainer LLM body, {attention}"] = (
-            lambda a=attention: _with_attention(ours, a,
-                                                lambda: ours.hidden_states(ids, positions)))
+            lambda a=attention: _with_attention(
+                ours, a, lambda: ours.hidden_states(ids, positions, layout=layout)))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

@@ -260,7 +260,7 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
 
 def test_step_flops_count_attention_within_packed_samples():
     from corpus.tokens import IMAGE_PAD, TextTokenizer
-    from trainer.data import Batch
+    from trainer.data import Batch, PackedLayout
     from trainer.model import QwenVL
     from trainer.train import step_flops
 
@@ -269,9 +269,11 @@ def test_step_flops_count_attention_within_packed_samples():
     model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
 
     def batch(positions):
-        ids = torch.full((1, 64), 100)
-        return Batch(ids, torch.full((1, 64), -100), torch.tensor([positions]),
-                     torch.zeros((0, 56, 56, 3), dtype=torch.uint8), 1, 64, ["text"], {})
+        ids, targets, positions = torch.full((1, 64), 100), torch.full((1, 64), -100), \
+            torch.tensor([positions])
+        return Batch(ids, targets, positions, torch.zeros((0, 56, 56, 3), dtype=torch.uint8),
+                     PackedLayout.of(ids, positions, model.image_pad_id, targets), 1, 64,
+                     ["text"], {})
 
     whole = step_flops(model, [batch(list(range(64)))], config.trainable)
     halves = step_flops(model, [batch(list(range(32)) * 2)], config.trainable)

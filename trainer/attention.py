@@ -12,7 +12,6 @@ import inspect
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
 
 try:
     from torch.nn.attention.varlen import varlen_attn
@@ -22,15 +21,6 @@ except ImportError:  # PyTorch before 2.9
 VARLEN = "varlen"
 
 
-def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Cumulative start offsets (int32, with the total at the end) of the samples of a packed
-    batch, flattened row by row, and the longest sample: a sample starts where its position is 0."""
-    flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).flatten()
-    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
-    return bounds, int((bounds[1:] - bounds[:-1]).max())
-
-
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                      cu_seq_lens_q=None, max_length_q=None, **kwargs):
     """Hugging Face attention-interface signature; query/key/value are [B, heads, L, dim]."""
@@ -38,7 +28,7 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise RuntimeError("varlen attention needs PyTorch >= 2.9 (torch.nn.attention.varlen)")
     if cu_seq_lens_q is None:
         raise ValueError("varlen attention needs cu_seq_lens_q and max_length_q "
-                         "(trainer.attention.sequence_bounds)")
+                         "(trainer.data.PackedLayout)")
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     # the flash kernel takes 16-bit inputs only; under autocast, rotary embeddings leave q/k in
@@ -72,9 +62,7 @@ def causal_options(function) -> dict:
 CAUSAL_OPTIONS = causal_options(varlen_attn) if varlen_attn is not None else {}
 
 
-def no_mask(*args, **kwargs):
-    return None  # the sample bounds replace the mask
-
-
+# no mask function is registered: Hugging Face then builds no mask and does not look for packed
+# samples in the position ids either (which reads a value back from the GPU); the sample bounds
+# replace the mask
 AttentionInterface.register(VARLEN, varlen_attention)
-AttentionMaskInterface.register(VARLEN, no_mask)

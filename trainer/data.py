@@ -309,26 +309,93 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 
 # ---- micro-batches --------------------------------------------------------------------------
 
+def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cumulative start offsets (int32, with the total at the end) of the samples of a packed
+    batch, flattened row by row, and the longest sample: a sample starts where its position is 0."""
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    return bounds, int((bounds[1:] - bounds[:-1]).max())
+
+
+@dataclass
+class PackedLayout:
+    """Where things are in a packed micro-batch, as indices into its tokens flattened row by row:
+    the image slots in reading order, the supervised targets, and each sample's bounds (for the
+    varlen kernel). The loader computes it on the CPU, so that the forward pass reads no value
+    back from the GPU: each such read waits for all queued work and stops the CPU from queueing
+    ahead of the GPU."""
+
+    image_slots: torch.Tensor  # int64 [images x queries]
+    supervised: torch.Tensor  # int64 [supervised targets]
+    sample_bounds: torch.Tensor  # int32 [samples + 1]
+    longest: int  # tokens of the longest sample
+
+    @classmethod
+    def of(cls, input_ids: torch.Tensor, position_ids: torch.Tensor, image_pad_id: int,
+           targets: torch.Tensor | None = None) -> "PackedLayout":
+        bounds, longest = sequence_bounds(position_ids)
+        supervised = (targets.reshape(-1) != IGNORE if targets is not None
+                      else input_ids.new_zeros(0, dtype=torch.bool))
+        return cls(torch.nonzero(input_ids.reshape(-1) == image_pad_id).flatten(),
+                   torch.nonzero(supervised).flatten(), bounds, longest)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "PackedLayout":
+        return dataclasses.replace(
+            self, image_slots=self.image_slots.to(device, non_blocking=non_blocking),
+            supervised=self.supervised.to(device, non_blocking=non_blocking),
+            sample_bounds=self.sample_bounds.to(device, non_blocking=non_blocking))
+
+    def pinned(self) -> "PackedLayout":
+        return dataclasses.replace(
+            self, image_slots=self.image_slots.pin_memory(),
+            supervised=self.supervised.pin_memory(), sample_bounds=self.sample_bounds.pin_memory())
+
+
+@dataclass
+class Counts:
+    """Samples, non-padding tokens and supervised targets of some packed rows."""
+
+    samples: int = 0
+    tokens: int = 0
+    supervised: int = 0
+
+    @classmethod
+    def of(cls, jobs: list[PackJob]) -> "Counts":
+        encoded = [sample for job in jobs for sample in job.samples]
+        return cls(len(encoded), sum(len(s.ids) for s in encoded),
+                   sum(len(s.targets) - s.targets.count(IGNORE) for s in encoded))
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.samples + other.samples, self.tokens + other.tokens,
+                      self.supervised + other.supervised)
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [B, seq_len]
     targets: torch.Tensor  # [B, seq_len], IGNORE where no loss
     position_ids: torch.Tensor  # [B, seq_len], restarting at every packed sample
     pixels: torch.Tensor  # uint8 [images, S, S, 3], in slot order
+    layout: PackedLayout
     samples: int
     tokens: int  # non-padding tokens
     tasks: list[str]
     state: dict[str, Any]  # the data position after this batch
+    # the rows of this micro-batch on every rank: each rank draws every rank's packs, so a step
+    # is normalised and counted with no collective and no read from the GPU
+    world: Counts = dataclasses.field(default_factory=Counts)
 
     @property
     def supervised(self) -> int:
-        return int((self.targets != IGNORE).sum())
+        return self.layout.supervised.numel()
 
     def pinned(self) -> "Batch":
         """In page-locked memory: a copy to the GPU from it is asynchronous."""
         return dataclasses.replace(
             self, input_ids=self.input_ids.pin_memory(), targets=self.targets.pin_memory(),
-            position_ids=self.position_ids.pin_memory(), pixels=self.pixels.pin_memory())
+            position_ids=self.position_ids.pin_memory(), pixels=self.pixels.pin_memory(),
+            layout=self.layout.pinned())
 
     def to(self, device: torch.device) -> "Batch":
         move = dict(non_blocking=True)
@@ -336,7 +403,10 @@ class Batch:
             self, input_ids=self.input_ids.to(device, **move),
             targets=self.targets.to(device, **move),
             position_ids=self.position_ids.to(device, **move),
-            pixels=self.pixels.to(device, **move))
+            pixels=self.pixels.to(device, **move), layout=self.layout.to(device, **move))
+
+
+Row = tuple[dict[str, Any], dict[str, Any], Counts]  # assembled row, data position, world's rows
 
 
 class Loader:
@@ -351,19 +421,21 @@ class Loader:
     instead of preparing them while the GPU waits for it."""
 
     def __init__(self, stream: PackStream, micro_batch_size: int, seq_len: int, image_size: int,
-                 pad_id: int, num_workers: int = 0, prefetch: int = 8, rank: int = 0,
-                 world: int = 1, batches_ahead: int = 0, pin_memory: bool = False):
+                 pad_id: int, image_pad_id: int, num_workers: int = 0, prefetch: int = 8,
+                 rank: int = 0, world: int = 1, batches_ahead: int = 0,
+                 pin_memory: bool = False):
         self.stream, self.micro_batch_size = stream, micro_batch_size
         self.seq_len, self.image_size, self.pad_id = seq_len, image_size, pad_id
+        self.image_pad_id = image_pad_id
         self.num_workers, self.prefetch = num_workers, prefetch
         self.rank, self.world = rank, world
         self.batches_ahead, self.pin_memory = batches_ahead, pin_memory
         self._pool: ProcessPoolExecutor | None = None
         self._stop = threading.Event()
 
-    def _next_job(self) -> tuple[PackJob, dict[str, Any]]:
+    def _next_job(self) -> tuple[PackJob, dict[str, Any], Counts]:
         jobs = [self.stream.next_pack() for _ in range(self.world)]
-        return jobs[self.rank], self.stream.state()
+        return jobs[self.rank], self.stream.state(), Counts.of(jobs)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.batches_ahead < 1:
@@ -401,19 +473,19 @@ class Loader:
             yield item
 
     def _batches(self) -> Iterator[Batch]:
-        rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        rows: list[Row] = []
         for row in self._rows():
             rows.append(row)
             if len(rows) == self.micro_batch_size:
                 yield self._stack(rows)
                 rows = []
 
-    def _rows(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    def _rows(self) -> Iterator[Row]:
         args = (self.seq_len, self.pad_id, self.image_size)
         if self.num_workers == 0:
             while True:
-                job, state = self._next_job()
-                yield assemble(job, *args), state
+                job, state, counts = self._next_job()
+                yield assemble(job, *args), state, counts
         # spawn: workers must not inherit the training process's threads and CUDA state
         self._pool = ProcessPoolExecutor(self.num_workers,
                                          mp_context=multiprocessing.get_context("spawn"))
@@ -421,10 +493,10 @@ class Loader:
         try:
             while True:
                 while len(pending) < self.num_workers * self.prefetch:
-                    job, state = self._next_job()
-                    pending.append((self._pool.submit(assemble, job, *args), state))
-                future, state = pending.popleft()
-                yield future.result(), state
+                    job, state, counts = self._next_job()
+                    pending.append((self._pool.submit(assemble, job, *args), state, counts))
+                future, state, counts = pending.popleft()
+                yield future.result(), state, counts
         finally:
             self.close()
 
@@ -434,15 +506,18 @@ class Loader:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _stack(self, rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> Batch:
-        arrays = [row for row, _ in rows]
+    def _stack(self, rows: list[Row]) -> Batch:
+        arrays = [row for row, _, _ in rows]
+        input_ids = torch.from_numpy(np.stack([a["ids"] for a in arrays]))
+        targets = torch.from_numpy(np.stack([a["targets"] for a in arrays]))
+        position_ids = torch.from_numpy(np.stack([a["positions"] for a in arrays]))
         batch = Batch(
-            input_ids=torch.from_numpy(np.stack([a["ids"] for a in arrays])),
-            targets=torch.from_numpy(np.stack([a["targets"] for a in arrays])),
-            position_ids=torch.from_numpy(np.stack([a["positions"] for a in arrays])),
+            input_ids=input_ids, targets=targets, position_ids=position_ids,
             pixels=torch.from_numpy(np.concatenate([a["pixels"] for a in arrays])),
+            layout=PackedLayout.of(input_ids, position_ids, self.image_pad_id, targets),
             samples=sum(a["samples"] for a in arrays), tokens=sum(a["tokens"] for a in arrays),
-            tasks=[a["task"] for a in arrays], state=rows[-1][1])
+            tasks=[a["task"] for a in arrays], state=rows[-1][1],
+            world=sum((counts for _, _, counts in rows), Counts()))
         return batch.pinned() if self.pin_memory else batch
 
 
@@ -455,8 +530,8 @@ def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int
     stream = PackStream(manifest, encoder, seed, window)
     if state is not None:
         stream.restore(state)
-    return Loader(stream, micro_batch_size, seq_len, image_size, encoder.pad, num_workers,
-                  prefetch, rank, world, batches_ahead, pin_memory)
+    return Loader(stream, micro_batch_size, seq_len, image_size, encoder.pad, encoder.image_pad,
+                  num_workers, prefetch, rank, world, batches_ahead, pin_memory)
 
 
 def corpus_texts(manifest: Manifest, limit: int = 2000) -> Iterator[str]:

@@ -7,8 +7,11 @@ the supervised next tokens (targets of -100 carry no loss), computed only where 
 so prompts and image slots cost no LM-head work.
 
 Packed sequences: position ids restart at 0 for every sample; given no attention mask, the
-Hugging Face model turns those restarts into a block-diagonal causal mask, so no token attends
-across samples.
+Hugging Face model turns those restarts into a block-diagonal causal mask (sdpa), or the varlen
+kernel takes each sample's bounds (trainer/attention.py), so no token attends across samples.
+The image slots, the supervised positions and the sample bounds come as a `PackedLayout` the
+loader computed on the CPU: the forward and backward passes read nothing back from the GPU
+(with sdpa, Hugging Face's search for packed samples still reads one value).
 """
 from __future__ import annotations
 
@@ -23,12 +26,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from trainer.adapter import PositionAwareAdapter
-from trainer.attention import VARLEN, sequence_bounds
+from trainer.attention import VARLEN
+from trainer.data import PackedLayout
 from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
 from trainer.weights import building_on_meta
-
-IGNORE = -100
-
 
 def build_visual(config: VisionConfig, image_size: int) -> VisionTransformer:
     """The ViT `config` names, without reading any weights (trainer/weights.py fills them)."""
@@ -122,17 +123,23 @@ class QwenVL(nn.Module):
         return self.adapter(patches)
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                      pixels: torch.Tensor | None = None) -> torch.Tensor:
-        """The LLM's last hidden states [B, seq_len, width], images spliced into their slots."""
+                      pixels: torch.Tensor | None = None,
+                      layout: PackedLayout | None = None) -> torch.Tensor:
+        """The LLM's last hidden states [B, seq_len, width], images spliced into their slots.
+        Without `layout` it is computed here, reading values back from the device."""
+        if layout is None:
+            layout = PackedLayout.of(input_ids, position_ids, self.image_pad_id)
         embeds = self.llm.get_input_embeddings()(input_ids)
-        slots = input_ids == self.image_pad_id
+        slots = layout.image_slots.numel()  # known on the host: no read from the device
         if pixels is not None and pixels.shape[0]:
             visual = self.encode_images(pixels).to(embeds.dtype)
-            if slots.sum().item() != visual.shape[0] * visual.shape[1]:
-                raise ValueError(f"{int(slots.sum())} image slots for {visual.shape[0]} images "
+            if slots != visual.shape[0] * visual.shape[1]:
+                raise ValueError(f"{slots} image slots for {visual.shape[0]} images "
                                  f"of {visual.shape[1]} tokens")
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), visual)
-        elif slots.any():
+            width = embeds.shape[-1]
+            embeds = embeds.reshape(-1, width).index_copy(
+                0, layout.image_slots, visual.reshape(-1, width)).view_as(embeds)
+        elif slots:
             raise ValueError("image slots without images")
         elif self.encode_always:
             blank = torch.zeros(1, self.image_size, self.image_size, 3, dtype=torch.uint8,
@@ -140,19 +147,22 @@ class QwenVL(nn.Module):
             embeds = embeds + 0 * self.encode_images(blank).sum().to(embeds.dtype)
         bounds = {}
         if self.llm.config._attn_implementation == VARLEN:
-            cu, longest = sequence_bounds(position_ids)
-            bounds = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest,
-                          max_length_k=longest)
+            bounds = dict(cu_seq_lens_q=layout.sample_bounds, cu_seq_lens_k=layout.sample_bounds,
+                          max_length_q=layout.longest, max_length_k=layout.longest)
         return self.llm.base_model(inputs_embeds=embeds, position_ids=position_ids,
                                    use_cache=False, **bounds).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                targets: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor, pixels: torch.Tensor | None = None,
+                layout: PackedLayout | None = None) -> torch.Tensor:
         """Summed cross-entropy over the supervised targets of the batch."""
-        hidden = self.hidden_states(input_ids, position_ids, pixels)
-        supervised = targets != IGNORE
-        logits = self.llm.get_output_embeddings()(hidden[supervised])
-        return F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+        if layout is None:
+            layout = PackedLayout.of(input_ids, position_ids, self.image_pad_id, targets)
+        hidden = self.hidden_states(input_ids, position_ids, pixels, layout)
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, layout.supervised)
+        logits = self.llm.get_output_embeddings()(hidden)
+        return F.cross_entropy(logits.float(), targets.reshape(-1).index_select(
+            0, layout.supervised), reduction="sum")
 
     def components(self) -> dict[str, nn.Module]:
         return {"visual": self.visual, "adapter": self.adapter, "llm": self.llm}

@@ -32,10 +32,10 @@ from tqdm import tqdm
 from corpus.config import ConfigError, from_mapping
 from corpus.shards import atomic_write
 from corpus.tokens import IMAGE_PAD, TextTokenizer
-from trainer.attention import sequence_bounds
-from trainer.data import Batch, build_loader, corpus_texts, read_manifest, sample_shares
+from trainer.data import (Batch, Counts, build_loader, corpus_texts, read_manifest,
+                          sample_shares)
 from trainer.model import QwenVL, apply_freeze_plan, compile_blocks, parameter_counts
-from trainer.distributed import join_world
+from trainer.distributed import World, join_world
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 from trainer.weights import InitialWeights, parameters_on_meta
 
@@ -178,7 +178,7 @@ def step_flops(model: QwenVL, batches: list[Batch], trainable: list[str]) -> flo
     vit_attention = 2 * len(model.visual.transformer.resblocks) * vit_tokens * vit_width
     for batch in batches:
         tokens, images = batch.input_ids.numel(), batch.pixels.shape[0]
-        bounds, _ = sequence_bounds(batch.position_ids)
+        bounds = batch.layout.sample_bounds
         squares = float(((bounds[1:] - bounds[:-1]).double() ** 2).sum())
         attention = llm.num_hidden_layers * llm.hidden_size * squares
         total += factor["llm"] * (body * tokens + attention)
@@ -306,6 +306,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     log_path = os.path.join(output_dir, "log.jsonl")
     window = {"tokens": 0, "samples": 0, "flops": 0.0, "wait": 0.0, "started": time.perf_counter(),
               "losses": []}
+    # each step's loss sum on this rank and its supervised targets, read back from the device
+    # once per log interval: a read per step would keep the CPU from queueing work ahead
+    unread: list[tuple[torch.Tensor, int]] = []
     model.train()
     last = config.steps if stop_after is None else min(config.steps, step + stop_after)
     try:
@@ -313,15 +316,16 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             waited = time.perf_counter()
             micro = [next(batches) for _ in range(config.grad_accum)]
             window["wait"] += time.perf_counter() - waited
-            # normalise by the supervised tokens of the whole step, over all ranks
-            supervised = max(1.0, world.sum([sum(b.supervised for b in micro)], device)[0])
+            # normalise by the supervised tokens of the whole step, over all ranks (known to
+            # every rank: each draws all ranks' rows)
+            supervised = max(1, sum(b.world.supervised for b in micro))
             loss_sum = torch.zeros((), device=device)
             for index, batch in enumerate(micro):
                 batch = batch.to(device)
                 with world.no_sync(trained, last=index == len(micro) - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         loss = trained(batch.input_ids, batch.position_ids, batch.targets,
-                                       batch.pixels)
+                                       batch.pixels, batch.layout)
                     (loss * (world.size / supervised)).backward()  # DDP averages over ranks
                 loss_sum += loss.detach()
             torch.nn.utils.clip_grad_norm_(
@@ -331,21 +335,21 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_total, tokens, samples = world.sum(
-                [float(loss_sum), sum(b.tokens for b in micro), sum(b.samples for b in micro)],
-                device)
-            loss_value = loss_total / supervised
-            result.losses.append(loss_value)
-            window["losses"].append(loss_value)
-            window["tokens"] += tokens
-            window["samples"] += samples
-            counters["tokens"] += int(tokens)
-            counters["samples"] += int(samples)
+            unread.append((loss_sum, supervised))
+            counts = sum((b.world for b in micro), Counts())
+            window["tokens"] += counts.tokens
+            window["samples"] += counts.samples
+            counters["tokens"] += counts.tokens
+            counters["samples"] += counts.samples
             if peak:  # this rank's FLOPs: MFU is per GPU
                 window["flops"] += step_flops(model, micro, config.trainable)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
             if step % config.log_every == 0 or step == last:
+                losses = step_losses(unread, world, device)
+                unread = []
+                result.losses += losses
+                window["losses"] += losses
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 result.sample_shares = sample_shares(micro[-1].state)
                 metrics = _log(window, step, peak, result.sample_shares,
                                log_path if world.main else None, bar)
@@ -371,6 +375,14 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               "image, or nothing to learn")
     result.steps = step
     return result
+
+
+def step_losses(unread: list[tuple[torch.Tensor, int]], world: World,
+                device: torch.device) -> list[float]:
+    """The mean loss of each step in `unread` over all ranks: one read from the device and, with
+    several ranks, one collective for all of them."""
+    sums = world.sum(torch.stack([loss for loss, _ in unread]).tolist(), device)
+    return [total / supervised for total, (_, supervised) in zip(sums, unread)]
 
 
 def describe_shares(shares: dict[str, float], weights: dict[str, float]) -> str:
