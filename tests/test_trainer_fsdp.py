@@ -68,18 +68,34 @@ def test_config_names_the_strategy():
         stage_config(2, overrides={"distributed": "zero3"})
 
 
-def torchrun(*program, timeout=300):
-    """Two CPU ranks running `program` (a script, or -m and a module, with its arguments)."""
+def torchrun(*program, processes=2, timeout=300):
+    """CPU ranks running `program` (a script, or -m and a module, with its arguments)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         *program], capture_output=True, text=True, env=env, timeout=timeout)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(processes), *program], capture_output=True, text=True, env=env, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout
 
 
-def torchrun_train(argv):
-    return torchrun("-m", "corpus.cli", "train", *argv, "--device", "cpu")
+def torchrun_train(argv, processes=2):
+    return torchrun("-m", "corpus.cli", "train", *argv, "--device", "cpu", processes=processes)
+
+
+def test_one_fsdp_rank_under_torchrun_shards_over_a_mesh_of_one(tmp_path, shards):  # noqa: F811
+    # the FSDP path (mixed-precision policy, sharded optimizer, gathered checkpoints) on the
+    # one GPU of a machine: the same run as a plain process
+    manifest = stage_manifest(tmp_path, shards, 2)
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(yaml.safe_dump(dict(TINY, steps=2, distributed="fsdp")))
+    out = tmp_path / "fsdp"
+    printed = torchrun_train(["--manifest", manifest, "--stage", "2", "--config", str(config),
+                              "--output", str(out)], processes=1)
+    assert "1 x cpu fsdp" in printed
+    logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
+    single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2),
+                   device="cpu")
+    assert logged == pytest.approx(single.losses, rel=1e-5)
 
 
 def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F811

@@ -96,6 +96,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    grouped: bool = False  # a process group joins the ranks (under torchrun, one rank too)
 
     @property
     def main(self) -> bool:
@@ -113,7 +114,7 @@ class World:
         """Fill `model`'s parameters (on the meta device) on `device` and return the module to
         call for training: `model` itself on one rank or under FSDP (sharded in place), else a
         DDP wrapper around it."""
-        if self.size > 1 and strategy == "fsdp":
+        if self.grouped and strategy == "fsdp":
             return shard(model, weights, device, bf16)
         move_buffers(model, device)
         weights.fill(model.parameters(), device)
@@ -126,11 +127,11 @@ class World:
 
     def no_sync(self, model: nn.Module, last: bool):
         """Skip the gradient reduction on all but the last micro-batch of a step."""
-        if self.size == 1 or last:
+        if last:
             return contextlib.nullcontext()
         if isinstance(model, FSDPModule):
             return _fsdp_no_sync(model)
-        return model.no_sync()
+        return model.no_sync() if self.size > 1 else contextlib.nullcontext()
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         if self.size == 1:
@@ -156,16 +157,17 @@ class World:
         self.close()
 
     def close(self) -> None:
-        if self.size > 1 and dist.is_initialized():
+        if self.grouped and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def join_world() -> World:
-    """The process group `torchrun` describes in the environment, or a world of one."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    """The process group `torchrun` describes in the environment (of one process too: FSDP
+    then shards over a mesh of one), or a world of one without a group."""
+    if "RANK" not in os.environ:
         return World()
-    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", "1")),
+                  int(os.environ.get("LOCAL_RANK", "0")), grouped=True)
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(world.local_rank)

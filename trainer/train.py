@@ -254,7 +254,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
         torch.backends.cuda.matmul.allow_tf32 = True
 
     tokenizer = load_tokenizer(config, manifest, resume_from or init_from)
-    fsdp = world.size > 1 and config.distributed == "fsdp"
+    fsdp = world.grouped and config.distributed == "fsdp"
     model = build_model(config.model, image_size, tokenizer)
     weights = InitialWeights(model, seed, resume_from or init_from)
     apply_freeze_plan(model, config.trainable)
