@@ -335,3 +335,31 @@ def test_every_rank_knows_the_world_s_counts_of_a_micro_batch(manifest, tokenize
         assert a.world == b.world  # the same on both ranks
         assert a.world.supervised == a.supervised + b.supervised, step
         assert a.world.tokens == a.tokens + b.tokens and a.world.samples == a.samples + b.samples
+
+
+def test_the_indexed_loss_is_the_masked_loss_it_replaced(manifest, tokenizer):
+    # images spliced in and targets picked by precomputed indices give the loss and gradients
+    # of the boolean-mask formulation (masked_scatter, hidden[mask]) they replaced
+    config = stage_config(2, overrides={"model": {"adapter": {"queries": QUERIES}}})
+    torch.manual_seed(0)
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
+    batch = first_batches(manifest, tokenizer, count=1)[0]
+    ids, positions, targets = batch.input_ids, batch.position_ids, batch.targets
+
+    embeds = model.llm.get_input_embeddings()(ids)
+    visual = model.encode_images(batch.pixels)
+    embeds = embeds.masked_scatter((ids == model.image_pad_id).unsqueeze(-1), visual)
+    hidden = model.llm.base_model(inputs_embeds=embeds, position_ids=positions,
+                                  use_cache=False).last_hidden_state
+    supervised = targets != IGNORE
+    logits = model.llm.get_output_embeddings()(hidden[supervised])
+    masked = torch.nn.functional.cross_entropy(logits, targets[supervised], reduction="sum")
+    masked.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    indexed = model(ids, positions, targets, batch.pixels, batch.layout)
+    indexed.backward()
+    assert indexed.item() == pytest.approx(masked.item(), rel=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-7)

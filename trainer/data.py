@@ -432,6 +432,7 @@ class Loader:
         self.batches_ahead, self.pin_memory = batches_ahead, pin_memory
         self._pool: ProcessPoolExecutor | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _next_job(self) -> tuple[PackJob, dict[str, Any], Counts]:
         jobs = [self.stream.next_pack() for _ in range(self.world)]
@@ -464,8 +465,11 @@ class Loader:
                         return
             except BaseException as error:  # noqa: BLE001 (handed to the consumer, raised there)
                 hand_over(error)
+            finally:
+                batches.close()  # its workers stop here, in this thread
 
-        threading.Thread(target=produce, name="training-batches", daemon=True).start()
+        self._thread = threading.Thread(target=produce, name="training-batches", daemon=True)
+        self._thread.start()
         while True:
             item = ready.get()
             if isinstance(item, BaseException):
@@ -501,10 +505,16 @@ class Loader:
             self.close()
 
     def close(self) -> None:
+        """Stop the workers and the batch thread. The thread ends with the batch it is making:
+        one still running when the process exits can abort it from inside PyTorch."""
         self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+            self._thread = None
 
     def _stack(self, rows: list[Row]) -> Batch:
         arrays = [row for row, _, _ in rows]
