@@ -3,6 +3,7 @@ reads nothing, then parameters filled from pretrained files, a trainer checkpoin
 initialisation that does not depend on the order of filling."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from open_clip import create_model
@@ -166,3 +167,13 @@ def test_a_module_without_a_known_initialisation_is_named():
         model.adapter.scale = Scale()
     with pytest.raises(ConfigError, match="adapter.scale: no initialisation known for Scale"):
         World().wrap(model, InitialWeights(model, 0), CPU)
+
+
+def test_a_checkpoint_the_trainer_cannot_read_is_named(tmp_path):
+    clip, _, _ = pretrained_files(tmp_path)
+    npz = tmp_path / "big_vision.npz"
+    np.savez(npz, weight=np.zeros(3))
+    model_config = config(visual={"open_clip_model": f"local-dir:{tmp_path / 'clip'}",
+                                  "pretrained": str(npz)})
+    with pytest.raises(ConfigError, match=r"big_vision\.npz: not a torch or safetensors"):
+        filled(model_config)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 from collections.abc import Callable, Iterable
 
 import torch
@@ -79,7 +80,11 @@ def tensor_readers(path: str) -> dict[str, Reader]:
         from safetensors import safe_open
         handle = safe_open(path, framework="pt")
         return {key: (lambda key=key: handle.get_tensor(key)) for key in handle.keys()}
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, ValueError) as error:
+        raise ConfigError(f"{path}: not a torch or safetensors checkpoint the trainer reads "
+                          f"({str(error).splitlines()[0]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return {key.removeprefix("module."): (lambda tensor=tensor: tensor)
