@@ -506,14 +506,15 @@ class Loader:
 
     def close(self) -> None:
         """Stop the workers and the batch thread. The thread ends with the batch it is making:
-        one still running when the process exits can abort it from inside PyTorch."""
+        one still running when the process exits can abort it from inside PyTorch (a worker
+        that never answers is given up after a minute)."""
         self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout=60)
             self._thread = None
 
     def _stack(self, rows: list[Row]) -> Batch:
