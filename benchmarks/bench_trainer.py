@@ -428,6 +428,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         parts = component_mfu(model, device, image_size, 14, args.micro_batch, seq_len, 5)
         for name, mfu in parts.items():
             print(f"component MFU, {name}: {mfu:.1%}")
+        plain_body = parts["plain HF decoder body, sdpa"]
+        for name in (n for n in parts if n.startswith("LLM body")):
+            print(f"component MFU ratio trainer {name} / plain decoder body: "
+                  f"{parts[name] / plain_body:.2f}")
         results["components_mfu"] = parts
     if args.profile:
         results["profile_traces"] = profile_llm_bodies(model, device, image_size,
