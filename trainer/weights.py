@@ -102,7 +102,7 @@ def hugging_face_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in files]
 
 
-def open_clip_file(model_name: str, pretrained: str | None) -> str | None:
+def open_clip_file(model_name: str | None, pretrained: str | None) -> str | None:
     """The open_clip checkpoint a config names: `pretrained` (a local file), or the weights in a
     `local-dir:` model folder; None when the ViT starts from random weights."""
     if pretrained:
