@@ -318,6 +318,19 @@ def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return bounds, int((bounds[1:] - bounds[:-1]).max())
 
 
+def with_tensors(value, convert):
+    """A copy of the dataclass `value` with `convert` applied to each of its tensors, those of
+    the dataclasses it holds included."""
+    changes = {}
+    for field in dataclasses.fields(value):
+        item = getattr(value, field.name)
+        if isinstance(item, torch.Tensor):
+            changes[field.name] = convert(item)
+        elif dataclasses.is_dataclass(item):
+            changes[field.name] = with_tensors(item, convert)
+    return dataclasses.replace(value, **changes)
+
+
 @dataclass
 class PackedLayout:
     """Where things are in a packed micro-batch, as indices into its tokens flattened row by row:
@@ -340,16 +353,8 @@ class PackedLayout:
         return cls(torch.nonzero(input_ids.reshape(-1) == image_pad_id).flatten(),
                    torch.nonzero(supervised).flatten(), bounds, longest)
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "PackedLayout":
-        return dataclasses.replace(
-            self, image_slots=self.image_slots.to(device, non_blocking=non_blocking),
-            supervised=self.supervised.to(device, non_blocking=non_blocking),
-            sample_bounds=self.sample_bounds.to(device, non_blocking=non_blocking))
-
-    def pinned(self) -> "PackedLayout":
-        return dataclasses.replace(
-            self, image_slots=self.image_slots.pin_memory(),
-            supervised=self.supervised.pin_memory(), sample_bounds=self.sample_bounds.pin_memory())
+    def to(self, device: torch.device) -> "PackedLayout":
+        return with_tensors(self, lambda tensor: tensor.to(device, non_blocking=True))
 
 
 @dataclass
@@ -392,18 +397,10 @@ class Batch:
 
     def pinned(self) -> "Batch":
         """In page-locked memory: a copy to the GPU from it is asynchronous."""
-        return dataclasses.replace(
-            self, input_ids=self.input_ids.pin_memory(), targets=self.targets.pin_memory(),
-            position_ids=self.position_ids.pin_memory(), pixels=self.pixels.pin_memory(),
-            layout=self.layout.pinned())
+        return with_tensors(self, torch.Tensor.pin_memory)
 
     def to(self, device: torch.device) -> "Batch":
-        move = dict(non_blocking=True)
-        return dataclasses.replace(
-            self, input_ids=self.input_ids.to(device, **move),
-            targets=self.targets.to(device, **move),
-            position_ids=self.position_ids.to(device, **move),
-            pixels=self.pixels.to(device, **move), layout=self.layout.to(device, **move))
+        return with_tensors(self, lambda tensor: tensor.to(device, non_blocking=True))
 
 
 Row = tuple[dict[str, Any], dict[str, Any], Counts]  # assembled row, data position, world's rows
