@@ -47,23 +47,26 @@ def test_a_misspelt_runner_stops_the_command_naming_the_runner_meant(tmp_path, t
     assert result.returncode == 2 and "cannot be imported" in _one_line(result.stderr)
 
 
-def test_a_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, text_input):
+def _pdf_config_refused(tmp_path, text_input, document: str) -> tuple[str, str]:
+    """`corpus pdf` with a config holding `document`: the config's path and the one line it
+    printed (the command must end with status 2)."""
     config = tmp_path / "pdf.yaml"
-    config.write_text("render:\n  dpi: 100\n  long_side: [1, 2\n")
+    config.write_text(document)
     result = _corpus("pdf", "--input", text_input, "--output", str(tmp_path / "out"),
                      "--config", str(config))
     assert result.returncode == 2
-    line = _one_line(result.stderr)
+    return str(config), _one_line(result.stderr)
+
+
+def test_a_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, text_input):
+    config, line = _pdf_config_refused(tmp_path, text_input,
+                                       "render:\n  dpi: 100\n  long_side: [1, 2\n")
     assert f"{config}:4:1: invalid YAML" in line, line
 
 
 def test_a_wrong_type_in_a_pdf_config_is_one_line_naming_the_key(tmp_path, text_input):
-    config = tmp_path / "pdf.yaml"
-    config.write_text("render:\n  dpi: high\n")
-    result = _corpus("pdf", "--input", text_input, "--output", str(tmp_path / "out"),
-                     "--config", str(config))
-    assert result.returncode == 2
-    assert "render.dpi: expected" in _one_line(result.stderr)
+    _, line = _pdf_config_refused(tmp_path, text_input, "render:\n  dpi: high\n")
+    assert "render.dpi: expected" in line
 
 
 def test_dataset_entries_that_do_not_apply_are_named(tmp_path, text_input):
