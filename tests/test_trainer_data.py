@@ -303,10 +303,12 @@ def causal_attention_stand_in(module, query, key, value, attention_mask, scaling
     return out.transpose(1, 2), None
 
 
-def test_a_forward_and_backward_pass_read_nothing_back_from_the_device(manifest, tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", "causal-stand-in"])
+def test_a_forward_and_backward_pass_read_nothing_back_from_the_device(manifest, tokenizer,
+                                                                       attention):
     AttentionInterface.register("causal-stand-in", causal_attention_stand_in)
     config = stage_config(2, overrides={"model": {
-        "adapter": {"queries": QUERIES}, "llm": {"attn_implementation": "causal-stand-in"}}})
+        "adapter": {"queries": QUERIES}, "llm": {"attn_implementation": attention}}})
     model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
     batch = first_batches(manifest, tokenizer, count=1)[0]
     assert batch.pixels.shape[0] > 0  # images are spliced in
@@ -363,3 +365,38 @@ def test_the_indexed_loss_is_the_masked_loss_it_replaced(manifest, tokenizer):
     assert indexed.item() == pytest.approx(masked.item(), rel=1e-6)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_the_packed_causal_mask_keeps_each_token_within_its_sample():
+    from trainer.attention import packed_causal_mask
+
+    mask = packed_causal_mask(torch.tensor([[0, 1, 0, 1, 2]]))
+    assert mask.shape == (1, 1, 5, 5)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                         [1, 1, 0, 0, 0],
+                                         [0, 0, 1, 0, 0],
+                                         [0, 0, 1, 1, 0],
+                                         [0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("positions", [[[0, 1, 2, 0, 1, 2, 3, 0]] * 2, [list(range(8))] * 2],
+                         ids=["packed", "one sample a row"])
+def test_sdpa_sees_the_samples_hugging_face_would_find(tokenizer, positions):
+    from trainer.attention import packed_attention_arguments
+    from trainer.data import PackedLayout
+
+    config = stage_config(2, overrides={"model": {"adapter": {"queries": QUERIES}}})
+    torch.manual_seed(0)
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
+    positions = torch.tensor(positions)
+    ids = torch.randint(64, 1000, positions.shape)
+    layout = PackedLayout.of(ids, positions, model.image_pad_id)
+    arguments = packed_attention_arguments(model.llm.config, positions, layout.sample_bounds,
+                                           layout.longest)
+    mask = arguments["attention_mask"]["full_attention"]
+    assert (mask is None) == (positions[0, -1] == 7)  # unpacked rows leave sdpa its is_causal
+    with torch.no_grad():
+        ours = model.hidden_states(ids, positions, layout=layout)
+        found = model.llm.base_model(input_ids=ids, position_ids=positions,
+                                     use_cache=False).last_hidden_state
+    torch.testing.assert_close(ours, found, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Packed-sequence attention for the LLM on CUDA: `attn_implementation: varlen`.
+"""Packed-sequence attention for the LLM: what each attention implementation is told of the
+samples packed in a row, and `attn_implementation: varlen` for CUDA.
 
 With `sdpa`, the block-diagonal causal mask of a packed row is a dense [seq, seq] mask, which
 rules out the flash kernel. `varlen` hands PyTorch's flash-attention varlen kernel
@@ -56,6 +57,34 @@ def causal_options(function) -> dict:
     if "enable_gqa" in parameters:
         options["enable_gqa"] = True
     return options
+
+
+def packed_attention_arguments(config, position_ids: torch.Tensor, sample_bounds: torch.Tensor,
+                               longest: int) -> dict:
+    """The keyword arguments that tell a Hugging Face decoder of `config` where the packed
+    samples of `position_ids` (restarting at 0 for each) begin, with no value read back from the
+    device: the varlen kernel's sample bounds, or sdpa's causal mask made here (Hugging Face would
+    look for the restarts in the position ids and read the answer back). Other implementations
+    get nothing and find the samples themselves."""
+    implementation = config._attn_implementation
+    if implementation == VARLEN:
+        return dict(cu_seq_lens_q=sample_bounds, cu_seq_lens_k=sample_bounds,
+                    max_length_q=longest, max_length_k=longest)
+    if implementation != "sdpa" or set(getattr(config, "layer_types", None)
+                                       or ["full_attention"]) != {"full_attention"}:
+        return {}
+    if sample_bounds.numel() - 1 == position_ids.shape[0]:  # one sample a row: sdpa's is_causal
+        return {"attention_mask": {"full_attention": None}}
+    return {"attention_mask": {"full_attention": packed_causal_mask(position_ids)}}
+
+
+def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """bool [B, 1, L, L]: a token sees the earlier tokens of its own sample (a sample starts where
+    its position is 0)."""
+    sample = (position_ids == 0).cumsum(-1)
+    length = position_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
+    return ((sample.unsqueeze(-1) == sample.unsqueeze(-2)) & causal).unsqueeze(1)
 
 
 # read once here: a compiled graph must not call inspect

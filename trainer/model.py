@@ -6,12 +6,11 @@ embeddings with the adapter's vectors, in reading order. The loss is the summed 
 the supervised next tokens (targets of -100 carry no loss), computed only where a target exists,
 so prompts and image slots cost no LM-head work.
 
-Packed sequences: position ids restart at 0 for every sample; given no attention mask, the
-Hugging Face model turns those restarts into a block-diagonal causal mask (sdpa), or the varlen
-kernel takes each sample's bounds (trainer/attention.py), so no token attends across samples.
-The image slots, the supervised positions and the sample bounds come as a `PackedLayout` the
-loader computed on the CPU: the forward and backward passes read nothing back from the GPU
-(with sdpa, Hugging Face's search for packed samples still reads one value).
+Packed sequences: position ids restart at 0 for every sample; sdpa gets a block-diagonal causal
+mask, or the varlen kernel each sample's bounds (trainer/attention.py), so no token attends
+across samples. The image slots, the supervised positions and the sample bounds come as a
+`PackedLayout` the loader computed on the CPU: the forward and backward passes read nothing back
+from the GPU.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from trainer.adapter import PositionAwareAdapter
-from trainer.attention import VARLEN
+from trainer.attention import packed_attention_arguments
 from trainer.data import PackedLayout
 from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
 from trainer.weights import building_on_meta
@@ -145,12 +144,10 @@ class QwenVL(nn.Module):
             blank = torch.zeros(1, self.image_size, self.image_size, 3, dtype=torch.uint8,
                                 device=input_ids.device)
             embeds = embeds + 0 * self.encode_images(blank).sum().to(embeds.dtype)
-        bounds = {}
-        if self.llm.config._attn_implementation == VARLEN:
-            bounds = dict(cu_seq_lens_q=layout.sample_bounds, cu_seq_lens_k=layout.sample_bounds,
-                          max_length_q=layout.longest, max_length_k=layout.longest)
+        packing = packed_attention_arguments(self.llm.config, position_ids, layout.sample_bounds,
+                                             layout.longest)
         return self.llm.base_model(inputs_embeds=embeds, position_ids=position_ids,
-                                   use_cache=False, **bounds).last_hidden_state
+                                   use_cache=False, **packing).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 targets: torch.Tensor, pixels: torch.Tensor | None = None,
