@@ -106,6 +106,32 @@ def test_an_open_clip_file_at_another_resolution_is_interpolated(tmp_path):
     assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight)
 
 
+def test_an_openai_torchscript_checkpoint_fills_the_vit(tmp_path):
+    clip, _, _ = pretrained_files(tmp_path)
+
+    class OpenAIClip(nn.Module):  # OpenAI's CLIP files: a traced model with fp16 weights
+        def __init__(self):
+            super().__init__()
+            self.visual = clip.visual
+            self.logit_scale = nn.Parameter(torch.ones([]))
+
+        def forward(self, x):
+            return self.visual(x)
+
+    archive = tmp_path / "ViT-tiny.pt"
+    with torch.no_grad():
+        traced = torch.jit.trace(OpenAIClip().eval(), torch.randn(1, 3, 56, 56),
+                                 check_trace=False)
+    traced.half().save(str(archive))
+    model_config = config(visual={"open_clip_model": f"local-dir:{tmp_path / 'clip'}",
+                                  "pretrained": str(archive)})
+    model = filled(model_config)
+    theirs = clip.visual.state_dict()
+    for name, value in model.visual.state_dict().items():
+        assert value.dtype == torch.float32
+        assert torch.equal(value, theirs[name].half().float()), name
+
+
 def test_a_trainer_checkpoint_fills_every_parameter_and_must_match_the_model(tmp_path):
     source = filled(config(), seed=5)
     torch.save(source.state_dict(), tmp_path / "model.pt")
@@ -175,5 +201,5 @@ def test_a_checkpoint_the_trainer_cannot_read_is_named(tmp_path):
     np.savez(npz, weight=np.zeros(3))
     model_config = config(visual={"open_clip_model": f"local-dir:{tmp_path / 'clip'}",
                                   "pretrained": str(npz)})
-    with pytest.raises(ConfigError, match=r"big_vision\.npz: not a torch or safetensors"):
+    with pytest.raises(ConfigError, match=r"big_vision\.npz: not a torch, TorchScript or safetensors"):
         filled(model_config)

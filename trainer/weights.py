@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import os
 import pickle
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 
 import torch
@@ -73,22 +75,35 @@ def move_buffers(model: nn.Module, device: torch.device) -> None:
 
 
 def tensor_readers(path: str) -> dict[str, Reader]:
-    """name -> a function reading that tensor from a safetensors file or a (memory-mapped)
-    torch file; an open_clip training checkpoint's `state_dict` and DDP's `module.` prefixes
-    are unwrapped."""
+    """name -> a function reading that tensor from a safetensors file, a (memory-mapped) torch
+    file or a TorchScript archive (OpenAI's CLIP checkpoints, read whole); an open_clip training
+    checkpoint's `state_dict` and DDP's `module.` prefixes are unwrapped."""
     if path.endswith(".safetensors"):
         from safetensors import safe_open
         handle = safe_open(path, framework="pt")
         return {key: (lambda key=key: handle.get_tensor(key)) for key in handle.keys()}
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        if is_torchscript(path):
+            with warnings.catch_warnings():  # TorchScript is deprecated; these files are in it
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, ValueError) as error:
-        raise ConfigError(f"{path}: not a torch or safetensors checkpoint the trainer reads "
+        raise ConfigError(f"{path}: not a torch, TorchScript or safetensors checkpoint the trainer reads "
                           f"({str(error).splitlines()[0]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return {key.removeprefix("module."): (lambda tensor=tensor: tensor)
             for key, tensor in state.items()}
+
+
+def is_torchscript(path: str) -> bool:
+    """A TorchScript archive: a zip holding its code's constants beside the tensors."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def hugging_face_files(folder: str) -> list[str]:
