@@ -32,11 +32,11 @@ def filled(model_config, image_size=56, seed=0, checkpoint=None):
     return model
 
 
-def pretrained_files(tmp_path, tie=False):
+def pretrained_files(tmp_path, tie=False, quick_gelu=False):
     """An open_clip folder (`local-dir:`) and a Hugging Face folder whose vocabulary is 10 tokens
     short of the tokenizer's."""
     clip_dir, llm_dir = tmp_path / "clip", tmp_path / "llm"
-    clip_config = {"embed_dim": 32, "vision_cfg": {"image_size": 56, "layers": 1, "width": 64,
+    clip_config = {"embed_dim": 32, "quick_gelu": quick_gelu, "vision_cfg": {"image_size": 56, "layers": 1, "width": 64,
                                                    "patch_size": 14, "head_width": 32},
                    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 1,
                                 "layers": 1}}
@@ -107,7 +107,7 @@ def test_an_open_clip_file_at_another_resolution_is_interpolated(tmp_path):
 
 
 def test_an_openai_torchscript_checkpoint_fills_the_vit(tmp_path):
-    clip, _, _ = pretrained_files(tmp_path)
+    clip, _, _ = pretrained_files(tmp_path, quick_gelu=True)
 
     class OpenAIClip(nn.Module):  # OpenAI's CLIP files: a traced model with fp16 weights
         def __init__(self):
@@ -130,6 +130,11 @@ def test_an_openai_torchscript_checkpoint_fills_the_vit(tmp_path):
     for name, value in model.visual.state_dict().items():
         assert value.dtype == torch.float32
         assert torch.equal(value, theirs[name].half().float()), name
+    # the same weights in a ViT of plain GELU would compute something else, silently
+    (tmp_path / "clip" / "open_clip_config.json").write_text(
+        (tmp_path / "clip" / "open_clip_config.json").read_text().replace("true", "false"))
+    with pytest.raises(ConfigError, match="QuickGELU"):
+        filled(model_config)
 
 
 def test_a_trainer_checkpoint_fills_every_parameter_and_must_match_the_model(tmp_path):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from open_clip.model import resize_pos_embed
-from open_clip.transformer import VisionTransformer
+from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from corpus.config import ConfigError
@@ -106,6 +106,10 @@ def is_torchscript(path: str) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
+def uses_quick_gelu(visual: VisionTransformer) -> bool:
+    return all(isinstance(block.mlp.gelu, QuickGELU) for block in visual.transformer.resblocks)
+
+
 def hugging_face_files(folder: str) -> list[str]:
     """The weight files of a Hugging Face model folder: its safetensors, else its torch files."""
     names = sorted(os.listdir(folder))
@@ -159,6 +163,10 @@ class InitialWeights:
             config = model.config
             clip = open_clip_file(config.visual.open_clip_model, config.visual.pretrained)
             if clip:
+                if is_torchscript(clip) and not uses_quick_gelu(model.visual):
+                    raise ConfigError(f"model.visual.pretrained: {clip} holds OpenAI's CLIP "
+                                      "weights, trained with QuickGELU: name the open_clip "
+                                      "model's -quickgelu variant (e.g. ViT-L-14-quickgelu)")
                 self.readers.update((key, read) for key, read in tensor_readers(clip).items()
                                     if key.startswith("visual."))
                 self.required += ("visual.",)
