@@ -95,7 +95,7 @@ def test_fsdp_on_cuda_trains_as_one_process_and_resumes(tmp_path, shards):  # no
     gpus = torch.cuda.device_count()
     manifest = stage_manifest(tmp_path, shards, 2)
     # one row per pass on each GPU, two passes: the rows of a step are those one process
-    # takes in 2 x gpus passes
+    # reading the GPUs' data lanes takes in 2 x gpus passes
     settings = dict(TINY, steps=20, warmup_steps=2, micro_batch_size=1, global_batch=2 * gpus,
                     distributed="fsdp", save_every=10)
     config = tmp_path / "fsdp.yaml"
@@ -105,7 +105,8 @@ def test_fsdp_on_cuda_trains_as_one_process_and_resumes(tmp_path, shards):  # no
     assert f"{gpus} x cuda:0 bf16 fsdp" in printed
     whole = logged_losses(tmp_path / "whole")
 
-    single = train(manifest, 2, str(tmp_path / "one"), overrides=settings, device="cuda")
+    single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(settings, data_lanes=gpus),
+                   device="cuda")
     assert len(whole) == len(single.losses) == 20
     assert whole == pytest.approx(single.losses, rel=LOSS_TOLERANCE)
 

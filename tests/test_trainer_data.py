@@ -9,12 +9,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AttentionInterface
 
 from conftest import make_image, make_sample
+from corpus.config import ConfigError
 from corpus.formats import EOS, IM_END, IM_START, IMG_END, IMG_START
 from corpus.schema import Turn
+from corpus.shards import read_shard
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
 from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
-                          read_manifest, sample_shares)
+                          read_manifest, sample_shares, task_samples)
 from trainer.model import QwenVL
 from trainer.stages import stage_config
 
@@ -150,7 +152,7 @@ def test_mixture_weights_are_shares_of_samples_not_rows(tmp_path, tokenizer):
     total = sum(samples.values())
     shares = {task: samples[task] / total for task in weights}
     assert shares == pytest.approx(weights, abs=0.02)
-    assert sample_shares(stream.state()) == pytest.approx(shares)
+    assert sample_shares(task_samples(stream.state())) == pytest.approx(shares)
     assert rows["text"] / 2000 > 0.8  # by rows, the long documents dominate
 
 
@@ -222,7 +224,7 @@ def test_the_batch_thread_hands_its_error_to_the_loop_and_stops_on_close(manifes
             raise ValueError("shard unreadable")
         return PackJob("captioning", [])
 
-    loader.stream.next_pack = next_pack
+    loader.streams[0].next_pack = next_pack
     batches = iter(loader)
     assert [next(batches).samples for _ in range(3)] == [0, 0, 0]
     with pytest.raises(ValueError, match="shard unreadable"):
@@ -325,18 +327,79 @@ def test_a_forward_and_backward_pass_read_nothing_back_from_the_device(manifest,
     assert found.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
-def test_every_rank_knows_the_world_s_counts_of_a_micro_batch(manifest, tokenizer):
-    def batches(rank, world):
-        loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=2,
-                              window=4, rank=rank, world=world)
-        it = iter(loader)
-        return [next(it) for _ in range(3)]
+def lane_rows(manifest, tokenizer, count, rank=0, world=1, lanes=None, state=None):
+    """The next `count` rows (their token ids) rank `rank` of `world` draws, and the data
+    position after them."""
+    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=1,
+                          window=4, state=state, rank=rank, world=world, lanes=lanes)
+    batches = iter(loader)
+    rows = [next(batches) for _ in range(count)]
+    loader.close()
+    return [row.input_ids[0].tolist() for row in rows], rows[-1].state
 
-    ranks = [batches(rank, 2) for rank in range(2)]
-    for step, (a, b) in enumerate(zip(*ranks)):
-        assert a.world == b.world  # the same on both ranks
-        assert a.world.supervised == a.supervised + b.supervised, step
-        assert a.world.tokens == a.tokens + b.tokens and a.world.samples == a.samples + b.samples
+
+def sharded_manifest(tmp_path, shards=4, per_shard=3):
+    """Captions in `shards` shards, and text documents in one."""
+    captions = caption_samples(shards * per_shard)
+    sources = {"captioning": [(write_shard(str(tmp_path / f"cap{i}.tar"),
+                                           captions[i * per_shard:(i + 1) * per_shard]), per_shard)
+                              for i in range(shards)],
+               "text": [(write_shard(str(tmp_path / "text.tar"), text_samples(4)), 4)]}
+    return read_manifest(write_manifest(tmp_path / "m.yaml", 2, sources))
+
+
+def test_ranks_draw_the_rows_of_one_process_with_as_many_lanes(tmp_path, tokenizer):
+    manifest = sharded_manifest(tmp_path)
+    one, _ = lane_rows(manifest, tokenizer, 8, lanes=2)
+    ranks = [lane_rows(manifest, tokenizer, 4, rank, 2)[0] for rank in range(2)]
+    assert ranks[0] == one[0::2] and ranks[1] == one[1::2]
+    assert one != lane_rows(manifest, tokenizer, 8)[0]  # one lane reads in another order
+
+
+def test_each_lane_reads_its_own_shards_or_its_own_samples(tmp_path, monkeypatch):
+    from trainer import data
+
+    manifest = sharded_manifest(tmp_path)
+    captions, text = (source for source in manifest.sources)
+    opened = {0: [], 1: []}
+    for lane in (0, 1):  # 4 caption shards: two whole shards an epoch per lane
+        reader = data.ShardReader("captioning", [s.path for s in captions.shards], 0, lane, 2)
+        monkeypatch.setattr(data, "read_shard",
+                            lambda path, lane=lane: (opened[lane].append(path),
+                                                     read_shard(path))[1])
+        samples, _ = reader.read(data.Position(), 6)
+        assert len(samples) == 6 and len({s.id for s in samples}) == 6
+    assert sorted(opened[0] + opened[1]) == sorted(s.path for s in captions.shards)
+    # one text shard: each lane reads it, keeping every other sample of the epoch
+    everything, _ = data.ShardReader("text", [text.shards[0].path], 0).read(data.Position(), 4)
+    for lane in (0, 1):
+        reader = data.ShardReader("text", [text.shards[0].path], 0, lane, 2)
+        mine, _ = reader.read(data.Position(), 4)  # two epochs
+        assert [s.id for s in mine] == [s.id for s in everything[lane::2]] * 2
+
+
+def test_a_run_resumes_on_any_number_of_processes_that_divides_its_lanes(tmp_path, tokenizer):
+    from trainer.data import merge_states
+
+    manifest = sharded_manifest(tmp_path)
+    whole, _ = lane_rows(manifest, tokenizer, 10, lanes=2)
+    # two ranks draw 3 rows each, then one process continues
+    states = [lane_rows(manifest, tokenizer, 3, rank, 2)[1] for rank in range(2)]
+    merged = merge_states(states)
+    assert merged["rows"] == 6 and sorted(merged["lanes"]) == ["0", "1"]
+    assert lane_rows(manifest, tokenizer, 4, state=merged)[0] == whole[6:]
+    # one process draws 6, then two ranks continue
+    _, state = lane_rows(manifest, tokenizer, 6, lanes=2)
+    continued = [lane_rows(manifest, tokenizer, 2, rank, 2, state=state)[0] for rank in range(2)]
+    assert continued[0] == whole[6::2] and continued[1] == whole[7::2]
+    with pytest.raises(ConfigError, match="cannot be shared by 3 processes"):
+        lane_rows(manifest, tokenizer, 1, 0, 3, state=state)
+
+
+def test_a_task_with_fewer_samples_than_lanes_is_refused(tmp_path, tokenizer):
+    manifest = sharded_manifest(tmp_path)  # 4 text documents in one shard
+    with pytest.raises(ConfigError, match="task text: 4 sample.s. for 8 data lanes"):
+        lane_rows(manifest, tokenizer, 1, lanes=8)
 
 
 def test_the_indexed_loss_is_the_masked_loss_it_replaced(manifest, tokenizer):

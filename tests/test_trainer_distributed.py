@@ -31,7 +31,27 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(
     state = json.load(open(out / "checkpoints" / "step-00000002" / "state.json"))
     assert state["world"] == 2 and state["config"]["distributed"] == strategy
 
-    single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2),
+    # one process reading the two ranks' data lanes
+    single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2, data_lanes=2),
                    device="cpu")
     assert logged == pytest.approx(single.losses, rel=1e-5)
     assert state["data"] == json.load(open(os.path.join(single.checkpoint, "state.json")))["data"]
+
+
+def test_one_process_resumes_what_two_ranks_began(tmp_path, shards):  # noqa: F811
+    manifest = stage_manifest(tmp_path, shards, 2)
+    config = tmp_path / "two-ranks.yaml"
+    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1)))
+    out = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "corpus.cli", "train", "--manifest", manifest, "--stage", "2", "--config",
+         str(config), "--output", str(out), "--device", "cpu", "--stop-after", "1"],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    resumed = train(manifest, 2, str(out), resume=True, device="cpu")
+    assert resumed.steps == 3 and len(resumed.losses) == 2  # micro-batch 1, accumulation 2
+    whole = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=3, data_lanes=2),
+                  device="cpu")
+    assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
+

@@ -117,7 +117,7 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
     state = json.load(open(sharded / "state.json"))
     assert state["world"] == 2 and state["config"]["distributed"] == "fsdp"
 
-    single = train(manifest, 3, str(tmp_path / "one"), overrides=dict(TINY, steps=3),
+    single = train(manifest, 3, str(tmp_path / "one"), overrides=dict(TINY, steps=3, data_lanes=2),
                    device="cpu")
     assert logged == pytest.approx(single.losses, rel=1e-5)
     assert state["data"] == json.load(open(os.path.join(single.checkpoint, "state.json")))["data"]

@@ -8,6 +8,12 @@ Flow, all deterministic from the seed:
   `Loader` decodes the images of each pack in worker processes, in order, and stacks packs into
   micro-batches.
 
+Lanes: the stream is `data_lanes` such flows side by side, each over its own part of every
+task's shards (whole shards, or every lanes-th sample of a task with fewer shards than lanes), and
+row k of a run comes from lane k mod lanes. With several processes, each draws from its own lanes
+only: no process reads, tokenizes or packs what another trains on, so the data work per process
+falls as processes are added, and the rows stay those of one process with the same lanes.
+
 Mixture: the manifest's weights are shares of samples (Table 3 counts samples), not of packed
 rows. A row of a task with short samples holds many of them, so drawing a task per row would
 over-represent short tasks; choosing by deficit keeps every task's sample share within about one
@@ -17,10 +23,10 @@ Loss mask: a token is a target when its span is supervised (`Span.supervised`: a
 and the ChatML special tokens, never prompts, role names or images). Targets are computed per
 sample before packing, so the last token of one sample never learns the first of the next.
 
-Position: the data position is, per task, the start of its current window plus the packs already
-taken from it, the number of packs drawn and the samples drawn per task. Restoring it re-reads
-that one window, re-plans it and skips the packs already taken: an exact mid-epoch resume that
-decodes no skipped image.
+Position: the data position is, per lane and task, the start of its current window plus the
+packs already taken from it; per lane the packs drawn and the samples drawn per task; and the
+run's rows. Restoring it re-reads that one window, re-plans it and skips the packs already
+taken: an exact mid-epoch resume that decodes no skipped image.
 """
 from __future__ import annotations
 
@@ -31,9 +37,9 @@ import multiprocessing
 import queue
 import random
 import threading
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -122,21 +128,34 @@ class Position:
     epoch: int = 0
     shard: int = 0  # index into the epoch's shard order
     sample: int = 0  # samples already read from that shard
+    # samples in the epoch's shards before that one; out of the repr, which seeds a window's
+    # packing shuffle (TaskStream), so that the shuffles are those of the runs before lanes
+    before: int = field(default=0, repr=False)
 
 
 class ShardReader:
     """Reads one task's samples from a position on, across shards and epochs; keeps the open shard
-    while reads continue where the last one stopped."""
+    while reads continue where the last one stopped.
 
-    def __init__(self, task: str, shards: list[str], seed: int):
+    Data lane `lane` of `lanes` reads its own part of the task: every `lanes`-th shard of each
+    epoch's order when the task has that many shards, else every `lanes`-th sample of the epoch
+    (each lane then reads all the shards, and skips the samples of the others)."""
+
+    def __init__(self, task: str, shards: list[str], seed: int, lane: int = 0, lanes: int = 1):
         self.task, self.shards, self.seed = task, shards, seed
+        self.lane, self.lanes = lane, lanes
+        self.by_shard = len(shards) >= lanes
         self._iterator: Iterator[Sample] | None = None
         self._at: Position | None = None
 
     def order(self, epoch: int) -> list[str]:
+        """This lane's shards of `epoch`, in reading order."""
         shards = list(self.shards)
         random.Random(f"{self.seed}/{self.task}/{epoch}").shuffle(shards)
-        return shards
+        return shards[self.lane::self.lanes] if self.by_shard else shards
+
+    def _mine(self, position: Position) -> bool:
+        return self.by_shard or (position.before + position.sample) % self.lanes == self.lane
 
     def read(self, start: Position, count: int) -> tuple[list[Sample], Position]:
         if self._at != start:
@@ -147,15 +166,18 @@ class ShardReader:
             if sample is None:  # this shard is done: the next one, or the next epoch
                 misses += 1
                 if misses > len(self.shards) + 1:
-                    raise ValueError(f"task {self.task}: its shards hold no sample")
-                position = (Position(position.epoch, position.shard + 1)
-                            if position.shard + 1 < len(self.shards)
+                    lane = f" for data lane {self.lane} of {self.lanes}" if self.lanes > 1 else ""
+                    raise ValueError(f"task {self.task}: its shards hold no sample{lane}")
+                position = (Position(position.epoch, position.shard + 1,
+                                     before=position.before + position.sample)
+                            if position.shard + 1 < len(self.order(position.epoch))
                             else Position(position.epoch + 1))
                 self._iterator = self._open(position)
                 continue
-            misses = 0
-            samples.append(sample)
-            position = Position(position.epoch, position.shard, position.sample + 1)
+            if self._mine(position):
+                misses = 0
+                samples.append(sample)
+            position = dataclasses.replace(position, sample=position.sample + 1)
         self._at = position
         return samples, position
 
@@ -174,10 +196,11 @@ class PackJob:
 
 class TaskStream:
     def __init__(self, source: ManifestSource, encoder: SampleEncoder, seed: int, packing: bool,
-                 window: int):
+                 window: int, lane: int = 0, lanes: int = 1):
         self.task = source.task
         self.encoder, self.seed, self.packing, self.window = encoder, seed, packing, window
-        self.reader = ShardReader(source.task, [shard.path for shard in source.shards], seed)
+        self.reader = ShardReader(source.task, [shard.path for shard in source.shards], seed,
+                                  lane, lanes)
         self.window_start = self.next_start = Position()
         self.taken = 0
         self.skipped = 0  # samples without a text format, cut through an image, or nothing to learn
@@ -241,18 +264,29 @@ class SampleMixer:
         self.samples.update(state["samples"])
 
 
-def sample_shares(state: dict[str, Any]) -> dict[str, float]:
-    """Each task's share of the samples drawn up to a data position (`PackStream.state()`)."""
-    samples = state["samples"]
+def sample_shares(samples: dict[str, int]) -> dict[str, float]:
+    """Each task's share of `samples` (drawn per task)."""
     total = sum(samples.values()) or 1
     return {task: count / total for task, count in samples.items()}
 
 
-class PackStream:
-    """Packs of all tasks, mixed by `SampleMixer` so that the weights hold for samples."""
+def task_samples(state: dict[str, Any]) -> dict[str, int]:
+    """Samples drawn per task up to a data position (`Loader.state()`, or a
+    `PackStream.state()`), over the lanes it holds."""
+    lanes = state["lanes"].values() if "lanes" in state else [state]
+    totals: Counter = Counter()
+    for lane in lanes:
+        totals.update(lane["samples"])
+    return {task: totals[task] for task in sorted(totals)}
 
-    def __init__(self, manifest: Manifest, encoder: SampleEncoder, seed: int, window: int):
-        self.streams = {s.task: TaskStream(s, encoder, seed, manifest.packing, window)
+
+class PackStream:
+    """Packs of all tasks, mixed by `SampleMixer` so that the weights hold for samples; from data
+    lane `lane` of `lanes` (see `ShardReader`)."""
+
+    def __init__(self, manifest: Manifest, encoder: SampleEncoder, seed: int, window: int,
+                 lane: int = 0, lanes: int = 1):
+        self.streams = {s.task: TaskStream(s, encoder, seed, manifest.packing, window, lane, lanes)
                         for s in manifest.sources}
         self.mixer = SampleMixer({s.task: s.weight for s in manifest.sources}, seed)
 
@@ -358,25 +392,6 @@ class PackedLayout:
 
 
 @dataclass
-class Counts:
-    """Samples, non-padding tokens and supervised targets of some packed rows."""
-
-    samples: int = 0
-    tokens: int = 0
-    supervised: int = 0
-
-    @classmethod
-    def of(cls, jobs: list[PackJob]) -> "Counts":
-        encoded = [sample for job in jobs for sample in job.samples]
-        return cls(len(encoded), sum(len(s.ids) for s in encoded),
-                   sum(len(s.targets) - s.targets.count(IGNORE) for s in encoded))
-
-    def __add__(self, other: "Counts") -> "Counts":
-        return Counts(self.samples + other.samples, self.tokens + other.tokens,
-                      self.supervised + other.supervised)
-
-
-@dataclass
 class Batch:
     input_ids: torch.Tensor  # [B, seq_len]
     targets: torch.Tensor  # [B, seq_len], IGNORE where no loss
@@ -386,10 +401,7 @@ class Batch:
     samples: int
     tokens: int  # non-padding tokens
     tasks: list[str]
-    state: dict[str, Any]  # the data position after this batch
-    # the rows of this micro-batch on every rank: each rank draws every rank's packs, so a step
-    # is normalised and counted with no collective and no read from the GPU
-    world: Counts = dataclasses.field(default_factory=Counts)
+    state: dict[str, Any]  # the data position of this process's lanes after this batch
 
     @property
     def supervised(self) -> int:
@@ -403,25 +415,30 @@ class Batch:
         return with_tensors(self, lambda tensor: tensor.to(device, non_blocking=True))
 
 
-Row = tuple[dict[str, Any], dict[str, Any], Counts]  # assembled row, data position, world's rows
+Row = tuple[dict[str, Any], dict[str, Any]]  # assembled row, data position after it
 
 
 class Loader:
-    """Endless micro-batches from a `PackStream`; images decode in `num_workers` processes, in
-    order, `prefetch` packs ahead per worker. With several ranks, pack k belongs to rank
-    k mod `world`; every rank draws all packs (cheap: no image is decoded) so that the data
-    position after each batch is the same on every rank.
+    """Endless micro-batches of this process's rows; images decode in `num_workers` processes, in
+    order, `prefetch` packs ahead per worker.
+
+    Row k of a run comes from data lane k mod `lanes` (`streams`: lane -> its `PackStream`), and
+    with `world` processes belongs to rank k mod world: a rank draws from the lanes
+    l = rank (mod world) alone, so the ranks read, tokenize and pack disjoint parts of the corpus,
+    and the rows are the same for any number of processes that divides `lanes`.
 
     With `batches_ahead`, a background thread reads, tokenizes and packs the stream, collects the
     decoded rows and stacks them (in pinned memory with `pin_memory`, for asynchronous copies to
     the GPU) while the training loop runs: the loop finds the next step's micro-batches ready
     instead of preparing them while the GPU waits for it."""
 
-    def __init__(self, stream: PackStream, micro_batch_size: int, seq_len: int, image_size: int,
-                 pad_id: int, image_pad_id: int, num_workers: int = 0, prefetch: int = 8,
-                 rank: int = 0, world: int = 1, batches_ahead: int = 0,
-                 pin_memory: bool = False):
-        self.stream, self.micro_batch_size = stream, micro_batch_size
+    def __init__(self, streams: dict[int, PackStream], lanes: int, micro_batch_size: int,
+                 seq_len: int, image_size: int, pad_id: int, image_pad_id: int,
+                 num_workers: int = 0, prefetch: int = 8, rank: int = 0, world: int = 1,
+                 rows: int = 0, batches_ahead: int = 0, pin_memory: bool = False):
+        self.streams, self.lanes = streams, lanes
+        self.rows = rows  # rows this rank has drawn
+        self.micro_batch_size = micro_batch_size
         self.seq_len, self.image_size, self.pad_id = seq_len, image_size, pad_id
         self.image_pad_id = image_pad_id
         self.num_workers, self.prefetch = num_workers, prefetch
@@ -431,9 +448,23 @@ class Loader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _next_job(self) -> tuple[PackJob, dict[str, Any], Counts]:
-        jobs = [self.stream.next_pack() for _ in range(self.world)]
-        return jobs[self.rank], self.stream.state(), Counts.of(jobs)
+    def _next_job(self) -> tuple[PackJob, dict[str, Any]]:
+        job = self.streams[(self.rows * self.world + self.rank) % self.lanes].next_pack()
+        self.rows += 1
+        return job, self.state()
+
+    def state(self) -> dict[str, Any]:
+        """The data position of this rank's lanes: `merge_states` of every rank's is the run's."""
+        return {"rows": self.rows * self.world,
+                "lanes": {str(lane): stream.state() for lane, stream in self.streams.items()}}
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return next(iter(self.streams.values())).mixer.weights
+
+    @property
+    def skipped(self) -> int:
+        return sum(stream.skipped for stream in self.streams.values())
 
     def __iter__(self) -> Iterator[Batch]:
         if self.batches_ahead < 1:
@@ -485,8 +516,8 @@ class Loader:
         args = (self.seq_len, self.pad_id, self.image_size)
         if self.num_workers == 0:
             while True:
-                job, state, counts = self._next_job()
-                yield assemble(job, *args), state, counts
+                job, state = self._next_job()
+                yield assemble(job, *args), state
         # spawn: workers must not inherit the training process's threads and CUDA state
         self._pool = ProcessPoolExecutor(self.num_workers,
                                          mp_context=multiprocessing.get_context("spawn"))
@@ -494,10 +525,10 @@ class Loader:
         try:
             while True:
                 while len(pending) < self.num_workers * self.prefetch:
-                    job, state, counts = self._next_job()
-                    pending.append((self._pool.submit(assemble, job, *args), state, counts))
-                future, state, counts = pending.popleft()
-                yield future.result(), state, counts
+                    job, state = self._next_job()
+                    pending.append((self._pool.submit(assemble, job, *args), state))
+                future, state = pending.popleft()
+                yield future.result(), state
         finally:
             self.close()
 
@@ -515,7 +546,7 @@ class Loader:
             self._thread = None
 
     def _stack(self, rows: list[Row]) -> Batch:
-        arrays = [row for row, _, _ in rows]
+        arrays = [row for row, _ in rows]
         input_ids = torch.from_numpy(np.stack([a["ids"] for a in arrays]))
         targets = torch.from_numpy(np.stack([a["targets"] for a in arrays]))
         position_ids = torch.from_numpy(np.stack([a["positions"] for a in arrays]))
@@ -524,8 +555,7 @@ class Loader:
             pixels=torch.from_numpy(np.concatenate([a["pixels"] for a in arrays])),
             layout=PackedLayout.of(input_ids, position_ids, self.image_pad_id, targets),
             samples=sum(a["samples"] for a in arrays), tokens=sum(a["tokens"] for a in arrays),
-            tasks=[a["task"] for a in arrays], state=rows[-1][1],
-            world=sum((counts for _, _, counts in rows), Counts()))
+            tasks=[a["task"] for a in arrays], state=rows[-1][1])
         return batch.pinned() if self.pin_memory else batch
 
 
@@ -533,13 +563,44 @@ def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int
                  image_size: int, seed: int, micro_batch_size: int, num_workers: int = 0,
                  prefetch: int = 8, window: int = 256, state: dict[str, Any] | None = None,
                  rank: int = 0, world: int = 1, batches_ahead: int = 0,
-                 pin_memory: bool = False) -> Loader:
-    encoder = SampleEncoder(tokenizer, image_tokens, seq_len)
-    stream = PackStream(manifest, encoder, seed, window)
+                 pin_memory: bool = False, lanes: int | None = None) -> Loader:
+    """Rank `rank` of `world`'s loader over `lanes` data lanes (default: one per rank), from
+    the data position `state` (the run's, all lanes) or the start."""
     if state is not None:
-        stream.restore(state)
-    return Loader(stream, micro_batch_size, seq_len, image_size, encoder.pad, encoder.image_pad,
-                  num_workers, prefetch, rank, world, batches_ahead, pin_memory)
+        state = lanes_state(state)
+        lanes = len(state["lanes"])
+    lanes = lanes or world
+    if lanes % world:
+        raise ConfigError(f"{lanes} data lane(s) cannot be shared by {world} processes: the "
+                          "number of processes must divide it")
+    for source in manifest.sources:
+        if len(source.shards) < lanes and source.samples < lanes:
+            raise ConfigError(f"task {source.task}: {source.samples} sample(s) for {lanes} data "
+                              "lanes; each lane needs one at least")
+    encoder = SampleEncoder(tokenizer, image_tokens, seq_len)
+    streams = {lane: PackStream(manifest, encoder, seed, window, lane, lanes)
+               for lane in range(rank, lanes, world)}
+    rows = 0
+    if state is not None:
+        for lane, stream in streams.items():
+            stream.restore(state["lanes"][str(lane)])
+        rows = state["rows"] // world
+    return Loader(streams, lanes, micro_batch_size, seq_len, image_size, encoder.pad,
+                  encoder.image_pad, num_workers, prefetch, rank, world, rows, batches_ahead,
+                  pin_memory)
+
+
+def lanes_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A data position in the lanes' layout; one written before lanes existed is one lane's."""
+    if "lanes" in state:
+        return state
+    return {"rows": state["drawn"], "lanes": {"0": state}}
+
+
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's data position from every rank's (`Loader.state()`)."""
+    return {"rows": states[0]["rows"],
+            "lanes": {lane: value for state in states for lane, value in state["lanes"].items()}}
 
 
 def corpus_texts(manifest: Manifest, limit: int = 2000) -> Iterator[str]:

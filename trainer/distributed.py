@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -97,6 +98,8 @@ class World:
     size: int = 1
     local_rank: int = 0
     grouped: bool = False  # a process group joins the ranks (under torchrun, one rank too)
+    # gloo over the same ranks: collectives on host values that must not wait for the GPU
+    host_group: Any = field(default=None, repr=False, compare=False)
 
     @property
     def main(self) -> bool:
@@ -140,6 +143,22 @@ class World:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def host_sum(self, values: list[int]) -> list[int]:
+        """`values` summed over the ranks on the host (gloo): no wait for queued GPU work."""
+        if self.size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(tensor, group=self.host_group)
+        return tensor.tolist()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's picklable `value`, in rank order, on every rank."""
+        if self.size == 1:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value, group=self.host_group)
+        return values
+
     def each(self, value: float, device: torch.device) -> list[float]:
         """Every rank's `value`, in rank order, on every rank."""
         values = [0.0] * self.size
@@ -172,6 +191,8 @@ def join_world() -> World:
         if torch.cuda.is_available():
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world.size > 1:
+        world.host_group = dist.new_group(backend="gloo")
     return world
 
 

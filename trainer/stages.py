@@ -102,6 +102,11 @@ class StageConfig:
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs
+    # the data stream's lanes: each reads its own part of every task's shards, and each process
+    # reads only its lanes, so no process reads the whole corpus. A run's rows are the same for
+    # any number of processes that divides it (an exact resume on another number). None = the
+    # number of processes
+    data_lanes: int | None = None
     # micro-batches a background thread keeps ready (read, packed, decoded, stacked, pinned on
     # CUDA) while the loop trains; 0 prepares each in the loop, while the GPU waits for it
     batches_ahead: int = 8
@@ -125,6 +130,8 @@ class StageConfig:
             raise ConfigError("steps, micro_batch_size, global_batch and grad_accum must be >= 1")
         if min(self.num_workers, self.batches_ahead) < 0:
             raise ConfigError("num_workers and batches_ahead must be >= 0")
+        if self.data_lanes is not None and self.data_lanes < 1:
+            raise ConfigError("data_lanes must be >= 1")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step that make micro_batch_size x world_size x it exactly

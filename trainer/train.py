@@ -32,8 +32,8 @@ from tqdm import tqdm
 from corpus.config import ConfigError, from_mapping
 from corpus.shards import atomic_write
 from corpus.tokens import IMAGE_PAD, TextTokenizer
-from trainer.data import (Batch, Counts, build_loader, corpus_texts, read_manifest,
-                          sample_shares)
+from trainer.data import (Batch, build_loader, corpus_texts, merge_states, read_manifest,
+                          sample_shares, task_samples)
 from trainer.model import QwenVL, apply_freeze_plan, compile_blocks, parameter_counts
 from trainer.distributed import World, join_world
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
@@ -84,8 +84,14 @@ def load_optimizer(model: QwenVL, optimizer, path: str) -> None:
     if any(isinstance(key, int) for key in saved["state"]):  # the id-keyed layout of older runs
         optimizer.load_state_dict(saved)
         return
+    # a parameter no step has given a gradient yet (the ViT after text-only micro-batches) has
+    # no saved state; loading gives every parameter one (from a step with zero gradients), so
+    # drop theirs: AdamW starts it at their first gradient, as in the run that saved it
     set_optimizer_state_dict(model, optimizer, saved,
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    for name, param in model.named_parameters():
+        if name not in saved["state"]:
+            optimizer.state.pop(param, None)
 
 
 def save_checkpoint(output_dir: str, step: int, model_state: dict[str, Any],
@@ -246,6 +252,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     seq_len = config.seq_len or manifest.seq_len
     seed = manifest.seed if config.seed is None else config.seed
     world = join_world()
+    if resume_from:  # another number of processes may continue it: the same global batch
+        config.grad_accum = None
     config.grad_accum = config.accumulation(world.size)  # refuses an unreachable global batch
     torch.manual_seed(seed)  # every rank continues from the same generator state
     device = world.device(device)
@@ -272,14 +280,13 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
         load_optimizer(model, optimizer, os.path.join(resume_from, "optimizer.pt"))
         scheduler.load_state_dict(saved["scheduler"])
         step, counters, data_state = saved["step"], saved["counters"], saved["data"]
-        if saved.get("world", 1) != world.size:
-            raise ConfigError(f"{resume_from} was written by {saved.get('world', 1)} processes; "
-                              f"an exact resume needs the same number, not {world.size}")
 
     loader = build_loader(manifest, tokenizer, model.image_tokens, seq_len, image_size, seed,
                           config.micro_batch_size, config.num_workers, config.prefetch,
                           config.pack_window, data_state, world.rank, world.size,
-                          config.batches_ahead, pin_memory=device.type == "cuda")
+                          config.batches_ahead, pin_memory=device.type == "cuda",
+                          lanes=config.data_lanes)
+    config.data_lanes = loader.lanes
     os.makedirs(output_dir, exist_ok=True)
     run_state = {"stage": stage, "manifest": os.path.abspath(manifest_path),
                  "config": dataclasses.asdict(config), "image_size": image_size,
@@ -316,9 +323,12 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             waited = time.perf_counter()
             micro = [next(batches) for _ in range(config.grad_accum)]
             window["wait"] += time.perf_counter() - waited
-            # normalise by the supervised tokens of the whole step, over all ranks (known to
-            # every rank: each draws all ranks' rows)
-            supervised = max(1, sum(b.world.supervised for b in micro))
+            # normalise by the supervised tokens of the whole step, over all ranks: summed on
+            # the host, so nothing waits for the GPU
+            supervised, tokens, samples = world.host_sum([
+                sum(b.supervised for b in micro), sum(b.tokens for b in micro),
+                sum(b.samples for b in micro)])
+            supervised = max(1, supervised)
             loss_sum = torch.zeros((), device=device)
             for index, batch in enumerate(micro):
                 batch = batch.to(device)
@@ -336,11 +346,10 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             optimizer.zero_grad(set_to_none=True)
             step += 1
             unread.append((loss_sum, supervised))
-            counts = sum((b.world for b in micro), Counts())
-            window["tokens"] += counts.tokens
-            window["samples"] += counts.samples
-            counters["tokens"] += counts.tokens
-            counters["samples"] += counts.samples
+            window["tokens"] += tokens
+            window["samples"] += samples
+            counters["tokens"] += tokens
+            counters["samples"] += samples
             if peak:  # this rank's FLOPs: MFU is per GPU
                 window["flops"] += step_flops(model, micro, config.trainable)
             bar.update(1)
@@ -350,31 +359,38 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                 result.losses += losses
                 window["losses"] += losses
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                result.sample_shares = sample_shares(micro[-1].state)
+                result.sample_shares = world_sample_shares(micro[-1].state, world)
                 metrics = _log(window, step, peak, result.sample_shares,
                                log_path if world.main else None, bar)
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
                 model_state, optimizer_state = gather_state(model, optimizer)
+                data_state = merge_states(world.gather(micro[-1].state))
                 if world.main:
                     result.checkpoint = save_checkpoint(
                         output_dir, step, model_state, optimizer_state, scheduler, tokenizer,
-                        dict(run_state, data=micro[-1].state, counters=counters),
+                        dict(run_state, data=data_state, counters=counters),
                         config.keep_checkpoints)
                 world.barrier()
+        [skipped] = world.host_sum([loader.skipped])
         world.finish()
     finally:
         bar.close()
         loader.close()
         world.close()
     if result.sample_shares and world.main:
-        print(describe_shares(result.sample_shares, loader.stream.mixer.weights))
-    skipped = loader.stream.skipped
+        print(describe_shares(result.sample_shares, loader.weights))
     if skipped and world.main:
         print(f"skipped {skipped} samples: no text format, cut to seq_len {seq_len} through an "
               "image, or nothing to learn")
     result.steps = step
     return result
+
+
+def world_sample_shares(state: dict[str, Any], world: World) -> dict[str, float]:
+    """Each task's share of the samples all ranks have drawn, from each rank's data position."""
+    tasks = task_samples(state)
+    return sample_shares(dict(zip(tasks, world.host_sum(list(tasks.values())))))
 
 
 def step_losses(unread: list[tuple[torch.Tensor, int]], world: World,
