@@ -64,7 +64,9 @@ def words(rng: random.Random, count: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(count))
 
 
-def make_shards(root: str, captions: int, texts: int, size: tuple[int, int]) -> dict[str, str]:
+def make_shards(root: str, captions: int, texts: int, size: tuple[int, int],
+                shards_per_task: int = 1) -> dict[str, list[tuple[str, int]]]:
+    """Each task's shards, with their sample counts."""
     rng, pick = np.random.default_rng(0), random.Random(0)
     caption_samples = [
         Sample(id=sample_id("bench", f"c{i}"), dataset="bench", task="captioning",
@@ -75,29 +77,36 @@ def make_shards(root: str, captions: int, texts: int, size: tuple[int, int]) -> 
         Sample(id=sample_id("bench", f"t{i}"), dataset="bench", task="text",
                source=Source(uri=f"bench://t{i}"), text=words(pick, pick.randint(100, 600)))
         for i in range(texts)]
-    shards = {}
+    shards: dict[str, list[tuple[str, int]]] = {}
     for task, samples in (("captioning", caption_samples), ("text", text_samples)):
-        shards[task] = os.path.join(root, f"{task}-00000-of-00001.tar")
-        with atomic_write(shards[task]) as f:
-            write_tar(samples, f)
+        for index in range(shards_per_task):
+            part = samples[index::shards_per_task]
+            path = os.path.join(root, f"{task}-{index:05d}-of-{shards_per_task:05d}.tar")
+            with atomic_write(path) as f:
+                write_tar(part, f)
+            shards.setdefault(task, []).append((path, len(part)))
     return shards
 
 
-def write_stage2_manifest(path: str, shards: dict[str, str], counts: dict[str, int],
+def write_stage2_manifest(path: str, shards: dict[str, list[tuple[str, int]]],
                           image_size: int, seq_len: int) -> str:
     weights = {"captioning": 0.7, "text": 0.3}
     sources = []
-    for task, shard in sorted(shards.items()):
-        data = open(shard, "rb").read()
-        entry = {"path": shard, "samples": counts[task], "bytes": len(data),
-                 "sha256": hashlib.sha256(data).hexdigest()}
-        sources.append({"task": task, "weight": weights[task], "samples": counts[task],
-                        "bytes": len(data), "shards": [entry],
+    for task, task_shards in sorted(shards.items()):
+        entries = []
+        for shard, samples in task_shards:
+            data = open(shard, "rb").read()
+            entries.append({"path": shard, "samples": samples, "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+        sources.append({"task": task, "weight": weights[task],
+                        "samples": sum(e["samples"] for e in entries),
+                        "bytes": sum(e["bytes"] for e in entries), "shards": entries,
                         "provenance": [{"report": None, "pipeline": "bench", "dataset": "bench",
                                         "config": {}}]})
     document = {"manifest_version": 1, "stage": 2, "image_size": image_size, "seq_len": seq_len,
                 "packing": True, "seed": 0, "tokenizer": None,
-                "expected_samples_per_epoch": sum(counts.values()), "sources": sources}
+                "expected_samples_per_epoch": sum(s["samples"] for s in sources),
+                "sources": sources}
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(document, f, sort_keys=False)
     return path
@@ -337,6 +346,27 @@ def loader_stall(manifest: str, model: dict, image_size: int, seq_len: int, args
     return waited / (time.perf_counter() - started)
 
 
+def data_per_rank(manifest: str, model: dict, seq_len: int, rows: int,
+                  ranks: int) -> dict[str, float]:
+    """Seconds one of `ranks` ranks spends reading, tokenizing and packing its next `rows` rows
+    (images are decoded later, by the workers): from its own data lane, as the loader does, and
+    drawing every rank's rows to keep its own, as a loader without lanes must."""
+    from corpus.tokens import TextTokenizer
+    from trainer.data import PackStream, SampleEncoder, read_manifest
+
+    stage = read_manifest(manifest)
+    encoder = SampleEncoder(TextTokenizer.default(), model["adapter"]["queries"], seq_len)
+
+    def draw(lanes: int, packs: int) -> float:
+        stream = PackStream(stage, encoder, 0, 256, 0, lanes)
+        started = time.perf_counter()
+        for _ in range(packs):
+            stream.next_pack()
+        return time.perf_counter() - started
+
+    return {"own_lane": draw(ranks, rows), "every_rank": draw(1, rows * ranks)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model, CPU, a few steps")
@@ -379,12 +409,21 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as root:
         counts = {"captioning": 16, "text": 8} if tiny else {"captioning": 600, "text": 200}
         started = time.perf_counter()
+        # as many shards per task as ranks below: each rank's lane reads whole shards
         shards = make_shards(root, counts["captioning"], counts["text"],
-                             (64, 48) if tiny else (640, 480))
-        manifest = write_stage2_manifest(os.path.join(root, "stage2.yaml"), shards, counts,
-                                         image_size, seq_len)
+                             (64, 48) if tiny else (640, 480), shards_per_task=16)
+        manifest = write_stage2_manifest(os.path.join(root, "stage2.yaml"), shards, image_size,
+                                         seq_len)
         print(f"shards: {counts} in {time.perf_counter() - started:.1f} s")
         if args.loader_only:
+            rows = args.steps * args.grad_accum * args.micro_batch
+            for ranks in (2,) if tiny else (4, 16):
+                seconds = data_per_rank(manifest, model, seq_len, rows, ranks)
+                results[f"data per rank, {ranks} ranks"] = seconds
+                ratio = seconds["every_rank"] / seconds["own_lane"]
+                print(f"data per rank, {ranks} ranks, {rows} rows (read, tokenize, pack): "
+                      f"{seconds['own_lane']:.2f} s from its own lane, "
+                      f"{seconds['every_rank']:.2f} s drawing every rank's rows: ratio {ratio:.1f}")
             for ahead in (0, 8):
                 stall = loader_stall(manifest, model, image_size, seq_len, args, ahead)
                 results[f"loader, batches_ahead {ahead}"] = {"data_wait": stall}

@@ -36,9 +36,12 @@ def test_bench_trainer_measures_the_loader_stall_both_ways(capsys):
 
     results = bench_trainer.main(["--tiny", "--loader-only", "--workers", "0", "--steps", "2",
                                   "--step-seconds", "0.01", "--launch", "0.005"])
-    assert set(results) == {"loader, batches_ahead 0", "loader, batches_ahead 8"}
-    assert all(0 <= r["data_wait"] < 1 for r in results.values())
-    assert "loader stall, batches_ahead 8:" in capsys.readouterr().out
+    assert set(results) == {"loader, batches_ahead 0", "loader, batches_ahead 8",
+                            "data per rank, 2 ranks"}
+    assert all(0 <= results[f"loader, batches_ahead {n}"]["data_wait"] < 1 for n in (0, 8))
+    assert all(seconds > 0 for seconds in results["data per rank, 2 ranks"].values())
+    out = capsys.readouterr().out
+    assert "loader stall, batches_ahead 8:" in out and "data per rank, 2 ranks" in out
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "trainer/configs/*.yaml"))))
