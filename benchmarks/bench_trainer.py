@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import io
 import json
 import os
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from corpus.ids import sample_id  # noqa: E402
 from corpus.schema import Image, Sample, Source  # noqa: E402
 from corpus.shards import atomic_write, write_tar  # noqa: E402
+from manifests.build import shard_digest  # noqa: E402
 from trainer.train import peak_flops, train  # noqa: E402
 
 MODELS = {
@@ -95,9 +95,8 @@ def write_stage2_manifest(path: str, shards: dict[str, list[tuple[str, int]]],
     for task, task_shards in sorted(shards.items()):
         entries = []
         for shard, samples in task_shards:
-            data = open(shard, "rb").read()
-            entries.append({"path": shard, "samples": samples, "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()})
+            digest, size = shard_digest(shard)
+            entries.append({"path": shard, "samples": samples, "bytes": size, "sha256": digest})
         sources.append({"task": task, "weight": weights[task],
                         "samples": sum(e["samples"] for e in entries),
                         "bytes": sum(e["bytes"] for e in entries), "shards": entries,

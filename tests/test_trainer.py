@@ -1,5 +1,4 @@
 """The trainer on tiny shards and a tiny model, on the CPU: stages, freeze plans, resume."""
-import hashlib
 import json
 import os
 import re
@@ -11,6 +10,7 @@ import yaml
 from conftest import make_image, make_sample
 from corpus.schema import Turn
 from corpus.shards import atomic_write, write_tar
+from manifests.build import shard_digest
 from trainer.stages import stage_config
 from trainer.train import lr_factor, param_groups, resolve_checkpoint, train
 
@@ -50,9 +50,8 @@ def write_manifest(path, stage, shards_by_task, weights=None, seed=0, packing=No
     for task, shards in sorted(shards_by_task.items()):
         entries = []
         for shard, count in shards:
-            data = open(shard, "rb").read()
-            entries.append({"path": shard, "samples": count, "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()})
+            digest, size = shard_digest(shard)
+            entries.append({"path": shard, "samples": count, "bytes": size, "sha256": digest})
         sources.append({"task": task, "weight": (weights or {}).get(task, 1 / len(shards_by_task)),
                         "samples": sum(e["samples"] for e in entries),
                         "bytes": sum(e["bytes"] for e in entries), "shards": entries,
