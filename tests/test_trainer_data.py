@@ -396,6 +396,15 @@ def test_a_run_resumes_on_any_number_of_processes_that_divides_its_lanes(tmp_pat
         lane_rows(manifest, tokenizer, 1, 0, 3, state=state)
 
 
+def test_a_data_position_written_before_lanes_resumes_as_one_lane(tmp_path, tokenizer):
+    manifest = sharded_manifest(tmp_path)
+    whole, _ = lane_rows(manifest, tokenizer, 6)
+    _, state = lane_rows(manifest, tokenizer, 3)
+    older = state["lanes"]["0"]  # what checkpoints held: the one stream's position
+    assert older["drawn"] == 3
+    assert lane_rows(manifest, tokenizer, 3, state=older)[0] == whole[3:]
+
+
 def test_a_task_with_fewer_samples_than_lanes_is_refused(tmp_path, tokenizer):
     manifest = sharded_manifest(tmp_path)  # 4 text documents in one shard
     with pytest.raises(ConfigError, match="task text: 4 sample.s. for 8 data lanes"):
