@@ -245,6 +245,17 @@ def test_training_refuses_a_global_batch_it_cannot_reach_before_it_starts(tmp_pa
     assert not out.exists()
 
 
+def test_training_refuses_more_data_lanes_than_a_task_has_samples_before_it_starts(
+        tmp_path, shards):
+    from corpus.config import ConfigError
+
+    out = tmp_path / "refused"
+    with pytest.raises(ConfigError, match=r"task captioning: 6 sample\(s\) for 8 data lanes"):
+        train(stage_manifest(tmp_path, shards, 2), 2, str(out),
+              overrides=dict(TINY, steps=1, data_lanes=8), device="cpu")
+    assert not out.exists()
+
+
 def test_manifest_stage_must_match(tmp_path, shards):
     from corpus.config import ConfigError
 

@@ -566,17 +566,9 @@ def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int
                  pin_memory: bool = False, lanes: int | None = None) -> Loader:
     """Rank `rank` of `world`'s loader over `lanes` data lanes (default: one per rank), from
     the data position `state` (the run's, all lanes) or the start."""
+    lanes = data_lanes(manifest, world, lanes, state)
     if state is not None:
         state = lanes_state(state)
-        lanes = len(state["lanes"])
-    lanes = lanes or world
-    if lanes % world:
-        raise ConfigError(f"{lanes} data lane(s) cannot be shared by {world} processes: the "
-                          "number of processes must divide it")
-    for source in manifest.sources:
-        if len(source.shards) < lanes and source.samples < lanes:
-            raise ConfigError(f"task {source.task}: {source.samples} sample(s) for {lanes} data "
-                              "lanes; each lane needs one at least")
     encoder = SampleEncoder(tokenizer, image_tokens, seq_len)
     streams = {lane: PackStream(manifest, encoder, seed, window, lane, lanes)
                for lane in range(rank, lanes, world)}
@@ -588,6 +580,24 @@ def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int
     return Loader(streams, lanes, micro_batch_size, seq_len, image_size, encoder.pad,
                   encoder.image_pad, num_workers, prefetch, rank, world, rows, batches_ahead,
                   pin_memory)
+
+
+def data_lanes(manifest: Manifest, world: int, lanes: int | None = None,
+               state: dict[str, Any] | None = None) -> int:
+    """The data lanes of a run: those of its data position `state` when it resumes, else
+    `lanes`, else one per process; a ConfigError when `world` processes cannot share them or a
+    task cannot give each lane a sample."""
+    if state is not None:
+        lanes = len(lanes_state(state)["lanes"])
+    lanes = lanes or world
+    if lanes % world:
+        raise ConfigError(f"{lanes} data lane(s) cannot be shared by {world} processes: the "
+                          "number of processes must divide it")
+    for source in manifest.sources:
+        if len(source.shards) < lanes and source.samples < lanes:
+            raise ConfigError(f"task {source.task}: {source.samples} sample(s) for {lanes} data "
+                              "lanes; each lane needs one at least")
+    return lanes
 
 
 def lanes_state(state: dict[str, Any]) -> dict[str, Any]:

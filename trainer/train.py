@@ -32,8 +32,8 @@ from tqdm import tqdm
 from corpus.config import ConfigError, from_mapping
 from corpus.shards import atomic_write
 from corpus.tokens import IMAGE_PAD, TextTokenizer
-from trainer.data import (Batch, build_loader, corpus_texts, merge_states, read_manifest,
-                          sample_shares, task_samples)
+from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_states,
+                          read_manifest, sample_shares, task_samples)
 from trainer.model import QwenVL, apply_freeze_plan, compile_blocks, parameter_counts
 from trainer.distributed import World, join_world
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
@@ -255,6 +255,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     if resume_from:  # another number of processes may continue it: the same global batch
         config.grad_accum = None
     config.grad_accum = config.accumulation(world.size)  # refuses an unreachable global batch
+    # refused here, before the model is built, if the processes cannot share them
+    config.data_lanes = data_lanes(manifest, world.size, config.data_lanes,
+                                   saved["data"] if resume_from else None)
     torch.manual_seed(seed)  # every rank continues from the same generator state
     device = world.device(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -286,7 +289,6 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                           config.pack_window, data_state, world.rank, world.size,
                           config.batches_ahead, pin_memory=device.type == "cuda",
                           lanes=config.data_lanes)
-    config.data_lanes = loader.lanes
     os.makedirs(output_dir, exist_ok=True)
     run_state = {"stage": stage, "manifest": os.path.abspath(manifest_path),
                  "config": dataclasses.asdict(config), "image_size": image_size,
