@@ -11,8 +11,9 @@ Flow, all deterministic from the seed:
 Lanes: the stream is `data_lanes` such flows side by side, each over its own part of every
 task's shards (whole shards, or every lanes-th sample of a task with fewer shards than lanes), and
 row k of a run comes from lane k mod lanes. With several processes, each draws from its own lanes
-only: no process reads, tokenizes or packs what another trains on, so the data work per process
-falls as processes are added, and the rows stay those of one process with the same lanes.
+only: no process reads, tokenizes or packs what another trains on, so a process's data work is
+that of its own rows however many there are, and the rows stay those of one process with the
+same lanes.
 
 Mixture: the manifest's weights are shares of samples (Table 3 counts samples), not of packed
 rows. A row of a task with short samples holds many of them, so drawing a task per row would
