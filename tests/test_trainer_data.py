@@ -184,9 +184,11 @@ def test_stream_position_restores_mid_window(manifest, encoder):
     assert [[s.ids for s in restored.next_pack().samples] for _ in range(6)] == expected
 
 
-def first_batches(manifest, tokenizer, workers=0, ahead=0, count=3):
-    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=2,
-                          num_workers=workers, prefetch=2, window=4, batches_ahead=ahead)
+def first_batches(manifest, tokenizer, workers=0, ahead=0, count=3, micro_batch_size=2,
+                  **loader_options):
+    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0,
+                          micro_batch_size=micro_batch_size, num_workers=workers, prefetch=2,
+                          window=4, batches_ahead=ahead, **loader_options)
     batches = iter(loader)
     try:
         return [next(batches) for _ in range(count)]
@@ -330,11 +332,8 @@ def test_a_forward_and_backward_pass_read_nothing_back_from_the_device(manifest,
 def lane_rows(manifest, tokenizer, count, rank=0, world=1, lanes=None, state=None):
     """The next `count` rows (their token ids) rank `rank` of `world` draws, and the data
     position after them."""
-    loader = build_loader(manifest, tokenizer, QUERIES, 512, 56, seed=0, micro_batch_size=1,
-                          window=4, state=state, rank=rank, world=world, lanes=lanes)
-    batches = iter(loader)
-    rows = [next(batches) for _ in range(count)]
-    loader.close()
+    rows = first_batches(manifest, tokenizer, count=count, micro_batch_size=1, state=state,
+                         rank=rank, world=world, lanes=lanes)
     return [row.input_ids[0].tolist() for row in rows], rows[-1].state
 
 

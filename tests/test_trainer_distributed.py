@@ -2,13 +2,12 @@
 micro-batch (tests/test_trainer_fsdp.py covers FSDP's plan, frozen units and resume)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from test_trainer import TINY, shards, stage_manifest  # noqa: F401  (shards is a fixture)
+from test_trainer_fsdp import torchrun_train
 from trainer.train import train
 
 
@@ -20,13 +19,8 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(
     config.write_text(yaml.safe_dump(dict(TINY, steps=2, micro_batch_size=1,
                                           distributed=strategy)))
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "corpus.cli", "train", "--manifest", manifest, "--stage", "2", "--config",
-         str(config), "--output", str(out), "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    torchrun_train(["--manifest", manifest, "--stage", "2", "--config", str(config),
+                    "--output", str(out)])
     logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
     state = json.load(open(out / "checkpoints" / "step-00000002" / "state.json"))
     assert state["world"] == 2 and state["config"]["distributed"] == strategy
@@ -43,12 +37,8 @@ def test_one_process_resumes_what_two_ranks_began(tmp_path, shards):  # noqa: F8
     config = tmp_path / "two-ranks.yaml"
     config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1)))
     out = tmp_path / "run"
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "corpus.cli", "train", "--manifest", manifest, "--stage", "2", "--config",
-         str(config), "--output", str(out), "--device", "cpu", "--stop-after", "1"],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    torchrun_train(["--manifest", manifest, "--stage", "2", "--config", str(config),
+                    "--output", str(out), "--stop-after", "1"])
     resumed = train(manifest, 2, str(out), resume=True, device="cpu")
     assert resumed.steps == 3 and len(resumed.losses) == 2  # micro-batch 1, accumulation 2
     whole = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=3, data_lanes=2),

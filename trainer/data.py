@@ -40,7 +40,7 @@ import random
 import threading
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -131,7 +131,7 @@ class Position:
     sample: int = 0  # samples already read from that shard
     # samples in the epoch's shards before that one; out of the repr, which seeds a window's
     # packing shuffle (TaskStream), so that the shuffles are those of the runs before lanes
-    before: int = field(default=0, repr=False)
+    before: int = dataclasses.field(default=0, repr=False)
 
 
 class ShardReader:
@@ -274,9 +274,8 @@ def sample_shares(samples: dict[str, int]) -> dict[str, float]:
 def task_samples(state: dict[str, Any]) -> dict[str, int]:
     """Samples drawn per task up to a data position (`Loader.state()`, or a
     `PackStream.state()`), over the lanes it holds."""
-    lanes = state["lanes"].values() if "lanes" in state else [state]
     totals: Counter = Counter()
-    for lane in lanes:
+    for lane in lanes_state(state)["lanes"].values():
         totals.update(lane["samples"])
     return {task: totals[task] for task in sorted(totals)}
 

@@ -30,6 +30,7 @@ from trainer.data import PackedLayout
 from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
 from trainer.weights import building_on_meta
 
+
 def build_visual(config: VisionConfig, image_size: int) -> VisionTransformer:
     """The ViT `config` names, without reading any weights (trainer/weights.py fills them)."""
     if config.open_clip_model:
