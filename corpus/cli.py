@@ -29,6 +29,7 @@ COMMANDS = {
     "sft": ("pipelines.sft", "dialogues into ChatML SFT shards (B.2)"),
     "manifest": ("manifests.cli", "build, validate and show stage manifests"),
     "train": ("trainer.cli", "train the Qwen-VL model on a stage manifest (Table 8)"),
+    "export": ("trainer.export", "write a checkpoint's weights as one safetensors file"),
     "inspect": ("corpus.inspect", "print shard records and draw their boxes and quads"),
     "demo": ("corpus.demo", "run the whole flow on the bundled samples"),
 }
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = unknown_option(name, command_parser, extra)
     if problem:
         command_parser.print_usage(sys.stderr)
-    elif name in BEAM_COMMANDS + ("train",):
+    elif name in BEAM_COMMANDS + ("train", "export"):
         problem = output_problem(getattr(args, "output", None))
     if not problem and name in BEAM_COMMANDS:
         from pipelines.common import runner_problem

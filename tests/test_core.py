@@ -112,7 +112,7 @@ def test_cli_lists_the_planned_commands():
     result = _corpus("--help")
     assert result.returncode == 0
     for name in ("pairs", "pdf", "html", "synthdog", "grounding", "vqa", "sft", "manifest",
-                 "train", "inspect", "demo", "text"):
+                 "train", "export", "inspect", "demo", "text"):
         assert name in result.stdout
     assert _corpus("nonsense").returncode == 2
 

@@ -61,7 +61,7 @@ def check_training(stage_dir) -> None:
     checkpoints = os.path.join(stage_dir, "checkpoints")
     with open(os.path.join(checkpoints, "latest"), encoding="utf-8") as f:
         latest = os.path.join(checkpoints, f.read().strip())
-    for name in ("model.pt", "optimizer.pt", "tokenizer.json", "state.json"):
+    for name in ("model/.metadata", "optimizer/.metadata", "tokenizer.json", "state.json"):
         assert os.path.getsize(os.path.join(latest, name)) > 0, (latest, name)
     with open(os.path.join(latest, "state.json"), encoding="utf-8") as f:
         assert json.load(f)["step"] == DEMO_STEPS

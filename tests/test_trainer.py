@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ from conftest import make_image, make_sample
 from corpus.schema import Turn
 from corpus.shards import atomic_write, write_tar
 from manifests.build import shard_digest
+from trainer.checkpoint import resolve_checkpoint
 from trainer.stages import stage_config
-from trainer.train import lr_factor, param_groups, resolve_checkpoint, train
+from trainer.train import lr_factor, param_groups, train
+from trainer.weights import read_weights
 
 STAGE_DATA = {1: (224, 512, False), 2: (448, 2048, True), 3: (448, 2048, False)}
 # Small enough for two shared cores: 16 queries per image, two rows of 256 tokens.
@@ -91,6 +94,15 @@ def changed(before, after, prefix):
     names = [n for n in before if n.startswith(prefix)]
     assert names, prefix
     return {n: not torch.equal(before[n], after[n]) for n in names}
+
+
+def optimizer_state_names(checkpoint):
+    """The parameters a checkpoint holds optimizer state for."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    keys = FileSystemReader(os.path.join(checkpoint, "optimizer")).read_metadata()
+    return {key.removeprefix("state.").rsplit(".", 1)[0]
+            for key in keys.state_dict_metadata if key.startswith("state.")}
 
 
 def test_table_8_plans():
@@ -178,11 +190,11 @@ def test_stage_freeze_plan(tmp_path, shards, stage, trained, frozen):
     manifest = stage_manifest(tmp_path, shards, stage)
     first = train(manifest, stage, str(tmp_path / "a"), overrides=dict(TINY, steps=1),
                   device="cpu")
-    before = snapshot(torch.load(os.path.join(first.checkpoint, "model.pt")))
+    before = snapshot(read_weights(first.checkpoint))
     result = train(manifest, stage, str(tmp_path / "b"), init=str(tmp_path / "a"),
                    overrides=dict(TINY, steps=2), device="cpu")
     assert result.steps == 2 and all(loss == loss for loss in result.losses)
-    after = torch.load(os.path.join(result.checkpoint, "model.pt"))
+    after = read_weights(result.checkpoint)
     for prefix in frozen:
         assert not any(changed(before, after, prefix).values()), prefix
     for prefix in trained:
@@ -196,8 +208,8 @@ def test_stages_chain_and_vit_positions_are_interpolated(tmp_path, shards):
                 overrides=dict(overrides, seq_len=512), device="cpu")
     two = train(stage_manifest(tmp_path, shards, 2), 2, str(tmp_path / "s2"),
                 init=one.checkpoint, overrides=dict(overrides, seq_len=1024), device="cpu")
-    state_one = torch.load(os.path.join(one.checkpoint, "model.pt"))
-    state_two = torch.load(os.path.join(two.checkpoint, "model.pt"))
+    state_one = read_weights(one.checkpoint)
+    state_two = read_weights(two.checkpoint)
     # 224 / 14 = 16 -> 448 / 14 = 32 patches a side, plus the class token
     assert state_one["visual.positional_embedding"].shape[0] == 16 * 16 + 1
     assert state_two["visual.positional_embedding"].shape[0] == 32 * 32 + 1
@@ -220,8 +232,8 @@ def test_resume_gives_the_same_loss_curve(tmp_path, shards):
     manifest = stage_manifest(tmp_path, shards, 2)
     straight, _, rest = straight_and_split(tmp_path, manifest, dict(TINY, steps=4, save_every=100),
                                            stop_after=2)
-    a = torch.load(os.path.join(straight.checkpoint, "model.pt"))
-    b = torch.load(os.path.join(rest.checkpoint, "model.pt"))
+    a = read_weights(straight.checkpoint)
+    b = read_weights(rest.checkpoint)
     assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
 
 
@@ -231,8 +243,28 @@ def test_a_resume_before_the_vit_had_a_gradient_is_exact(tmp_path, shards):
     manifest = stage_manifest(tmp_path, shards, 2)
     _, part, _ = straight_and_split(tmp_path, manifest, dict(TINY, steps=3, data_lanes=2),
                                     stop_after=1)
-    saved = torch.load(os.path.join(part.checkpoint, "optimizer.pt"))["state"]
-    assert not any(name.startswith("visual.") for name in saved)  # the case under test
+    saved = optimizer_state_names(part.checkpoint)
+    assert saved and not any(name.startswith("visual.") for name in saved)  # the case under test
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes_exactly(tmp_path, shards):
+    # full state dicts in model.pt and optimizer.pt, as checkpoints were written before each
+    # rank wrote its own part
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    manifest = stage_manifest(tmp_path, shards, 2)
+    overrides = dict(TINY, steps=3)
+    straight = train(manifest, 2, str(tmp_path / "straight"), overrides=overrides, device="cpu")
+    part = train(manifest, 2, str(tmp_path / "split"), overrides=overrides, device="cpu",
+                 stop_after=2)
+    checkpoint = part.checkpoint
+    torch.save(read_weights(checkpoint), os.path.join(checkpoint, "model.pt"))
+    dcp_to_torch_save(os.path.join(checkpoint, "optimizer"),
+                      os.path.join(checkpoint, "optimizer.pt"))
+    for folder in ("model", "optimizer"):
+        shutil.rmtree(os.path.join(checkpoint, folder))
+    rest = train(manifest, 2, str(tmp_path / "split"), resume=True, device="cpu")
+    assert part.losses + rest.losses == pytest.approx(straight.losses, rel=1e-6, abs=1e-7)
 
 
 def test_training_refuses_a_global_batch_it_cannot_reach_before_it_starts(tmp_path, shards):
@@ -282,6 +314,25 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
     assert len(lines) == 2 and '"tokens_per_s"' in lines[0]
     shares = json.loads(lines[1])["sample_shares"]
     assert set(shares) == {"sft", "text"} and sum(shares.values()) == pytest.approx(1.0)
+
+    # the exported weights, in one file, build the model again from the files beside them
+    from safetensors.torch import load_file
+
+    from corpus.tokens import TextTokenizer
+    from trainer.stages import model_config
+    from trainer.train import build_model
+
+    exported = tmp_path / "export"
+    assert main(["export", out, "--output", str(exported), "--dtype", "bf16"]) == 0
+    weights = load_file(str(exported / "model.safetensors"))
+    saved = read_weights(resolve_checkpoint(out))
+    assert weights.keys() == saved.keys()
+    assert all(torch.equal(weights[name], saved[name].bfloat16()) for name in saved)
+    described = json.loads((exported / "model.json").read_text())
+    model = build_model(model_config({k: v for k, v in described.items() if k != "image_size"}),
+                        described["image_size"], TextTokenizer.load(str(exported / "tokenizer.json")))
+    model.load_state_dict(weights, strict=True, assign=True)  # built on the meta device
+    assert not any(param.is_meta for param in model.parameters())
 
 
 def test_step_flops_count_attention_within_packed_samples():

@@ -1,12 +1,23 @@
 """The GPU benchmark runs end to end in its tiny CPU form; the example configs load."""
 import glob
 import os
+import re
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def test_bench_checkpoint_tiny_runs_both_saves_on_two_ranks(capfd):
+    import bench_checkpoint
+
+    bench_checkpoint.main(["--tiny"])
+    out = capfd.readouterr().out
+    for way in ("own part", "gathered"):
+        assert re.search(rf"{way}: rank 0 [\d.]+ s, \+[\d.]+ GiB; rank 1 ", out), out
+    assert "rank 0, gathered vs own part" in out
 
 
 def test_bench_trainer_tiny_runs(capsys):

@@ -32,10 +32,13 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(
     assert state["data"] == json.load(open(os.path.join(single.checkpoint, "state.json")))["data"]
 
 
-def test_one_process_resumes_what_two_ranks_began(tmp_path, shards):  # noqa: F811
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_one_process_resumes_what_two_ranks_began(tmp_path, shards, strategy):  # noqa: F811
+    # under FSDP each rank wrote half of every tensor: the one process reads them whole
     manifest = stage_manifest(tmp_path, shards, 2)
     config = tmp_path / "two-ranks.yaml"
-    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1)))
+    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1,
+                                          distributed=strategy)))
     out = tmp_path / "run"
     torchrun_train(["--manifest", manifest, "--stage", "2", "--config", str(config),
                     "--output", str(out), "--stop-after", "1"])

@@ -14,12 +14,14 @@ import torch
 import yaml
 
 from corpus.tokens import IMAGE_PAD, TextTokenizer
-from test_trainer import TINY, shards, stage_manifest  # noqa: F401  (shards is a fixture)
+from test_trainer import (TINY, optimizer_state_names, shards,  # noqa: F401  (a fixture)
+                          stage_manifest)
+from test_trainer_weights import write_checkpoint_weights
 from trainer.distributed import World, check_uniform, join_world, shard_plan, unit_parameters
 from trainer.model import QwenVL, apply_freeze_plan
 from trainer.stages import TABLE_8, stage_config
 from trainer.train import build_model, train
-from trainer.weights import InitialWeights
+from trainer.weights import InitialWeights, read_weights
 
 
 def tiny_model():
@@ -122,16 +124,18 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
     assert logged == pytest.approx(single.losses, rel=1e-5)
     assert state["data"] == json.load(open(os.path.join(single.checkpoint, "state.json")))["data"]
 
-    # the gathered checkpoint is the single-process one: same names, same values
-    weights = torch.load(sharded / "model.pt")
-    expected = torch.load(os.path.join(single.checkpoint, "model.pt"))
+    # each rank wrote its own slices, and the weights and optimizer state read back whole are
+    # the single-process checkpoint's: same names, same values
+    for part in ("model", "optimizer"):
+        sizes = [os.path.getsize(sharded / part / f"__{rank}_0.distcp") for rank in range(2)]
+        assert min(sizes) > 0.3 * sum(sizes), (part, sizes)
+    weights, expected = read_weights(str(sharded)), read_weights(single.checkpoint)
     assert weights.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
-    optimizer = torch.load(sharded / "optimizer.pt")
-    assert optimizer["state"].keys() == torch.load(
-        os.path.join(single.checkpoint, "optimizer.pt"))["state"].keys()
-    assert not any(name.startswith("visual.") for name in optimizer["state"])  # frozen
+    names = optimizer_state_names(str(sharded))
+    assert names == optimizer_state_names(single.checkpoint)
+    assert names and not any(name.startswith("visual.") for name in names)  # frozen
     tiny_model().load_state_dict(weights, strict=True)  # loads into an unsharded model
 
 
@@ -156,13 +160,13 @@ def test_fsdp_ranks_build_nothing_whole_and_hold_the_single_process_slices(tmp_p
     weights_from = "-"
     if init:
         torch.manual_seed(123)
-        torch.save(tiny_model().state_dict(), tmp_path / "model.pt")
+        write_checkpoint_weights(tmp_path, tiny_model().state_dict())
         weights_from = str(tmp_path)
     torchrun(__file__, str(tmp_path), weights_from)
     full = filled_model(tiny_config(), None if weights_from == "-" else weights_from)
     state = full.state_dict()
     if init:
-        for name, value in torch.load(tmp_path / "model.pt").items():
+        for name, value in read_weights(str(tmp_path)).items():
             assert torch.equal(state[name], value), name
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     unit_sizes = [sum(p.numel() * 4 for _, p in own)

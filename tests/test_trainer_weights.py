@@ -13,6 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from corpus.config import ConfigError
 from corpus.tokens import TextTokenizer
+from trainer.checkpoint import one_process_is_intended
 from trainer.distributed import World, shard_plan, unit_parameters
 from trainer.stages import stage_config
 from trainer.train import build_model
@@ -137,9 +138,22 @@ def test_an_openai_torchscript_checkpoint_fills_the_vit(tmp_path):
         filled(model_config)
 
 
-def test_a_trainer_checkpoint_fills_every_parameter_and_must_match_the_model(tmp_path):
+def write_checkpoint_weights(folder, state, layout="distributed"):
+    """`state` as a trainer checkpoint holds it: a torch.distributed.checkpoint folder, or the
+    one file of the earlier layout."""
+    if layout == "distributed":
+        import torch.distributed.checkpoint as dcp
+
+        with one_process_is_intended():
+            dcp.save(state, checkpoint_id=folder / "model", no_dist=True)
+    else:
+        torch.save(state, folder / "model.pt")
+
+
+@pytest.mark.parametrize("layout", ["distributed", "full"])
+def test_a_trainer_checkpoint_fills_every_parameter_and_must_match_the_model(tmp_path, layout):
     source = filled(config(), seed=5)
-    torch.save(source.state_dict(), tmp_path / "model.pt")
+    write_checkpoint_weights(tmp_path, source.state_dict(), layout)
     copy = filled(config(), seed=0, checkpoint=str(tmp_path))
     for (name, a), b in zip(source.state_dict().items(), copy.state_dict().values()):
         assert torch.equal(a, b), name
@@ -155,7 +169,7 @@ def test_a_trainer_checkpoint_fills_every_parameter_and_must_match_the_model(tmp
     for case, weights in broken.items():
         folder = tmp_path / case
         folder.mkdir()
-        torch.save(weights, folder / "model.pt")
+        write_checkpoint_weights(folder, weights, layout)
         with pytest.raises(ConfigError, match=problems[case]):
             filled(config(), checkpoint=str(folder))
 

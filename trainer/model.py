@@ -107,6 +107,15 @@ class QwenVL(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1),
                              persistent=False)
 
+    def forget_blank_gradients(self) -> None:
+        """After a step in which no rank had an image. Where the ViT and the adapter ran on a
+        blank image (`encode_always`), their gradients are zeros, and AdamW would count the
+        step (weight decay, its moments' bias correction) where one process, which never ran
+        them, leaves them untouched: they get no gradient either."""
+        for module in (self.visual, self.adapter):
+            for param in module.parameters():
+                param.grad = None
+
     @property
     def image_tokens(self) -> int:
         return self.adapter.queries

@@ -1,12 +1,7 @@
 """One training stage, top to bottom: config -> model -> optimizer -> data -> loop -> checkpoints.
 
-A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNNNN/` holding `model.pt`, `optimizer.pt`,
-`tokenizer.json` and `state.json` (step, scheduler, data position, resolved config, counters).
-It is written under a temporary name and renamed into place, then `checkpoints/latest` names it,
-so a reader never sees a half-written checkpoint. Both files hold full, unsharded state dicts in
-the layout of `torch.distributed.checkpoint.state_dict` (optimizer state keyed by parameter
-name), gathered to rank 0 under FSDP: a checkpoint is the same whether one process, DDP or FSDP
-wrote it, and any of them reads it. `--resume` restores all of it and continues
+Every rank writes its part of each checkpoint, and any number of ranks reads it back
+(trainer/checkpoint.py). `--resume` restores all of it and continues
 with the same batches and the same learning rates; `--init` starts a new stage from a previous
 stage's checkpoint (the weights and the tokenizer; the ViT position grid is interpolated when the
 image size changes).
@@ -18,20 +13,17 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
-                                                     set_optimizer_state_dict)
 from tqdm import tqdm
 
 from corpus.config import ConfigError, from_mapping
-from corpus.shards import atomic_write
 from corpus.tokens import IMAGE_PAD, TextTokenizer
+from trainer.checkpoint import load_optimizer, read_state, resolve_checkpoint, save_checkpoint
 from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_states,
                           read_manifest, sample_shares, task_samples)
 from trainer.model import QwenVL, apply_freeze_plan, compile_blocks, parameter_counts
@@ -51,71 +43,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per step run now, in order
     log: list[dict[str, Any]] = field(default_factory=list)  # one entry per log interval
     sample_shares: dict[str, float] = field(default_factory=dict)  # per task, of samples trained
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint folder, or a training output folder (its latest checkpoint)."""
-    if os.path.exists(os.path.join(path, "state.json")):
-        return path
-    latest = os.path.join(path, "checkpoints", "latest")
-    if os.path.exists(latest):
-        with open(latest, encoding="utf-8") as f:
-            return os.path.join(path, "checkpoints", f.read().strip())
-    raise FileNotFoundError(f"{path}: no checkpoint (no state.json, no checkpoints/latest)")
-
-
-def read_state(checkpoint: str) -> dict[str, Any]:
-    with open(os.path.join(checkpoint, "state.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def gather_state(model: QwenVL, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Full model and optimizer state dicts on the CPU; every rank calls it (under FSDP it
-    gathers the shards), and only rank 0's are complete."""
-    return get_state_dict(model, optimizer,
-                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_optimizer(model: QwenVL, optimizer, path: str) -> None:
-    """Restore a saved optimizer state into `optimizer`, sharded or not."""
-    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    if any(isinstance(key, int) for key in saved["state"]):  # the id-keyed layout of older runs
-        optimizer.load_state_dict(saved)
-        return
-    # a parameter no step has given a gradient yet (the ViT after text-only micro-batches) has
-    # no saved state; loading gives every parameter one (from a step with zero gradients), so
-    # drop theirs: AdamW starts it at their first gradient, as in the run that saved it
-    set_optimizer_state_dict(model, optimizer, saved,
-                             options=StateDictOptions(full_state_dict=True, strict=False))
-    for name, param in model.named_parameters():
-        if name not in saved["state"]:
-            optimizer.state.pop(param, None)
-
-
-def save_checkpoint(output_dir: str, step: int, model_state: dict[str, Any],
-                    optimizer_state: dict[str, Any], scheduler, tokenizer: TextTokenizer,
-                    state: dict[str, Any], keep: int) -> str:
-    root = os.path.join(output_dir, "checkpoints")
-    name = f"step-{step:08d}"
-    final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save(model_state, os.path.join(tmp, "model.pt"))
-    torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
-    tokenizer.save(os.path.join(tmp, "tokenizer.json"))
-    state = dict(state, step=step, scheduler=scheduler.state_dict())
-    with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    with atomic_write(os.path.join(root, "latest")) as f:
-        f.write(name.encode())
-    for old in sorted(d for d in os.listdir(root) if d.startswith("step-"))[:-max(1, keep)]:
-        shutil.rmtree(os.path.join(root, old))
-    return final
 
 
 # ---- optimizer and schedule -----------------------------------------------------------------
@@ -280,7 +207,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     step, counters, data_state = 0, {"tokens": 0, "samples": 0}, None
     if resume_from:
-        load_optimizer(model, optimizer, os.path.join(resume_from, "optimizer.pt"))
+        load_optimizer(model, optimizer, resume_from, world)
         scheduler.load_state_dict(saved["scheduler"])
         step, counters, data_state = saved["step"], saved["counters"], saved["data"]
 
@@ -327,9 +254,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             window["wait"] += time.perf_counter() - waited
             # normalise by the supervised tokens of the whole step, over all ranks: summed on
             # the host, so nothing waits for the GPU
-            supervised, tokens, samples = world.host_sum([
+            supervised, tokens, samples, images = world.host_sum([
                 sum(b.supervised for b in micro), sum(b.tokens for b in micro),
-                sum(b.samples for b in micro)])
+                sum(b.samples for b in micro), sum(len(b.pixels) for b in micro)])
             supervised = max(1, supervised)
             loss_sum = torch.zeros((), device=device)
             for index, batch in enumerate(micro):
@@ -340,6 +267,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                                        batch.pixels, batch.layout)
                     (loss * (world.size / supervised)).backward()  # DDP averages over ranks
                 loss_sum += loss.detach()
+            if not images:
+                model.forget_blank_gradients()
             torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], config.grad_clip)
             window["lr"] = max(group["lr"] for group in optimizer.param_groups)  # this step's
@@ -366,14 +295,13 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                                log_path if world.main else None, bar)
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
-                model_state, optimizer_state = gather_state(model, optimizer)
                 data_state = merge_states(world.gather(micro[-1].state))
-                if world.main:
-                    result.checkpoint = save_checkpoint(
-                        output_dir, step, model_state, optimizer_state, scheduler, tokenizer,
-                        dict(run_state, data=data_state, counters=counters),
-                        config.keep_checkpoints)
-                world.barrier()
+                saved_to = save_checkpoint(
+                    output_dir, step, model, optimizer, scheduler, tokenizer,
+                    dict(run_state, data=data_state, counters=counters), config.keep_checkpoints,
+                    world)
+                if world.main:  # the one that says so
+                    result.checkpoint = saved_to
         [skipped] = world.host_sum([loader.skipped])
         world.finish()
     finally:

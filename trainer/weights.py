@@ -26,11 +26,16 @@ import zipfile
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed.checkpoint as dcp
 from open_clip.model import resize_pos_embed
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from corpus.config import ConfigError
+from trainer.checkpoint import one_process_is_intended, weights_path
 
 Reader = Callable[[], torch.Tensor]
 
@@ -76,8 +81,12 @@ def move_buffers(model: nn.Module, device: torch.device) -> None:
 
 def tensor_readers(path: str) -> dict[str, Reader]:
     """name -> a function reading that tensor from a safetensors file, a (memory-mapped) torch
-    file or a TorchScript archive (OpenAI's CLIP checkpoints, read whole); an open_clip training
-    checkpoint's `state_dict` and DDP's `module.` prefixes are unwrapped."""
+    file, a TorchScript archive (OpenAI's CLIP checkpoints, read whole) or a
+    `torch.distributed.checkpoint` folder (whole tensors, whatever the ranks that wrote them);
+    an open_clip training checkpoint's `state_dict` and DDP's `module.` prefixes are
+    unwrapped."""
+    if os.path.isdir(path):
+        return distributed_checkpoint_readers(path)
     if path.endswith(".safetensors"):
         from safetensors import safe_open
         handle = safe_open(path, framework="pt")
@@ -96,6 +105,25 @@ def tensor_readers(path: str) -> dict[str, Reader]:
         state = state["state_dict"]
     return {key.removeprefix("module."): (lambda tensor=tensor: tensor)
             for key, tensor in state.items()}
+
+
+def distributed_checkpoint_readers(folder: str) -> dict[str, Reader]:
+    entries = FileSystemReader(folder).read_metadata().state_dict_metadata
+
+    def read(name: str, entry: TensorStorageMetadata) -> torch.Tensor:
+        tensor = torch.empty(entry.size, dtype=entry.properties.dtype)
+        with one_process_is_intended():
+            dcp.load({name: tensor}, checkpoint_id=folder, no_dist=True,
+                     planner=DefaultLoadPlanner(allow_partial_load=True))
+        return tensor
+
+    return {name: (lambda name=name, entry=entry: read(name, entry))
+            for name, entry in entries.items() if isinstance(entry, TensorStorageMetadata)}
+
+
+def read_weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    """A trainer checkpoint's weights, whole, on the CPU."""
+    return {name: read() for name, read in tensor_readers(weights_path(checkpoint)).items()}
 
 
 def is_torchscript(path: str) -> bool:
@@ -142,8 +170,8 @@ def module_seed(seed: int, name: str) -> int:
 
 
 class InitialWeights:
-    """Where each parameter of `model` starts: `checkpoint` (a trainer checkpoint folder holding
-    `model.pt`) for all of them, else the pretrained files of `model.config`, else a seeded
+    """Where each parameter of `model` starts: `checkpoint` (a trainer checkpoint folder) for all
+    of them, else the pretrained files of `model.config`, else a seeded
     initialisation. Build it while the parameters are on the meta device."""
 
     def __init__(self, model: nn.Module, seed: int, checkpoint: str | None = None):
@@ -152,12 +180,13 @@ class InitialWeights:
         self.readers: dict[str, Reader] = {}
         self.required: tuple[str, ...] = ()  # names the files must hold (prefixes)
         if checkpoint:
-            self.readers = tensor_readers(os.path.join(checkpoint, "model.pt"))
+            path = weights_path(checkpoint)
+            self.readers = tensor_readers(path)
             self.required = ("",)
             names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
             unexpected = sorted(set(self.readers) - names)
             if unexpected:
-                raise ConfigError(f"{checkpoint}/model.pt holds weights this model does not have:"
+                raise ConfigError(f"{path} holds weights this model does not have:"
                                   f" {unexpected[:4]}")
         else:
             config = model.config

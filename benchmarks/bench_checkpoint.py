@@ -1,0 +1,161 @@
+"""Checkpoint saves under FSDP: every rank writing its own part, as the trainer does, beside
+gathering the full model and AdamW state to rank 0 and writing them there (what the trainer did
+before), side by side in one run.
+
+    python benchmarks/bench_checkpoint.py                    # 2 CPU ranks, a 0.44 B model
+    python benchmarks/bench_checkpoint.py --ranks 8 --device cuda --llm-layers 24
+    python benchmarks/bench_checkpoint.py --tiny             # the same code in seconds
+
+It starts itself under torchrun. Each rank builds the model on the meta device and shards it
+with the trainer's FSDP plan (trainer/distributed.py), gives every parameter an AdamW state
+(one step), then saves both ways into a temporary folder. For each way and each rank it prints
+the seconds and the peak of the process's resident memory over the save, above what it held
+before (sampled every 5 ms). The ranks must share the folder's disk, as a
+run's ranks share its output folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class PeakMemory:
+    """The highest resident memory seen while the block runs, above that at its start."""
+
+    def __enter__(self):
+        self.start = resident_bytes()
+        self.peak = self.start
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, resident_bytes())
+        self.extra_gib = (self.peak - self.start) / 2 ** 30
+
+
+def model_overrides(args) -> dict:
+    if args.tiny:
+        return {"model": {"visual": {"width": 64, "layers": 2, "head_width": 32},
+                          "adapter": {"queries": 16},
+                          "llm": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
+                                  "intermediate_size": 128}}}
+    return {"model": {
+        "visual": {"width": 768, "layers": 12, "head_width": 64},
+        "adapter": {"queries": 64},
+        "llm": {"hidden_size": args.hidden, "layers": args.llm_layers, "heads": 16,
+                "kv_heads": 4, "intermediate_size": args.hidden * 11 // 4,
+                "vocab_size": 151936}}}
+
+
+def gathered_save(model, optimizer, folder: str, world) -> None:
+    """The full state dicts on the CPU of rank 0, written there."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optimizer_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.main:
+        os.makedirs(folder)
+        torch.save(model_state, os.path.join(folder, "model.pt"))
+        torch.save(optimizer_state, os.path.join(folder, "optimizer.pt"))
+    del model_state, optimizer_state
+    world.barrier()
+
+
+def rank_main(args) -> None:
+    import torch
+
+    from corpus.tokens import TextTokenizer
+    from trainer.checkpoint import save_checkpoint
+    from trainer.distributed import join_world
+    from trainer.stages import stage_config
+    from trainer.train import build_model, param_groups
+    from trainer.weights import InitialWeights
+
+    world = join_world()
+    device = world.device(args.device)
+    config = stage_config(2, overrides=dict(model_overrides(args), distributed="fsdp"))
+    tokenizer = TextTokenizer.default()
+    model = build_model(config.model, 56 if args.tiny else 224, tokenizer)
+    world.wrap(model, InitialWeights(model, 0), device, "fsdp")
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for param in model.parameters():  # every parameter gets its AdamW moments
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    parameters = sum(p.numel() for p in model.parameters())  # the global count: DTensor shapes
+    saves = {
+        "own part": lambda: save_checkpoint(os.path.join(args.folder, "sharded"), 1, model,
+                                            optimizer, scheduler, tokenizer, {}, 1, world),
+        "gathered": lambda: gathered_save(model, optimizer,
+                                          os.path.join(args.folder, "gathered"), world),
+    }
+    results = {}
+    for name, save in saves.items():
+        world.barrier()
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            save()
+            seconds = time.perf_counter() - started
+        results[name] = world.gather((seconds, memory.extra_gib))
+    if world.main:
+        print(f"{world.size} x {device}, {parameters / 1e9:.2f} B parameters "
+              f"({parameters * 12 / 2 ** 30:.1f} GiB of fp32 weights and AdamW moments)")
+        for name, per_rank in results.items():
+            print(f"{name:>9}: " + "; ".join(
+                f"rank {rank} {seconds:.1f} s, +{gib:.2f} GiB"
+                for rank, (seconds, gib) in enumerate(per_rank)))
+        own, gathered = results["own part"][0], results["gathered"][0]
+        print(f"rank 0, gathered vs own part: +{gathered[1]:.2f} vs +{own[1]:.2f} GiB at the "
+              f"peak, {gathered[0] / own[0]:.1f}x the seconds")
+    world.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=2, help="processes (GPUs with --device cuda)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--hidden", type=int, default=1024, help="the LLM's width")
+    parser.add_argument("--llm-layers", type=int, default=8, help="the LLM's decoder layers")
+    parser.add_argument("--folder", help="where to write (default: a temporary folder)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a 0.4 M-parameter model: keeps the script working, measures nothing")
+    parser.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rank_main:
+        return rank_main(args)
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(args.ranks), os.path.abspath(__file__), "--rank-main",
+                   "--device", args.device, "--hidden", str(args.hidden),
+                   "--llm-layers", str(args.llm_layers), "--folder", folder,
+                   *(["--tiny"] if args.tiny else [])]
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        subprocess.run(command, check=True, env=env)
+
+
+if __name__ == "__main__":
+    main()

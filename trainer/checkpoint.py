@@ -1,0 +1,143 @@
+"""Checkpoints: written by every rank, each its own part; read back by any number of ranks.
+
+A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNNNN/` holding `model/` and `optimizer/`
+(`torch.distributed.checkpoint` folders: a `.metadata` index and one `__RANK_0.distcp` file per
+rank that wrote), `tokenizer.json` and `state.json` (step, scheduler, data position, resolved
+config, counters). Under FSDP each rank writes the slices it holds, so no rank ever gathers the
+model or its AdamW state (for the 9.6 B model, 115 GB that rank 0 alone would hold in host memory
+at every save); under DDP the ranks share out the writing of their identical replicas. The state
+dicts have the layout of `torch.distributed.checkpoint.state_dict` (parameter names; optimizer
+state keyed by them), so a checkpoint written by one process, DDP or FSDP, on any number of
+ranks, is read by any of them: the optimizer is resharded on load, and the weights are read one
+whole tensor at a time as each part of the model is filled (trainer/weights.py).
+
+The folder is written under a temporary name and renamed into place, then `checkpoints/latest`
+names it, so a reader never sees a half-written checkpoint. The ranks must share the file system
+the output folder is on. Checkpoints of the earlier layout (`model.pt`, `optimizer.pt`: full
+state dicts) are still read. `corpus export` writes a checkpoint's weights as one safetensors
+file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+
+from corpus.shards import atomic_write
+from corpus.tokens import TextTokenizer
+
+if TYPE_CHECKING:  # trainer.distributed needs trainer.weights, which needs this module
+    from trainer.distributed import World
+
+
+@contextlib.contextmanager
+def one_process_is_intended():
+    """Without a process group `torch.distributed.checkpoint` warns that it assumes one
+    process: here that is what is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder, or a training output folder (its latest checkpoint)."""
+    if os.path.exists(os.path.join(path, "state.json")):
+        return path
+    latest = os.path.join(path, "checkpoints", "latest")
+    if os.path.exists(latest):
+        with open(latest, encoding="utf-8") as f:
+            return os.path.join(path, "checkpoints", f.read().strip())
+    raise FileNotFoundError(f"{path}: no checkpoint (no state.json, no checkpoints/latest)")
+
+
+def read_state(checkpoint: str) -> dict[str, Any]:
+    with open(os.path.join(checkpoint, "state.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_checkpoint(output_dir: str, step: int, model: nn.Module, optimizer, scheduler,
+                    tokenizer: TextTokenizer, state: dict[str, Any], keep: int,
+                    world: World) -> str:
+    """Every rank calls it: each writes its part of the model and optimizer state, rank 0 the
+    rest, and the checkpoint is in place when it returns on any rank."""
+    root = os.path.join(output_dir, "checkpoints")
+    name = f"step-{step:08d}"
+    final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    world.barrier()
+    write = dict(process_group=world.host_group, no_dist=not world.grouped)
+    with one_process_is_intended():
+        dcp.save(get_model_state_dict(model), checkpoint_id=os.path.join(tmp, "model"), **write)
+        dcp.save(get_optimizer_state_dict(model, optimizer),
+                 checkpoint_id=os.path.join(tmp, "optimizer"), **write)
+    if world.main:  # the planners have gathered every rank's writes: all parts are on disk
+        tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+        state = dict(state, step=step, scheduler=scheduler.state_dict())
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        with atomic_write(os.path.join(root, "latest")) as f:
+            f.write(name.encode())
+        for old in sorted(d for d in os.listdir(root) if d.startswith("step-"))[:-max(1, keep)]:
+            shutil.rmtree(os.path.join(root, old))
+    world.barrier()
+    return final
+
+
+def load_optimizer(model: nn.Module, optimizer, checkpoint: str, world: World) -> None:
+    """Restore the saved optimizer state into `optimizer`, whatever the ranks that wrote it and
+    however this one is sharded. A parameter no step had given a gradient yet (the ViT after
+    text-only micro-batches) has no saved state and starts afresh at its first gradient, as in
+    the run that saved it."""
+    folder = os.path.join(checkpoint, "optimizer")
+    if not os.path.isdir(folder):
+        return load_full_optimizer(model, optimizer, os.path.join(checkpoint, "optimizer.pt"))
+    # the layout to load into: every parameter gets a state (from a step with zero gradients)
+    state = get_optimizer_state_dict(model, optimizer)
+    saved = set(FileSystemReader(folder).read_metadata().state_dict_metadata)
+    state["state"] = {name: fields for name, fields in state["state"].items()
+                      if all(f"state.{name}.{field}" in saved for field in fields)}
+    with one_process_is_intended():
+        dcp.load(state, checkpoint_id=folder, process_group=world.host_group,
+                 no_dist=not world.grouped)
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(strict=False))
+    forget_unsaved(model, optimizer, state["state"])
+
+
+def load_full_optimizer(model: nn.Module, optimizer, path: str) -> None:
+    """The earlier layout: the full optimizer state dict in one file."""
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if any(isinstance(key, int) for key in saved["state"]):  # the id-keyed layout of older runs
+        optimizer.load_state_dict(saved)
+        return
+    set_optimizer_state_dict(model, optimizer, saved,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    forget_unsaved(model, optimizer, saved["state"])
+
+
+def forget_unsaved(model: nn.Module, optimizer, saved: dict[str, Any]) -> None:
+    for name, param in model.named_parameters():
+        if name not in saved:
+            optimizer.state.pop(param, None)
+
+
+def weights_path(checkpoint: str) -> str:
+    """Where a checkpoint holds its model's weights: its `model/` folder, or the `model.pt` of
+    the earlier layout (trainer.weights.tensor_readers reads either)."""
+    folder = os.path.join(checkpoint, "model")
+    return folder if os.path.isdir(folder) else os.path.join(checkpoint, "model.pt")
