@@ -167,9 +167,13 @@ def plain_llm(model: dict, rows: int, seq_len: int, steps: int, warmup: int,
 
 def trainer_run(manifest: str, output: str, model: dict, variant: str, args,
                 device: torch.device) -> dict[str, float]:
-    attention, _, compiled = variant.partition("+")
+    attention, *options = variant.split("+")
+    unknown = set(options) - {"compile", "ac"}
+    if unknown:
+        raise SystemExit(f"variant {variant}: unknown option(s) {sorted(unknown)}")
     model = {**model, "llm": {**model["llm"], "attn_implementation": attention}}
-    overrides = {"model": model, "compile": compiled == "compile",
+    overrides = {"model": model, "compile": "compile" in options,
+                 "activation_checkpointing": ["visual", "llm"] if "ac" in options else [],
                  "steps": args.warmup + args.steps, "warmup_steps": 10,
                  "micro_batch_size": args.micro_batch,
                  "global_batch": args.micro_batch * args.grad_accum,
@@ -375,8 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     parser.add_argument("--workers", type=int, help="image-decoding processes")
     parser.add_argument("--variants", nargs="+",
-                        help="trainer settings to measure: sdpa, varlen, sdpa+compile, "
-                             "varlen+compile (default: sdpa and, on CUDA, varlen)")
+                        help="trainer settings to measure: an attention (sdpa, varlen), then "
+                             "+compile and +ac (activation checkpointing of the ViT and the "
+                             "LLM), e.g. varlen+compile+ac (default: sdpa and, on CUDA, varlen)")
     parser.add_argument("--no-components", action="store_true",
                         help="skip the per-component MFU breakdown")
     parser.add_argument("--loader-only", action="store_true",

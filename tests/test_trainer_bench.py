@@ -23,9 +23,12 @@ def test_bench_checkpoint_tiny_runs_both_saves_on_two_ranks(capfd):
 def test_bench_trainer_tiny_runs(capsys):
     import bench_trainer
 
-    results = bench_trainer.main(["--tiny", "--workers", "0", "--steps", "1"])
-    assert set(results) == {"plain HF Qwen2, LLM only", "trainer, sdpa"}
+    results = bench_trainer.main(["--tiny", "--workers", "0", "--steps", "1", "--variants",
+                                  "sdpa", "sdpa+ac"])
+    assert set(results) == {"plain HF Qwen2, LLM only", "trainer, sdpa", "trainer, sdpa+ac"}
     assert results["trainer, sdpa"]["tokens_per_s"] > 0
+    # recomputing the blocks changes the cost, not the step
+    assert results["trainer, sdpa+ac"]["first_loss"] == results["trainer, sdpa"]["first_loss"]
     assert "tokens/s" in capsys.readouterr().out
 
 

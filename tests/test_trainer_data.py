@@ -17,7 +17,7 @@ from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
 from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
                           read_manifest, sample_shares, task_samples)
-from trainer.model import QwenVL
+from trainer.model import QwenVL, checkpoint_activations
 from trainer.stages import stage_config
 
 QUERIES = 4
@@ -471,3 +471,45 @@ def test_sdpa_sees_the_samples_hugging_face_would_find(tokenizer, positions):
         found = model.llm.base_model(input_ids=ids, position_ids=positions,
                                      use_cache=False).last_hidden_state
     torch.testing.assert_close(ours, found, rtol=1e-5, atol=1e-6)
+
+
+def saved_activation_bytes(model, batch):
+    """The loss and gradients of a forward and backward pass, and the bytes autograd kept for
+    the backward pass (parameters, which it keeps by reference, left out)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    kept = []
+
+    def pack(tensor):
+        if tensor.data_ptr() not in params:
+            kept.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    model.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(batch.input_ids, batch.position_ids, batch.targets, batch.pixels,
+                     batch.layout)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, sum(kept)
+
+
+def test_recomputed_blocks_keep_fewer_activations_for_the_same_gradients(manifest, tokenizer):
+    config = stage_config(2, overrides={"model": {
+        "adapter": {"queries": QUERIES}, "visual": {"layers": 4}, "llm": {"layers": 4}}})
+    torch.manual_seed(0)
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD)).train()
+    batch = first_batches(manifest, tokenizer, count=1)[0]
+    assert batch.pixels.shape[0] > 0
+    loss, gradients, kept = saved_activation_bytes(model, batch)
+    checkpoint_activations(model, ["visual", "llm"])
+    recomputed_loss, recomputed_gradients, recomputed_kept = saved_activation_bytes(model, batch)
+    assert recomputed_loss == loss
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(recomputed_gradients[name], gradient, rtol=1e-6, atol=0)
+    # each block keeps its input alone instead of every intermediate tensor
+    assert recomputed_kept < kept / 3, (recomputed_kept, kept)
+
+
+def test_activation_checkpointing_names_components_that_have_blocks():
+    assert stage_config(2, overrides={"activation_checkpointing": ["llm"]})
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        stage_config(2, overrides={"activation_checkpointing": ["adapter"]})

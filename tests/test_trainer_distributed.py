@@ -11,19 +11,24 @@ from test_trainer_fsdp import torchrun_train
 from trainer.train import train
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy, recomputed", [("ddp", []), ("fsdp", []),
+                                                   ("fsdp", ["visual", "llm"])])
 def test_two_ranks_match_one_rank_with_twice_the_micro_batch(
-        tmp_path, shards, strategy):  # noqa: F811
+        tmp_path, shards, strategy, recomputed):  # noqa: F811
+    # recomputed blocks under FSDP gather their weights again in the backward pass
     manifest = stage_manifest(tmp_path, shards, 2)
     config = tmp_path / "two-ranks.yaml"
     config.write_text(yaml.safe_dump(dict(TINY, steps=2, micro_batch_size=1,
-                                          distributed=strategy)))
+                                          distributed=strategy,
+                                          activation_checkpointing=recomputed)))
     out = tmp_path / "ddp"
     torchrun_train(["--manifest", manifest, "--stage", "2", "--config", str(config),
                     "--output", str(out)])
     logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
     state = json.load(open(out / "checkpoints" / "step-00000002" / "state.json"))
     assert state["world"] == 2 and state["config"]["distributed"] == strategy
+    assert state["config"]["activation_checkpointing"] == recomputed
+    assert state["config"]["activation_checkpointing"] == recomputed
 
     # one process reading the two ranks' data lanes
     single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2, data_lanes=2),

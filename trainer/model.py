@@ -24,6 +24,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from corpus.config import ConfigError
 from trainer.adapter import PositionAwareAdapter
 from trainer.attention import packed_attention_arguments
 from trainer.data import PackedLayout
@@ -182,6 +183,21 @@ def compile_blocks(model: QwenVL) -> None:
         block.compile()
     for layer in model.llm.base_model.layers:
         layer.compile()
+
+
+def checkpoint_activations(model: QwenVL, components: list[str]) -> None:
+    """Recompute each block of `components` in the backward pass instead of keeping its
+    activations, through the models' own switches: open_clip's for the ViT blocks, Hugging
+    Face's for the decoder layers (which leaves module hooks, FSDP's among them, outside the
+    recomputation). Parameter names and checkpoints are unchanged."""
+    if "visual" in components:
+        model.visual.set_grad_checkpointing(True)
+    if "llm" in components:
+        if not model.llm.supports_gradient_checkpointing:
+            raise ConfigError(f"activation_checkpointing: {type(model.llm).__name__} does not "
+                              "support it")
+        model.llm.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def apply_freeze_plan(model: QwenVL, trainable: list[str]) -> None:

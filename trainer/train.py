@@ -26,7 +26,8 @@ from corpus.tokens import IMAGE_PAD, TextTokenizer
 from trainer.checkpoint import load_optimizer, read_state, resolve_checkpoint, save_checkpoint
 from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_states,
                           read_manifest, sample_shares, task_samples)
-from trainer.model import QwenVL, apply_freeze_plan, compile_blocks, parameter_counts
+from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
+                           parameter_counts)
 from trainer.distributed import World, join_world
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 from trainer.weights import InitialWeights, parameters_on_meta
@@ -196,6 +197,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     model = build_model(config.model, image_size, tokenizer)
     weights = InitialWeights(model, seed, resume_from or init_from)
     apply_freeze_plan(model, config.trainable)
+    checkpoint_activations(model, config.activation_checkpointing)
     if config.compile:
         compile_blocks(model)
     model.encode_always = fsdp
