@@ -120,7 +120,7 @@ def test_fsdp_on_cuda_trains_as_one_process_and_resumes(tmp_path, shards):  # no
     assert resumed == pytest.approx(whole, rel=1e-3)
     state = json.load(open(interrupted / "checkpoints" / "step-00000020" / "state.json"))
     assert state["world"] == gpus and state["config"]["distributed"] == "fsdp"
-    # the gathered checkpoint starts a single process (--init)
+    # the checkpoint the ranks wrote in parts starts a single process (--init)
     follow = train(manifest, 2, str(tmp_path / "follow"), init=str(interrupted),
                    overrides=dict(TINY, steps=1), device="cuda")
     assert all(loss == loss for loss in follow.losses)
