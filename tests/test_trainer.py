@@ -329,8 +329,9 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
     assert weights.keys() == saved.keys()
     assert all(torch.equal(weights[name], saved[name].bfloat16()) for name in saved)
     described = json.loads((exported / "model.json").read_text())
-    model = build_model(model_config({k: v for k, v in described.items() if k != "image_size"}),
-                        described["image_size"], TextTokenizer.load(str(exported / "tokenizer.json")))
+    image_size = described.pop("image_size")
+    model = build_model(model_config(described), image_size,
+                        TextTokenizer.load(str(exported / "tokenizer.json")))
     model.load_state_dict(weights, strict=True, assign=True)  # built on the meta device
     assert not any(param.is_meta for param in model.parameters())
 

@@ -16,7 +16,7 @@ from corpus.shards import read_shard
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
 from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
-                          read_manifest, sample_shares, task_samples)
+                          read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import QwenVL, checkpoint_activations
 from trainer.stages import stage_config
 
@@ -402,6 +402,14 @@ def test_a_data_position_written_before_lanes_resumes_as_one_lane(tmp_path, toke
     older = state["lanes"]["0"]  # what checkpoints held: the one stream's position
     assert older["drawn"] == 3
     assert lane_rows(manifest, tokenizer, 3, state=older)[0] == whole[3:]
+
+
+def test_tasks_whose_lanes_all_read_every_shard_are_named(tmp_path):
+    manifest = sharded_manifest(tmp_path, shards=4)  # captions in 4 shards, text in 1
+    assert shared_shards_note(manifest, 1) is None
+    note = shared_shards_note(manifest, 2)
+    assert "text (1)" in note and "captioning" not in note and "2 shards or more" in note
+    assert "captioning (4), text (1)" in shared_shards_note(manifest, 8)
 
 
 def test_a_task_with_fewer_samples_than_lanes_is_refused(tmp_path, tokenizer):

@@ -600,6 +600,19 @@ def data_lanes(manifest: Manifest, world: int, lanes: int | None = None,
     return lanes
 
 
+def shared_shards_note(manifest: Manifest, lanes: int) -> str | None:
+    """A note naming the tasks whose every lane reads all their shards (fewer shards than
+    lanes: each lane keeps every lanes-th sample of them), so that reading is lanes times the
+    data; None when every task has a shard per lane."""
+    few = [f"{source.task} ({len(source.shards)})" for source in manifest.sources
+           if len(source.shards) < lanes]
+    if not few:
+        return None
+    return (f"note: fewer shards than the {lanes} data lanes in {', '.join(few)}: every lane "
+            f"reads all of their shards, {lanes} times their data in all; write each task in "
+            f"{lanes} shards or more (--samples-per-shard) to read it once")
+
+
 def lanes_state(state: dict[str, Any]) -> dict[str, Any]:
     """A data position in the lanes' layout; one written before lanes existed is one lane's."""
     if "lanes" in state:

@@ -25,7 +25,7 @@ from corpus.config import ConfigError, from_mapping
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from trainer.checkpoint import load_optimizer, read_state, resolve_checkpoint, save_checkpoint
 from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_states,
-                          read_manifest, sample_shares, task_samples)
+                          read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
                            parameter_counts)
 from trainer.distributed import World, join_world
@@ -234,6 +234,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
               f"pass(es); "
               f"step {step} of {config.steps}", flush=True)
+        note = shared_shards_note(manifest, config.data_lanes)
+        if note:
+            print(note, flush=True)
         print("start-up peak host memory: " + ", ".join(
             f"rank {rank} {gib:.2f} GiB" for rank, gib in enumerate(host_memory)), flush=True)
 
