@@ -10,7 +10,8 @@ It starts itself under torchrun. Each rank builds the model on the meta device a
 with the trainer's FSDP plan (trainer/distributed.py), gives every parameter an AdamW state
 (one step), then saves both ways into a temporary folder. For each way and each rank it prints
 the seconds and the peak of the process's resident memory over the save, above what it held
-before (sampled every 5 ms). The ranks must share the folder's disk, as a
+before (sampled every 5 ms). Then it reads the weights back as a resume does, each rank the
+parts its slices need, beside reading every tensor whole: seconds and bytes read per rank. The ranks must share the folder's disk, as a
 run's ranks share its output folder.
 """
 from __future__ import annotations
@@ -26,6 +27,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def bytes_read() -> int:
+    """What the process has asked to read so far (from the disk or the page cache)."""
+    with open("/proc/self/io", encoding="ascii") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
 
 
 def resident_bytes() -> int:
@@ -88,11 +95,11 @@ def rank_main(args) -> None:
     import torch
 
     from corpus.tokens import TextTokenizer
-    from trainer.checkpoint import save_checkpoint
+    from trainer.checkpoint import load_model, save_checkpoint, weights_path
     from trainer.distributed import join_world
     from trainer.stages import stage_config
     from trainer.train import build_model, param_groups
-    from trainer.weights import InitialWeights
+    from trainer.weights import InitialWeights, tensor_readers
 
     world = join_world()
     device = world.device(args.device)
@@ -121,6 +128,20 @@ def rank_main(args) -> None:
             save()
             seconds = time.perf_counter() - started
         results[name] = world.gather((seconds, memory.extra_gib))
+    # a resume: the weights into the sharded model, each rank reading what its slices need,
+    # beside reading every tensor whole (as filling a model unit by unit from it does)
+    saved = os.path.join(args.folder, "sharded", "checkpoints", "step-00000001")
+    loads = {
+        "own part": lambda: load_model(model, saved, world),
+        "whole": lambda: [read() for read in tensor_readers(weights_path(saved)).values()],
+    }
+    reads = {}
+    for name, load in loads.items():
+        world.barrier()
+        before, started = bytes_read(), time.perf_counter()
+        load()
+        reads[name] = world.gather((time.perf_counter() - started,
+                                    (bytes_read() - before) / 2 ** 30))
     if world.main:
         print(f"{world.size} x {device}, {parameters / 1e9:.2f} B parameters "
               f"({parameters * 12 / 2 ** 30:.1f} GiB of fp32 weights and AdamW moments)")
@@ -131,6 +152,11 @@ def rank_main(args) -> None:
         own, gathered = results["own part"][0], results["gathered"][0]
         print(f"rank 0, gathered vs own part: +{gathered[1]:.2f} vs +{own[1]:.2f} GiB at the "
               f"peak, {gathered[0] / own[0]:.1f}x the seconds")
+        print(f"reading the weights back ({parameters * 4 / 2 ** 30:.2f} GiB):")
+        for name, per_rank in reads.items():
+            print(f"{name:>9}: " + "; ".join(
+                f"rank {rank} {seconds:.1f} s, {gib:.2f} GiB read"
+                for rank, (seconds, gib) in enumerate(per_rank)))
     world.finish()
 
 

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
-def test_bench_checkpoint_tiny_runs_both_saves_on_two_ranks(capfd):
+def test_bench_checkpoint_tiny_saves_and_reads_both_ways_on_two_ranks(capfd):
     import bench_checkpoint
 
     bench_checkpoint.main(["--tiny"])
@@ -18,6 +18,8 @@ def test_bench_checkpoint_tiny_runs_both_saves_on_two_ranks(capfd):
     for way in ("own part", "gathered"):
         assert re.search(rf"{way}: rank 0 [\d.]+ s, \+[\d.]+ GiB; rank 1 ", out), out
     assert "rank 0, gathered vs own part" in out
+    for way in ("own part", "whole"):
+        assert re.search(rf"{way}: rank 0 [\d.]+ s, [\d.]+ GiB read; rank 1 ", out), out
 
 
 def test_bench_trainer_tiny_runs(capsys):

@@ -8,8 +8,9 @@ model or its AdamW state (for the 9.6 B model, 115 GB that rank 0 alone would ho
 at every save); under DDP the ranks share out the writing of their identical replicas. The state
 dicts have the layout of `torch.distributed.checkpoint.state_dict` (parameter names; optimizer
 state keyed by them), so a checkpoint written by one process, DDP or FSDP, on any number of
-ranks, is read by any of them: the optimizer is resharded on load, and the weights are read one
-whole tensor at a time as each part of the model is filled (trainer/weights.py).
+ranks, is read by any of them: a resumed run reads into its sharded model and optimizer the
+parts of the files its own slices need (resharded on load), and a new stage reads the weights
+one whole tensor at a time as each part of the model is filled (trainer/weights.py).
 
 The folder is written under a temporary name and renamed into place, then `checkpoints/latest`
 names it, so a reader never sees a half-written checkpoint. The ranks must share the file system
@@ -32,6 +33,7 @@ from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict,
+                                                     set_model_state_dict,
                                                      set_optimizer_state_dict)
 
 from corpus.shards import atomic_write
@@ -99,6 +101,16 @@ def save_checkpoint(output_dir: str, step: int, model: nn.Module, optimizer, sch
     return final
 
 
+def load_model(model: nn.Module, checkpoint: str, world: World) -> None:
+    """The saved weights into `model` as it is now (sharded or not): each rank reads the parts
+    of the files its own slices need, whatever the ranks that wrote them."""
+    state = get_model_state_dict(model)
+    with one_process_is_intended():
+        dcp.load(state, checkpoint_id=os.path.join(checkpoint, "model"),
+                 process_group=world.host_group, no_dist=not world.grouped)
+    set_model_state_dict(model, state)
+
+
 def load_optimizer(model: nn.Module, optimizer, checkpoint: str, world: World) -> None:
     """Restore the saved optimizer state into `optimizer`, whatever the ranks that wrote it and
     however this one is sharded. A parameter no step had given a gradient yet (the ViT after
@@ -136,8 +148,12 @@ def forget_unsaved(model: nn.Module, optimizer, saved: dict[str, Any]) -> None:
             optimizer.state.pop(param, None)
 
 
+def in_parts(checkpoint: str) -> bool:
+    """Written by this layout (each rank its part), not the earlier one of full files."""
+    return os.path.isdir(os.path.join(checkpoint, "model"))
+
+
 def weights_path(checkpoint: str) -> str:
     """Where a checkpoint holds its model's weights: its `model/` folder, or the `model.pt` of
     the earlier layout (trainer.weights.tensor_readers reads either)."""
-    folder = os.path.join(checkpoint, "model")
-    return folder if os.path.isdir(folder) else os.path.join(checkpoint, "model.pt")
+    return os.path.join(checkpoint, "model" if in_parts(checkpoint) else "model.pt")

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from corpus.config import ConfigError, from_mapping
 from corpus.tokens import IMAGE_PAD, TextTokenizer
-from trainer.checkpoint import load_optimizer, read_state, resolve_checkpoint, save_checkpoint
+from trainer.checkpoint import (in_parts, load_model, load_optimizer, read_state,
+                                resolve_checkpoint, save_checkpoint)
 from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_states,
                           read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
@@ -195,7 +196,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     tokenizer = load_tokenizer(config, manifest, resume_from or init_from)
     fsdp = world.grouped and config.distributed == "fsdp"
     model = build_model(config.model, image_size, tokenizer)
-    weights = InitialWeights(model, seed, resume_from or init_from)
+    # a resumed run loads its weights once the model is sharded: each rank reads its own part
+    load_later = bool(resume_from) and in_parts(resume_from)
+    weights = InitialWeights(model, seed, resume_from or init_from, values=not load_later)
     apply_freeze_plan(model, config.trainable)
     checkpoint_activations(model, config.activation_checkpointing)
     if config.compile:
@@ -203,6 +206,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     model.encode_always = fsdp
     # the weights are filled on `device`; under FSDP one unit at a time, each sharded in place
     trained = world.wrap(model, weights, device, config.distributed, bf16)
+    if load_later:
+        load_model(model, resume_from, world)
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
                                   betas=tuple(config.betas), eps=config.eps,
                                   fused=device.type == "cuda")

@@ -172,38 +172,22 @@ def module_seed(seed: int, name: str) -> int:
 class InitialWeights:
     """Where each parameter of `model` starts: `checkpoint` (a trainer checkpoint folder) for all
     of them, else the pretrained files of `model.config`, else a seeded
-    initialisation. Build it while the parameters are on the meta device."""
+    initialisation. Build it while the parameters are on the meta device.
 
-    def __init__(self, model: nn.Module, seed: int, checkpoint: str | None = None):
+    `values=False` gives the parameters storage alone, for values loaded into the model once
+    it is sharded (trainer.checkpoint.load_model: each rank reads its own part)."""
+
+    def __init__(self, model: nn.Module, seed: int, checkpoint: str | None = None,
+                 values: bool = True):
         self.seed = seed
+        self.values = values
         self.llm = model.llm
         self.readers: dict[str, Reader] = {}
         self.required: tuple[str, ...] = ()  # names the files must hold (prefixes)
-        if checkpoint:
-            path = weights_path(checkpoint)
-            self.readers = tensor_readers(path)
-            self.required = ("",)
-            names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-            unexpected = sorted(set(self.readers) - names)
-            if unexpected:
-                raise ConfigError(f"{path} holds weights this model does not have:"
-                                  f" {unexpected[:4]}")
-        else:
-            config = model.config
-            clip = open_clip_file(config.visual.open_clip_model, config.visual.pretrained)
-            if clip:
-                if is_torchscript(clip) and not uses_quick_gelu(model.visual):
-                    raise ConfigError(f"model.visual.pretrained: {clip} holds OpenAI's CLIP "
-                                      "weights, trained with QuickGELU: name the open_clip "
-                                      "model's -quickgelu variant (e.g. ViT-L-14-quickgelu)")
-                self.readers.update((key, read) for key, read in tensor_readers(clip).items()
-                                    if key.startswith("visual."))
-                self.required += ("visual.",)
-            if config.llm.pretrained:
-                for path in hugging_face_files(config.llm.pretrained):
-                    self.readers.update((f"llm.{key}", read)
-                                        for key, read in tensor_readers(path).items())
-                self.required += ("llm.",)
+        if values and checkpoint:
+            self._read_checkpoint(model, checkpoint)
+        elif values:
+            self._read_pretrained(model)
         self._resize_position_embeddings(model)
         # a parameter may be registered on several modules (tied embeddings): all take the new one
         self.owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
@@ -216,6 +200,33 @@ class InitialWeights:
                       if param is model.llm.get_input_embeddings().weight
                       or param is model.llm.get_output_embeddings().weight}
         self.largest_fill = 0  # bytes given storage by one `fill` call, the largest so far
+
+    def _read_checkpoint(self, model: nn.Module, checkpoint: str) -> None:
+        path = weights_path(checkpoint)
+        self.readers = tensor_readers(path)
+        self.required = ("",)
+        names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+        unexpected = sorted(set(self.readers) - names)
+        if unexpected:
+            raise ConfigError(f"{path} holds weights this model does not have:"
+                              f" {unexpected[:4]}")
+
+    def _read_pretrained(self, model: nn.Module) -> None:
+        config = model.config
+        clip = open_clip_file(config.visual.open_clip_model, config.visual.pretrained)
+        if clip:
+            if is_torchscript(clip) and not uses_quick_gelu(model.visual):
+                raise ConfigError(f"model.visual.pretrained: {clip} holds OpenAI's CLIP "
+                                  "weights, trained with QuickGELU: name the open_clip "
+                                  "model's -quickgelu variant (e.g. ViT-L-14-quickgelu)")
+            self.readers.update((key, read) for key, read in tensor_readers(clip).items()
+                                if key.startswith("visual."))
+            self.required += ("visual.",)
+        if config.llm.pretrained:
+            for path in hugging_face_files(config.llm.pretrained):
+                self.readers.update((f"llm.{key}", read)
+                                    for key, read in tensor_readers(path).items())
+            self.required += ("llm.",)
 
     def _resize_position_embeddings(self, model: nn.Module) -> None:
         """A ViT trained at another resolution (224 -> 448) gets its position embeddings
@@ -242,7 +253,7 @@ class InitialWeights:
     def _fill_module(self, name: str, module: nn.Module, device: torch.device) -> None:
         old = {leaf: param for leaf, param in module._parameters.items() if param is not None}
         values = {leaf: self._read(f"{name}.{leaf}" if name else leaf, param)
-                  for leaf, param in old.items()}
+                  for leaf, param in old.items()} if self.values else {}
         for leaf, param in old.items():  # storage for the parameters; the buffers stay as they are
             module._parameters[leaf] = nn.Parameter(torch.empty_like(param, device=device),
                                                     requires_grad=param.requires_grad)
