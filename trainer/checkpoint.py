@@ -52,6 +52,12 @@ def one_process_is_intended():
         yield
 
 
+def between(world: World) -> dict[str, Any]:
+    """How the ranks agree on what each writes or reads: over the host group (gloo: nothing
+    waits for the GPU), or not at all for a process on its own."""
+    return {"process_group": world.host_group, "no_dist": not world.grouped}
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint folder, or a training output folder (its latest checkpoint)."""
     if os.path.exists(os.path.join(path, "state.json")):
@@ -80,11 +86,11 @@ def save_checkpoint(output_dir: str, step: int, model: nn.Module, optimizer, sch
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     world.barrier()
-    write = dict(process_group=world.host_group, no_dist=not world.grouped)
     with one_process_is_intended():
-        dcp.save(get_model_state_dict(model), checkpoint_id=os.path.join(tmp, "model"), **write)
+        dcp.save(get_model_state_dict(model), checkpoint_id=os.path.join(tmp, "model"),
+                 **between(world))
         dcp.save(get_optimizer_state_dict(model, optimizer),
-                 checkpoint_id=os.path.join(tmp, "optimizer"), **write)
+                 checkpoint_id=os.path.join(tmp, "optimizer"), **between(world))
     if world.main:  # the planners have gathered every rank's writes: all parts are on disk
         tokenizer.save(os.path.join(tmp, "tokenizer.json"))
         state = dict(state, step=step, scheduler=scheduler.state_dict())
@@ -106,8 +112,7 @@ def load_model(model: nn.Module, checkpoint: str, world: World) -> None:
     of the files its own slices need, whatever the ranks that wrote them."""
     state = get_model_state_dict(model)
     with one_process_is_intended():
-        dcp.load(state, checkpoint_id=os.path.join(checkpoint, "model"),
-                 process_group=world.host_group, no_dist=not world.grouped)
+        dcp.load(state, checkpoint_id=os.path.join(checkpoint, "model"), **between(world))
     set_model_state_dict(model, state)
 
 
@@ -125,8 +130,7 @@ def load_optimizer(model: nn.Module, optimizer, checkpoint: str, world: World) -
     state["state"] = {name: fields for name, fields in state["state"].items()
                       if all(f"state.{name}.{field}" in saved for field in fields)}
     with one_process_is_intended():
-        dcp.load(state, checkpoint_id=folder, process_group=world.host_group,
-                 no_dist=not world.grouped)
+        dcp.load(state, checkpoint_id=folder, **between(world))
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(strict=False))
     forget_unsaved(model, optimizer, state["state"])
 
