@@ -325,6 +325,9 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
     exported = tmp_path / "export"
     assert main(["export", out, "--output", str(exported), "--dtype", "bf16"]) == 0
     weights = load_file(str(exported / "model.safetensors"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (exported / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     saved = read_weights(resolve_checkpoint(out))
     assert weights.keys() == saved.keys()
     assert all(torch.equal(weights[name], saved[name].bfloat16()) for name in saved)

@@ -40,7 +40,12 @@ def export(checkpoint: str, output: str, dtype: str = "fp32") -> str:
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, "model.safetensors")
     state = read_state(checkpoint)
-    save_file(weights, path, metadata={"stage": str(state["stage"]), "step": str(state["step"])})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file(weights, tmp, metadata={"stage": str(state["stage"]), "step": str(state["step"])})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files readable by their owner only
+    os.replace(tmp, path)
     shutil.copyfile(os.path.join(checkpoint, "tokenizer.json"),
                     os.path.join(output, "tokenizer.json"))
     with open(os.path.join(output, "model.json"), "w", encoding="utf-8") as f:
