@@ -53,3 +53,17 @@ def test_one_process_resumes_what_two_ranks_began(tmp_path, shards, strategy):  
                   device="cpu")
     assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
 
+
+
+def test_two_fsdp_ranks_resume_what_one_process_began(tmp_path, shards):  # noqa: F811
+    # each rank reads the slices of the one process's whole tensors its shards need
+    manifest = stage_manifest(tmp_path, shards, 2)
+    settings = dict(TINY, steps=3, micro_batch_size=1, data_lanes=2, distributed="fsdp")
+    out = tmp_path / "run"
+    train(manifest, 2, str(out), overrides=settings, device="cpu", stop_after=1)
+    torchrun_train(["--manifest", manifest, "--stage", "2", "--output", str(out), "--resume"])
+    logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
+    whole = train(manifest, 2, str(tmp_path / "one"), overrides=settings, device="cpu")
+    assert len(logged) == 3 and logged == pytest.approx(whole.losses, rel=1e-5)
+    state = json.load(open(out / "checkpoints" / "step-00000003" / "state.json"))
+    assert state["world"] == 2
