@@ -17,7 +17,7 @@ from trainer.checkpoint import one_process_is_intended
 from trainer.distributed import World, shard_plan, unit_parameters
 from trainer.stages import stage_config
 from trainer.train import build_model
-from trainer.weights import InitialWeights
+from trainer.weights import InitialWeights, read_weights
 
 CPU = torch.device("cpu")
 TOKENIZER = TextTokenizer.default()
@@ -148,6 +148,22 @@ def write_checkpoint_weights(folder, state, layout="distributed"):
             dcp.save(state, checkpoint_id=folder / "model", no_dist=True)
     else:
         torch.save(state, folder / "model.pt")
+
+
+def test_a_checkpoint_folder_s_index_is_read_once_for_all_its_tensors(tmp_path, monkeypatch):
+    # its size grows with the tensors: read once per tensor, the reading grows with their square
+    from torch.distributed.checkpoint import FileSystemReader
+
+    state = {f"layer{i}.weight": torch.randn(4, 4) for i in range(6)}
+    write_checkpoint_weights(tmp_path, state)
+    reads = []
+    plain = FileSystemReader.read_metadata
+    monkeypatch.setattr(FileSystemReader, "read_metadata",
+                        lambda self: reads.append(1) or plain(self))
+    weights = read_weights(str(tmp_path))
+    assert weights.keys() == state.keys()
+    assert all(torch.equal(weights[name], state[name]) for name in state)
+    assert len(reads) == 1
 
 
 @pytest.mark.parametrize("layout", ["distributed", "full"])
