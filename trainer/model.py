@@ -28,6 +28,7 @@ from corpus.config import ConfigError
 from trainer.adapter import PositionAwareAdapter
 from trainer.attention import packed_attention_arguments
 from trainer.data import PackedLayout
+from trainer.qwen_v1 import qwen2_config, qwen_v1_config
 from trainer.stages import COMPONENTS, LLMConfig, ModelConfig, VisionConfig
 from trainer.weights import building_on_meta
 
@@ -68,11 +69,15 @@ def build_llm(config: LLMConfig, vocab_size: int) -> Qwen2ForCausalLM:
     """The causal LM: the architecture of `config.pretrained` from its config alone, without
     reading its weights (trainer/weights.py fills them), or a Qwen2 of the config's sizes."""
     if config.pretrained:
-        llm = AutoModelForCausalLM.from_config(
-            AutoConfig.from_pretrained(config.pretrained, local_files_only=True,
-                                       trust_remote_code=config.trust_remote_code),
-            dtype=torch.float32, attn_implementation=config.attn_implementation,
-            trust_remote_code=config.trust_remote_code)
+        qwen_v1 = qwen_v1_config(config.pretrained)
+        if qwen_v1:  # the paper's Qwen-7B: a Qwen2 of its shape (trainer/qwen_v1.py)
+            llm = Qwen2ForCausalLM(qwen2_config(qwen_v1, config.attn_implementation))
+        else:
+            llm = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(config.pretrained, local_files_only=True,
+                                           trust_remote_code=config.trust_remote_code),
+                dtype=torch.float32, attn_implementation=config.attn_implementation,
+                trust_remote_code=config.trust_remote_code)
         if llm.get_input_embeddings().num_embeddings < vocab_size:
             llm.resize_token_embeddings(vocab_size, mean_resizing=False)  # values come later
         return llm

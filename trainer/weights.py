@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from corpus.config import ConfigError
 from trainer.checkpoint import one_process_is_intended, weights_path
+from trainer.qwen_v1 import qwen2_readers, qwen_v1_config
 
 Reader = Callable[[], torch.Tensor]
 
@@ -236,9 +237,11 @@ class InitialWeights:
                                 if key.startswith("visual."))
             self.required += ("visual.",)
         if config.llm.pretrained:
-            for path in hugging_face_files(config.llm.pretrained):
-                self.readers.update((f"llm.{key}", read)
-                                    for key, read in tensor_readers(path).items())
+            readers = {key: read for path in hugging_face_files(config.llm.pretrained)
+                       for key, read in tensor_readers(path).items()}
+            if qwen_v1_config(config.llm.pretrained):  # Qwen-7B, read into a Qwen2
+                readers = qwen2_readers(readers, model.llm.config.hidden_size)
+            self.readers.update((f"llm.{key}", read) for key, read in readers.items())
             self.required += ("llm.",)
 
     def _resize_position_embeddings(self, model: nn.Module) -> None:
