@@ -51,7 +51,9 @@ class LLMConfig:
     """A Hugging Face causal LM: `pretrained` is a local folder; else a random-init Qwen2 config."""
 
     pretrained: str | None = None
-    trust_remote_code: bool = False  # for checkpoints with their own modelling code (Qwen-7B)
+    # run a checkpoint's own modelling and tokenizer code (Qwen-7B's tokenizer; its model is read
+    # into a Qwen2 without it, trainer/qwen_v1.py)
+    trust_remote_code: bool = False
     hidden_size: int = 64
     layers: int = 2
     heads: int = 4
