@@ -1,18 +1,20 @@
 """The one tokenizer abstraction: counting for packing plans and text chunking, ids for training.
 
-A tokenizer comes from a local checkpoint (a `tokenizer.json` file, or a folder holding one, or a
-Hugging Face tokenizer folder), or is trained: a byte-level BPE (Hugging Face `tokenizers`) on
+A tokenizer comes from a local checkpoint (a `tokenizer.json` file, or a folder holding one; Qwen
+(v1)'s `qwen.tiktoken`, or a folder holding it, as Qwen-7B ships; or a Hugging Face tokenizer
+folder), or is trained: a byte-level BPE (Hugging Face `tokenizers`) on
 text the caller gives, with the Qwen-VL special tokens added. `TextTokenizer.default()` trains one
 on the small bundled text, so counting works with no download; training is deterministic.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import os
 from importlib import resources
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from corpus.formats import SPECIAL_TOKENS, Span
 
@@ -33,6 +35,12 @@ class TextTokenizer:
         tokenizer needs it); only turn it on for checkpoints you trust."""
         if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.json")):
             path = os.path.join(path, "tokenizer.json")
+        elif os.path.isdir(path) and os.path.exists(os.path.join(path, QWEN_TIKTOKEN)):
+            path = os.path.join(path, QWEN_TIKTOKEN)
+        if path.endswith(".tiktoken") and os.path.isfile(path):
+            tokenizer = qwen_tiktoken(path)
+            tokenizer.add_special_tokens(list(ALL_SPECIAL_TOKENS))
+            return cls(tokenizer)
         if os.path.isfile(path):
             tokenizer = Tokenizer.from_file(path)
             tokenizer.add_special_tokens(list(ALL_SPECIAL_TOKENS))
@@ -88,6 +96,36 @@ class TextTokenizer:
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
+
+
+# Qwen (v1)'s tokenizer (its tokenization_qwen.py): a tiktoken BPE vocabulary, this split pattern,
+# NFC-normalised text, then its special tokens numbered from the vocabulary's end (151643)
+QWEN_TIKTOKEN = "qwen.tiktoken"
+QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+                r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                       *(f"<|extra_{i}|>" for i in range(205)))
+
+
+def tiktoken_ranks(path: str) -> dict[bytes, int]:
+    """A tiktoken vocabulary file: one base64 token and its rank per line."""
+    with open(path, "rb") as f:
+        return {base64.b64decode(token): int(rank)
+                for token, rank in (line.split() for line in f.read().splitlines() if line)}
+
+
+def qwen_tiktoken(path: str) -> Tokenizer:
+    """Qwen (v1)'s tokenizer as a `tokenizers` byte-level BPE, ids as Qwen's own code gives them,
+    without its code or the tiktoken package."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class Converter(TikTokenConverter):
+        load_tiktoken_bpe = staticmethod(tiktoken_ranks)  # the package would read it the same
+
+    tokenizer = Converter(vocab_file=path, pattern=QWEN_PATTERN,
+                          extra_special_tokens=list(QWEN_SPECIAL_TOKENS)).converted()
+    tokenizer.normalizer = normalizers.NFC()
+    return tokenizer
 
 
 def count_span_tokens(spans: list[Span], tokenizer: TextTokenizer,
