@@ -370,6 +370,26 @@ def data_per_rank(manifest: str, model: dict, seq_len: int, rows: int,
     return {"own_lane": draw(ranks, rows), "every_rank": draw(1, rows * ranks)}
 
 
+def print_goals(results: dict) -> None:
+    """The trainer's speed goals, each with the best trainer setting's figure (GPU runs only:
+    MFU needs a known peak)."""
+    plain = results["plain HF Qwen2, LLM only"].get("mfu")
+    runs = {name: r for name, r in results.items() if name.startswith("trainer, ") and "mfu" in r}
+    if plain is None or not runs:
+        return
+    name, best = max(runs.items(), key=lambda item: item[1]["mfu"])
+    body = results.get("components_mfu", {}).get("LLM body, varlen")
+    goals = [(f"trainer MFU / plain HF MFU >= 1.0 ({name})", best["mfu"] / plain,
+              best["mfu"] / plain >= 1.0),
+             (f"trainer MFU >= 45 % ({name})", best["mfu"], best["mfu"] >= 0.45),
+             (f"loader stall < 2 % ({name})", best["data_wait"], best["data_wait"] < 0.02)]
+    if body is not None:
+        goals.append(("LLM body MFU, varlen >= plain HF whole-model MFU", body, body >= plain))
+    for goal, value, met in goals:
+        shown = f"{value:.2f}" if "/" in goal else f"{value:.1%}"
+        print(f"goal: {goal}: {shown} {'met' if met else 'NOT met'}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model, CPU, a few steps")
@@ -476,6 +496,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             print(f"component MFU ratio trainer {name} / plain decoder body: "
                   f"{parts[name] / plain_body:.2f}")
         results["components_mfu"] = parts
+    print_goals(results)
     if args.profile:
         results["profile_traces"] = profile_llm_bodies(model, device, image_size,
                                                        args.micro_batch, seq_len, 3, args.profile)

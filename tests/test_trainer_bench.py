@@ -68,3 +68,26 @@ def test_example_configs_load(path):
         config = stage_config(stage, path)
         assert config.model.adapter.queries in (64, 256)
         assert config.accumulation(1) >= 1  # every example reaches its global batch on one GPU
+
+
+def test_bench_trainer_prints_each_goal_with_the_best_setting(capsys):
+    import bench_trainer
+
+    # the figures the goals were set against, and a setting that meets them
+    results = {"plain HF Qwen2, LLM only": {"mfu": 0.345, "tokens_per_s": 1, "data_wait": 0},
+               "trainer, varlen": {"mfu": 0.185, "data_wait": 0.039},
+               "trainer, varlen+compile": {"mfu": 0.266, "data_wait": 0.051},
+               "components_mfu": {"LLM body, varlen": 0.198}}
+    bench_trainer.print_goals(results)
+    assert capsys.readouterr().out.splitlines() == [
+        "goal: trainer MFU / plain HF MFU >= 1.0 (trainer, varlen+compile): 0.77 NOT met",
+        "goal: trainer MFU >= 45 % (trainer, varlen+compile): 26.6% NOT met",
+        "goal: loader stall < 2 % (trainer, varlen+compile): 5.1% NOT met",
+        "goal: LLM body MFU, varlen >= plain HF whole-model MFU: 19.8% NOT met"]
+    results["trainer, varlen+compile+ac"] = {"mfu": 0.46, "data_wait": 0.01}
+    bench_trainer.print_goals(results)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.endswith("NOT met") for line in lines] == [False, False, False, True]
+    bench_trainer.print_goals({"plain HF Qwen2, LLM only": {"tokens_per_s": 1, "data_wait": 0},
+                               "trainer, sdpa": {"tokens_per_s": 1, "data_wait": 0}})
+    assert capsys.readouterr().out == ""  # no MFU without a GPU
