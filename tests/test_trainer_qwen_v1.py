@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from corpus.tokens import TextTokenizer
 from test_trainer import TINY, shards, stage_manifest  # noqa: F401  (shards is a fixture)
 from trainer.distributed import World, shard_plan
-from trainer.qwen_v1 import _read_once
+from trainer.qwen_v1 import read_once
 from trainer.stages import stage_config
 from trainer.train import build_model, train
 from trainer.weights import InitialWeights
@@ -99,9 +99,9 @@ def test_a_qwen_v1_checkpoint_computes_its_own_logits_as_a_qwen2(tmp_path):
     assert all(layer in shard_plan(model) for layer in model.llm.base_model.layers)
 
 
-def test_a_fused_projection_is_read_once_for_its_three_parts():
+def test_a_fused_projection_isread_once_for_its_three_parts():
     reads = []
-    whole = _read_once(lambda: reads.append(1) or torch.arange(6))
+    whole = read_once(lambda: reads.append(1) or torch.arange(6))
     assert [whole()[i * 2:(i + 1) * 2].tolist() for i in range(3)] == [[0, 1], [2, 3], [4, 5]]
     assert len(reads) == 1
 

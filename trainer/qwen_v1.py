@@ -53,9 +53,8 @@ def qwen_v1_config(folder: str) -> dict | None:
 def qwen2_config(config: dict, attn_implementation: str) -> Qwen2Config:
     """The Qwen2 decoder of a Qwen (v1) config's shape."""
     heads = config["num_attention_heads"]
-    if config.get("rotary_pct", 1.0) != 1.0 or config.get("kv_channels",
-                                                          config["hidden_size"] // heads) \
-            != config["hidden_size"] // heads:
+    width = config["hidden_size"] // heads
+    if config.get("rotary_pct", 1.0) != 1.0 or config.get("kv_channels", width) != width:
         raise ValueError("a Qwen (v1) config with partial rotary embeddings or heads narrower "
                          "than hidden_size / heads has no Qwen2 equivalent")
     qwen2 = Qwen2Config(
@@ -77,7 +76,7 @@ def qwen2_readers(readers: dict[str, Reader], hidden_size: int) -> dict[str, Rea
         fused = FUSED.fullmatch(name)
         if fused:
             layer, kind = fused.groups()
-            whole = _read_once(read)  # q, k and v are filled one after another
+            whole = read_once(read)  # q, k and v are filled one after another
             for index, part in enumerate(("q_proj", "k_proj", "v_proj")):
                 renamed[f"model.layers.{layer}.self_attn.{part}.{kind}"] = (
                     lambda index=index, whole=whole:
@@ -89,11 +88,11 @@ def qwen2_readers(readers: dict[str, Reader], hidden_size: int) -> dict[str, Rea
                 renamed[new] = read
                 break
         else:
-            renamed[name] = read  # not Qwen's: reported as a weight the model does not have
+            renamed[name] = read  # not a name of Qwen's: left as it is, for no Qwen2 parameter
     return renamed
 
 
-def _read_once(read: Reader, parts: int = 3) -> Reader:
+def read_once(read: Reader, parts: int = 3) -> Reader:
     """`read`, run once for its `parts` takers; the tensor is let go after the last."""
     held: list[torch.Tensor] = []
     taken = [0]
