@@ -1,6 +1,7 @@
 """Qwen (v1) checkpoints, the paper's Qwen-7B, read into a Qwen2 decoder: the logits are those
 of Qwen's own architecture, written out here from its modelling code's definition."""
 import json
+import os
 
 import pytest
 import torch
@@ -119,3 +120,28 @@ def test_a_qwen_v1_config_without_a_qwen2_equivalent_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="partial rotary"):
         qwen2_config(dict(QWEN, rotary_pct=0.5), "sdpa")
+
+
+def test_the_paper_config_builds_the_paper_s_model_and_shards_it_in_every_stage(tmp_path):
+    # Qwen-7B's shape (its config.json) beside the config's ViT-bigG/14, on the meta device:
+    # Table 1's 1.9 B + 0.08 B + 7.7 B, nothing allocated or read
+    from trainer.distributed import check_uniform
+    from trainer.model import apply_freeze_plan, parameter_counts
+
+    folder = tmp_path / "Qwen-7B"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(dict(
+        QWEN, hidden_size=4096, intermediate_size=22016, kv_channels=128, num_attention_heads=32,
+        num_hidden_layers=32, vocab_size=151936)))
+    path = os.path.join(os.path.dirname(__file__), "..", "trainer", "configs", "qwen-vl-7b.yaml")
+    config = stage_config(1, path, overrides={"model": {"llm": {"pretrained": str(folder)},
+                                                        "visual": {"pretrained": None}}})
+    assert config.distributed == "fsdp"
+    model = build_model(config.model, 224, TOKENIZER)
+    counts = parameter_counts(model)
+    assert round(counts["visual"] / 1e9, 2) == 1.84 and round(counts["adapter"] / 1e9, 2) == 0.09
+    assert round(counts["llm"] / 1e9, 2) == 7.72
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    for stage in (1, 2, 3):
+        apply_freeze_plan(model, stage_config(stage, path).trainable)
+        check_uniform(shard_plan(model))
