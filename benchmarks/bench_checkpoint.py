@@ -95,11 +95,11 @@ def rank_main(args) -> None:
     import torch
 
     from corpus.tokens import TextTokenizer
-    from trainer.checkpoint import load_model, save_checkpoint, weights_path
+    from trainer.checkpoint import load_model, save_checkpoint
     from trainer.distributed import join_world
     from trainer.stages import stage_config
     from trainer.train import build_model, param_groups
-    from trainer.weights import InitialWeights, tensor_readers
+    from trainer.weights import InitialWeights, read_weights
 
     world = join_world()
     device = world.device(args.device)
@@ -133,7 +133,7 @@ def rank_main(args) -> None:
     saved = os.path.join(args.folder, "sharded", "checkpoints", "step-00000001")
     loads = {
         "own part": lambda: load_model(model, saved, world),
-        "whole": lambda: [read() for read in tensor_readers(weights_path(saved)).values()],
+        "whole": lambda: read_weights(saved),
     }
     reads = {}
     for name, load in loads.items():

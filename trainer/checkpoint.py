@@ -52,6 +52,18 @@ def one_process_is_intended():
         yield
 
 
+class IndexedOnce(FileSystemReader):
+    """A checkpoint folder's reader that reads its index (`.metadata`) once. Each load reads
+    it, and the index grows with the tensors and the ranks that wrote them: reading tensor by
+    tensor through a plain reader spent 9 ms a tensor on the index alone for 400 tensors, its
+    time growing with the square of the model's tensors."""
+
+    def read_metadata(self):
+        if not hasattr(self, "index"):
+            self.index = super().read_metadata()
+        return self.index
+
+
 def between(world: World) -> dict[str, Any]:
     """How the ranks agree on what each writes or reads: over the host group (gloo: nothing
     waits for the GPU), or not at all for a process on its own."""
@@ -121,16 +133,16 @@ def load_optimizer(model: nn.Module, optimizer, checkpoint: str, world: World) -
     however this one is sharded. A parameter no step had given a gradient yet (the ViT after
     text-only micro-batches) has no saved state and starts afresh at its first gradient, as in
     the run that saved it."""
-    folder = os.path.join(checkpoint, "optimizer")
-    if not os.path.isdir(folder):
+    if not in_parts(checkpoint):
         return load_full_optimizer(model, optimizer, os.path.join(checkpoint, "optimizer.pt"))
     # the layout to load into: every parameter gets a state (from a step with zero gradients)
     state = get_optimizer_state_dict(model, optimizer)
-    saved = set(FileSystemReader(folder).read_metadata().state_dict_metadata)
+    reader = IndexedOnce(os.path.join(checkpoint, "optimizer"))  # read here and by the load
+    saved = set(reader.read_metadata().state_dict_metadata)
     state["state"] = {name: fields for name, fields in state["state"].items()
                       if all(f"state.{name}.{field}" in saved for field in fields)}
     with one_process_is_intended():
-        dcp.load(state, checkpoint_id=folder, **between(world))
+        dcp.load(state, storage_reader=reader, **between(world))
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(strict=False))
     forget_unsaved(model, optimizer, state["state"])
 

@@ -35,6 +35,7 @@ def export(checkpoint: str, output: str, dtype: str = "fp32") -> str:
 
     checkpoint = resolve_checkpoint(checkpoint)
     to = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    # converted as each is read (not after `read_weights`): fp32 and its copy are never whole
     weights = {name: read().to(to).contiguous()
                for name, read in tensor_readers(weights_path(checkpoint)).items()}
     os.makedirs(output, exist_ok=True)
