@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import io
+import itertools
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import tempfile
 import time
 
 import numpy as np
+import orjson
 import torch
 import yaml
 from PIL import Image as PILImage
@@ -30,8 +32,8 @@ from PIL import Image as PILImage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from corpus.ids import sample_id  # noqa: E402
-from corpus.schema import Image, Sample, Source  # noqa: E402
-from corpus.shards import atomic_write, write_tar  # noqa: E402
+from corpus.schema import Image, Sample, Source, from_json_record  # noqa: E402
+from corpus.shards import atomic_write, iter_tar_groups, read_shard, write_tar  # noqa: E402
 from manifests.build import shard_digest  # noqa: E402
 from trainer.train import peak_flops, train  # noqa: E402
 
@@ -370,6 +372,55 @@ def data_per_rank(manifest: str, model: dict, seq_len: int, rows: int,
     return {"own_lane": draw(ranks, rows), "every_rank": draw(1, rows * ranks)}
 
 
+class ReadThrough(io.RawIOBase):
+    """A file that can only be read through (a pipe, a stream over the network)."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self.file.readinto(buffer)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def shared_shard_reading(shards: list[str], root: str, lanes: int) -> dict[str, float]:
+    """Seconds to read a task held in one shard (fewer shards than lanes: each lane keeps every
+    lanes-th sample): one lane's samples as the loader reads them, the other lanes' passed over
+    unparsed; every sample parsed to keep the lane's, read through as a stream (as the loader
+    did before seeking); and the shard whole, seeking past nothing vs read through."""
+    from trainer.data import Position, ShardReader
+
+    path = os.path.join(root, "shared.tar")
+    with atomic_write(path) as f:
+        write_tar(itertools.chain.from_iterable(read_shard(shard) for shard in shards), f)
+
+    def timed(read) -> tuple[float, list[str]]:
+        started = time.perf_counter()
+        ids = read()
+        return time.perf_counter() - started, ids
+
+    def read_through(keep) -> list[str]:
+        with ReadThrough(path) as stream:
+            return [from_json_record(orjson.loads(group.members["json"]), group.members).id
+                    for index, group in enumerate(iter_tar_groups(stream)) if keep(index)]
+
+    every_sample, parsed = timed(lambda: read_through(lambda index: index % lanes == 0))
+    own, kept = timed(lambda: [sample.id for sample in ShardReader(
+        "shared", [path], 0, 0, lanes).read(Position(), len(parsed))[0]])
+    assert kept == parsed
+    whole_through, through = timed(lambda: read_through(lambda index: True))
+    whole, read = timed(lambda: [sample.id for sample in read_shard(path)])
+    assert read == through
+    return {"own_lane": own, "every_sample_read_through": every_sample, "kept": len(kept),
+            "whole": whole, "whole_read_through": whole_through, "samples": len(read)}
+
+
 def print_goals(results: dict) -> None:
     """The trainer's speed goals, each with the best trainer setting's figure (GPU runs only:
     MFU needs a known peak)."""
@@ -448,6 +499,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 print(f"data per rank, {ranks} ranks, {rows} rows (read, tokenize, pack): "
                       f"{seconds['own_lane']:.2f} s from its own lane, "
                       f"{seconds['every_rank']:.2f} s drawing every rank's rows: ratio {ratio:.1f}")
+            seconds = shared_shard_reading([path for path, _ in shards["captioning"]], root, 16)
+            results["shared shard, 16 lanes"] = seconds
+            print(f"a task in one shard of {seconds['samples']} samples, 16 lanes: a lane's "
+                  f"{seconds['kept']} in {seconds['own_lane']:.3f} s passing over the others' "
+                  f"unparsed, {seconds['every_sample_read_through']:.3f} s parsing every sample "
+                  f"read through: ratio "
+                  f"{seconds['every_sample_read_through'] / seconds['own_lane']:.1f}; the whole "
+                  f"shard {seconds['whole']:.3f} s, {seconds['whole_read_through']:.3f} s read "
+                  f"through: ratio {seconds['whole_read_through'] / seconds['whole']:.1f}")
             for ahead in (0, 8):
                 stall = loader_stall(manifest, model, image_size, seq_len, args, ahead)
                 results[f"loader, batches_ahead {ahead}"] = {"data_wait": stall}

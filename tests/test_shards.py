@@ -1,17 +1,19 @@
 """Shard IO: records round-trip, tars are reproducible, and other tools open our shards."""
 import io
+import itertools
 import json
 import pickle
 import tarfile
 
 import duckdb
+import pytest
 import pyarrow.parquet as pq
 import webdataset as wds
 
 from conftest import make_image, make_sample
 from corpus.schema import Region, Turn
 from corpus.shards import (FIXED_MTIME, atomic_write, is_unsafe_member, iter_tar_groups,
-                           read_shard, write_parquet, write_tar, write_tar_members)
+                           read_shard, scan_shard, write_parquet, write_tar, write_tar_members)
 
 
 def _samples():
@@ -34,6 +36,29 @@ def test_tar_and_parquet_round_trip(tmp_path):
         assert write_parquet(samples, f) == 4
     assert list(read_shard(str(tmp_path / "s.tar"))) == samples
     assert list(read_shard(str(tmp_path / "s.parquet"))) == samples
+
+
+def test_a_scan_gives_the_wanted_samples_and_none_for_the_others_whose_bytes_stay_unread(
+        tmp_path, monkeypatch):
+    samples = _samples() * 3
+    with open(tmp_path / "s.tar", "wb") as f:
+        write_tar(samples, f)
+    with open(tmp_path / "s.parquet", "wb") as f:
+        write_parquet(samples, f, rows_per_group=4)
+    groups_read = []
+    read_row_groups = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, **kw: (
+        groups_read.extend(kw["row_groups"]), read_row_groups(self, **kw))[1])
+    wanted = {1, 2, 9}.__contains__  # of the row groups of 4, the second holds none of them
+    expected = [sample if wanted(i) else None for i, sample in enumerate(samples)]
+    assert list(scan_shard(str(tmp_path / "s.tar"), wanted)) == expected
+    assert list(scan_shard(str(tmp_path / "s.parquet"), wanted)) == expected
+    assert groups_read == [0, 2]
+    buffer = io.BytesIO((tmp_path / "s.tar").read_bytes())
+    groups = list(iter_tar_groups(buffer, wanted=wanted))
+    assert [g.key for g in groups] == [s.id for s in samples]
+    assert [bool(g.members) for g in groups] == [g.wanted for g in groups] == [
+        wanted(i) for i in range(len(samples))]
 
 
 def test_samples_pickle_back_equal():
@@ -125,6 +150,43 @@ def test_truncated_tar_yields_an_error_group(tmp_path):
     truncated = io.BytesIO(buffer.getvalue()[:3000])
     groups = list(iter_tar_groups(truncated))
     assert groups[-1].error.startswith("truncated_tar")
+
+
+class _Pipe(io.RawIOBase):
+    """A file that can only be read through, as a pipe or a stream over the network."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self.data.readinto(buffer)
+
+
+@pytest.mark.parametrize("opened", [io.BytesIO, _Pipe], ids=["seekable", "read-through"])
+def test_a_tar_cut_anywhere_ends_in_an_error_group_seekable_or_not(opened):
+    buffer = io.BytesIO()
+    samples = _samples()
+    write_tar(samples, buffer)
+    whole = buffer.getvalue()
+    every_other = {0, 2}.__contains__
+    for wanted in (None, every_other):
+        groups = list(iter_tar_groups(opened(whole), wanted=wanted))
+        assert [g.key for g in groups] == [s.id for s in samples]
+        assert not any(g.error for g in groups)
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        members = tar.getmembers()
+        end = tar.offset  # where the end-of-archive blocks begin
+    second = members[3]  # the first member of the second sample, which every_other passes over
+    assert second.name.startswith(samples[1].id)
+    # no end block, a part of one, a cut header, cut data (of a sample read, of one passed over)
+    ends = [end, end + 100, 700, members[1].offset_data + 5, second.offset + 100,
+            second.offset_data + 100]
+    for cut, wanted in itertools.product(ends, (None, every_other)):
+        groups = list(iter_tar_groups(opened(whole[:cut]), wanted=wanted))
+        assert groups[-1].error.startswith("truncated_tar"), (cut, wanted)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -11,8 +11,8 @@ from transformers import AttentionInterface
 from conftest import make_image, make_sample
 from corpus.config import ConfigError
 from corpus.formats import EOS, IM_END, IM_START, IMG_END, IMG_START
-from corpus.schema import Turn
-from corpus.shards import read_shard
+from corpus.schema import Turn, from_json_record
+from corpus.shards import scan_shard
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
 from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
@@ -363,9 +363,9 @@ def test_each_lane_reads_its_own_shards_or_its_own_samples(tmp_path, monkeypatch
     opened = {0: [], 1: []}
     for lane in (0, 1):  # 4 caption shards: two whole shards an epoch per lane
         reader = data.ShardReader("captioning", [s.path for s in captions.shards], 0, lane, 2)
-        monkeypatch.setattr(data, "read_shard",
-                            lambda path, lane=lane: (opened[lane].append(path),
-                                                     read_shard(path))[1])
+        monkeypatch.setattr(data, "scan_shard",
+                            lambda path, wanted, lane=lane: (opened[lane].append(path),
+                                                             scan_shard(path, wanted))[1])
         samples, _ = reader.read(data.Position(), 6)
         assert len(samples) == 6 and len({s.id for s in samples}) == 6
     assert sorted(opened[0] + opened[1]) == sorted(s.path for s in captions.shards)
@@ -375,6 +375,26 @@ def test_each_lane_reads_its_own_shards_or_its_own_samples(tmp_path, monkeypatch
         reader = data.ShardReader("text", [text.shards[0].path], 0, lane, 2)
         mine, _ = reader.read(data.Position(), 4)  # two epochs
         assert [s.id for s in mine] == [s.id for s in everything[lane::2]] * 2
+
+
+def test_a_lane_parses_only_its_own_samples_and_a_resume_none_before_its_position(
+        tmp_path, monkeypatch):
+    from corpus import shards
+    from trainer import data
+
+    manifest = sharded_manifest(tmp_path, shards=1, per_shard=8)
+    path = manifest.sources[0].shards[0].path
+    parsed = []
+    monkeypatch.setattr(shards, "from_json_record",
+                        lambda record, members: parsed.append(record["id"])
+                        or from_json_record(record, members))
+    everything, _ = data.ShardReader("captioning", [path], 0).read(data.Position(), 8)
+    parsed.clear()
+    mine, _ = data.ShardReader("captioning", [path], 0, 1, 2).read(data.Position(), 4)
+    assert parsed == [s.id for s in mine] == [s.id for s in everything[1::2]]
+    parsed.clear()
+    resumed, _ = data.ShardReader("captioning", [path], 0).read(data.Position(sample=5), 3)
+    assert parsed == [s.id for s in resumed] == [s.id for s in everything[5:]]
 
 
 def test_a_run_resumes_on_any_number_of_processes_that_divides_its_lanes(tmp_path, tokenizer):

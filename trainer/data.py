@@ -51,7 +51,7 @@ from corpus.config import ConfigError
 from corpus.formats import IMG_END, IMG_START, format_sample
 from corpus.packing import plan_packs
 from corpus.schema import Sample
-from corpus.shards import read_shard
+from corpus.shards import read_shard, scan_shard
 from corpus.tokens import IMAGE_PAD, PAD, TextTokenizer
 from manifests.manifest import Manifest, ManifestError, ManifestSource, load_manifest
 
@@ -134,19 +134,22 @@ class Position:
     before: int = dataclasses.field(default=0, repr=False)
 
 
+END_OF_SHARD = object()
+
+
 class ShardReader:
     """Reads one task's samples from a position on, across shards and epochs; keeps the open shard
     while reads continue where the last one stopped.
 
     Data lane `lane` of `lanes` reads its own part of the task: every `lanes`-th shard of each
     epoch's order when the task has that many shards, else every `lanes`-th sample of the epoch
-    (each lane then reads all the shards, and skips the samples of the others)."""
+    (each lane then reads all the shards, and passes over the others' samples unparsed)."""
 
     def __init__(self, task: str, shards: list[str], seed: int, lane: int = 0, lanes: int = 1):
         self.task, self.shards, self.seed = task, shards, seed
         self.lane, self.lanes = lane, lanes
         self.by_shard = len(shards) >= lanes
-        self._iterator: Iterator[Sample] | None = None
+        self._iterator: Iterator[Sample | None] | None = None
         self._at: Position | None = None
 
     def order(self, epoch: int) -> list[str]:
@@ -155,16 +158,13 @@ class ShardReader:
         random.Random(f"{self.seed}/{self.task}/{epoch}").shuffle(shards)
         return shards[self.lane::self.lanes] if self.by_shard else shards
 
-    def _mine(self, position: Position) -> bool:
-        return self.by_shard or (position.before + position.sample) % self.lanes == self.lane
-
     def read(self, start: Position, count: int) -> tuple[list[Sample], Position]:
         if self._at != start:
             self._iterator = self._open(start)
         position, samples, misses = start, [], 0
         while len(samples) < count:
-            sample = next(self._iterator, None)
-            if sample is None:  # this shard is done: the next one, or the next epoch
+            sample = next(self._iterator, END_OF_SHARD)
+            if sample is END_OF_SHARD:  # the next shard, or the next epoch
                 misses += 1
                 if misses > len(self.shards) + 1:
                     lane = f" for data lane {self.lane} of {self.lanes}" if self.lanes > 1 else ""
@@ -175,15 +175,21 @@ class ShardReader:
                             else Position(position.epoch + 1))
                 self._iterator = self._open(position)
                 continue
-            if self._mine(position):
+            if sample is not None:  # None: another lane's
                 misses = 0
                 samples.append(sample)
             position = dataclasses.replace(position, sample=position.sample + 1)
         self._at = position
         return samples, position
 
-    def _open(self, position: Position) -> Iterator[Sample]:
-        iterator = read_shard(self.order(position.epoch)[position.shard])
+    def _open(self, position: Position) -> Iterator[Sample | None]:
+        """The shard's samples from `position` on, None for each of another lane's; neither
+        those nor the samples before `position` are parsed."""
+        def wanted(index: int) -> bool:
+            return index >= position.sample and (
+                self.by_shard or (position.before + index) % self.lanes == self.lane)
+
+        iterator = scan_shard(self.order(position.epoch)[position.shard], wanted)
         return itertools.islice(iterator, position.sample, None)
 
 
@@ -601,16 +607,18 @@ def data_lanes(manifest: Manifest, world: int, lanes: int | None = None,
 
 
 def shared_shards_note(manifest: Manifest, lanes: int) -> str | None:
-    """A note naming the tasks whose every lane reads all their shards (fewer shards than
-    lanes: each lane keeps every lanes-th sample of them), so that reading is lanes times the
-    data; None when every task has a shard per lane."""
+    """A note naming the tasks whose every lane goes through all their shards (fewer shards
+    than lanes: each lane keeps every lanes-th sample of them, seeking past the others' in a
+    seekable file, reading them through in a stream); None when every task has a shard per
+    lane."""
     few = [f"{source.task} ({len(source.shards)})" for source in manifest.sources
            if len(source.shards) < lanes]
     if not few:
         return None
     return (f"note: fewer shards than the {lanes} data lanes in {', '.join(few)}: every lane "
-            f"reads all of their shards, {lanes} times their data in all; write each task in "
-            f"{lanes} shards or more (--samples-per-shard) to read it once")
+            f"goes through all of their shards, passing over the other lanes' samples; write "
+            f"each task in {lanes} shards or more (--samples-per-shard) for each lane to read "
+            f"only its own")
 
 
 def lanes_state(state: dict[str, Any]) -> dict[str, Any]:
