@@ -12,12 +12,14 @@ import sys
 import pytest
 import torch
 import yaml
+from torch.distributed.tensor import DTensor
 
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import (TINY, optimizer_state_names, shards,  # noqa: F401  (a fixture)
                           stage_manifest)
 from test_trainer_weights import write_checkpoint_weights
-from trainer.distributed import World, check_uniform, join_world, shard_plan, unit_parameters
+from trainer.distributed import (World, check_uniform, join_world, replicated_parameters,
+                                 shard_plan, unit_parameters)
 from trainer.model import QwenVL, apply_freeze_plan
 from trainer.stages import TABLE_8, stage_config
 from trainer.train import build_model, train
@@ -156,7 +158,8 @@ def filled_model(config, weights_from=None, seed=0):
 @pytest.mark.parametrize("init", [False, True])
 def test_fsdp_ranks_build_nothing_whole_and_hold_the_single_process_slices(tmp_path, init):
     # --init weights (not the seed's), or the seeded initialisation, reach both ranks although
-    # neither builds the full model: each fills one unit at a time and keeps its slice
+    # neither builds the full model: each fills one unit at a time and keeps its slice (the
+    # whole of a frozen unit)
     weights_from = "-"
     if init:
         torch.manual_seed(123)
@@ -179,6 +182,8 @@ def test_fsdp_ranks_build_nothing_whole_and_hold_the_single_process_slices(tmp_p
         for name, shard in held["shards"].items():  # FSDP2 shards dim 0 in torch.chunk slices
             slices = state[name].chunk(2)
             expected = slices[rank] if rank < len(slices) else state[name][:0]
+            if name.startswith("visual."):  # frozen at stage 3: held whole, not sharded
+                expected = state[name]
             assert torch.equal(shard, expected), (rank, name)
         buffers = dict(full.named_buffers())
         assert held["buffers"].keys() == buffers.keys()
@@ -202,11 +207,88 @@ def startup_worker(out, weights_from):
     world.wrap(model, weights, cpu, "fsdp")
     torch.save({"built_on": built_on, "rng": torch.get_rng_state(),
                 "largest_fill": weights.largest_fill,
-                "shards": {name: p.to_local().clone() for name, p in model.named_parameters()},
+                "shards": {name: (p.to_local() if isinstance(p, DTensor) else p).clone()
+                           for name, p in model.named_parameters()},
                 "buffers": {name: b.clone() for name, b in model.named_buffers()}},
                os.path.join(out, f"rank{world.rank}.pt"))
     world.finish()
 
 
+# ---- frozen components: held whole on every rank, never gathered ---------------------------
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_frozen_component_is_held_whole_and_never_gathered(tmp_path, shards, stage):  # noqa: F811
+    # stage 1 freezes the LLM, stage 3 the ViT: held whole on each rank they train as when
+    # sharded and as one process, and FSDP no longer gathers them
+    manifest = stage_manifest(tmp_path, shards, stage)
+    frozen = "llm" if stage == 1 else "visual"
+    runs = {}
+    for replicate in (True, False):
+        out = tmp_path / f"replicate-{replicate}"
+        printed = torchrun(__file__, "gathers", manifest, str(stage), str(out), str(replicate))
+        assert (f"fsdp, frozen {frozen} whole on each rank (" in printed) == replicate
+        runs[replicate] = [json.load(open(out / f"rank{rank}.json")) for rank in range(2)]
+    single = train(manifest, stage, str(tmp_path / "one"),
+                   overrides=dict(TINY, steps=2, micro_batch_size=1, data_lanes=2), device="cpu")
+    for replicate, ranks in runs.items():
+        assert ranks[0]["losses"] == pytest.approx(single.losses, rel=1e-5), replicate
+    replicated = dict(runs[True][0]["replicated"])
+    assert replicated and {name.split(".")[0] for name in replicated} == {frozen}
+    assert runs[False][0]["replicated"] == []
+    whole, sharded = (runs[replicate][0]["gathered"] for replicate in (True, False))
+    print(f"stage {stage}: {whole} bytes gathered with the frozen {frozen} held whole, "
+          f"{sharded} sharded; the {frozen} holds {sum(replicated.values())} bytes")
+    assert sharded - whole >= sum(replicated.values())  # at least one gather of it spared
+
+
+def test_in_bf16_a_frozen_component_is_held_and_saved_in_bf16_and_resumes_anywhere(
+        tmp_path, shards):  # noqa: F811
+    # the GPU's setting on CPU ranks: FSDP computes the sharded units in bf16, and the frozen
+    # LLM held whole is cast to bf16 once, saved so, and read back by one fp32 process
+    manifest = stage_manifest(tmp_path, shards, 1)
+    config = tmp_path / "bf16.yaml"
+    config.write_text(yaml.safe_dump(dict(TINY, steps=2, micro_batch_size=1, distributed="fsdp",
+                                          precision="bf16")))
+    out = tmp_path / "run"
+    printed = torchrun_train(["--manifest", manifest, "--stage", "1", "--config", str(config),
+                              "--output", str(out), "--stop-after", "1"])
+    assert "bf16 fsdp, frozen llm whole on each rank" in printed
+    saved = read_weights(str(out / "checkpoints" / "step-00000001"))
+    assert {name.split(".")[0]: value.dtype for name, value in saved.items()} == {
+        "visual": torch.float32, "adapter": torch.float32, "llm": torch.bfloat16}
+    resumed = train(manifest, 1, str(out), resume=True, device="cpu")
+    assert resumed.steps == 2 and all(torch.isfinite(torch.tensor(resumed.losses)))
+
+
+def gathers_worker(manifest, stage, out, replicate):
+    """One rank of `test_a_frozen_component_is_held_whole_and_never_gathered`: two training
+    steps under FSDP, counting the bytes FSDP's all-gathers bring this rank."""
+    gathered = [0]
+    all_gather = torch.distributed.all_gather_single
+
+    def counted(output, *args, **kwargs):
+        gathered[0] += output.numel() * output.element_size()
+        return all_gather(output, *args, **kwargs)
+
+    torch.distributed.all_gather_single = counted
+    replicated = []
+    wrap = World.wrap
+
+    def wrap_and_note(self, model, *args, **kwargs):
+        wrapped = wrap(self, model, *args, **kwargs)
+        replicated.extend((name, p.numel() * p.element_size())
+                          for name, p in replicated_parameters(model))
+        return wrapped
+
+    World.wrap = wrap_and_note
+    result = train(manifest, int(stage), out, device="cpu", overrides=dict(
+        TINY, steps=2, micro_batch_size=1, distributed="fsdp", replicate_frozen=replicate == "True"))
+    with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump({"gathered": gathered[0], "losses": result.losses, "replicated": replicated}, f)
+
+
 if __name__ == "__main__":
-    startup_worker(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "gathers":
+        gathers_worker(*sys.argv[2:])
+    else:
+        startup_worker(sys.argv[1], sys.argv[2])

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -74,11 +75,16 @@ def check_uniform(plan: list[nn.Module]) -> None:
                              f"(frozen: {frozen[:4]})")
 
 
-def shard(model: nn.Module, weights: InitialWeights, device: torch.device,
-          bf16: bool) -> nn.Module:
+def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16: bool,
+          replicate_frozen: bool = True) -> nn.Module:
     """Shard `model`, built on the meta device, in place: innermost unit first, each rank gives
     the unit's own parameters their initial values (the same on every rank: read from the same
-    files, or drawn from generators seeded by name), then keeps its slice of them."""
+    files, or drawn from generators seeded by name), then keeps its slice of them.
+
+    With `replicate_frozen`, a frozen unit stays whole on every rank instead, in bf16 when the
+    run computes in bf16 (what FSDP would gather it in), and out of FSDP: a frozen parameter has
+    no gradient or optimizer state to shard, and sharded it would be gathered in every forward
+    and backward pass (Table 8's frozen LLM of stage 1: 15 GB a pass on each GPU)."""
     plan = shard_plan(model)
     check_uniform(plan)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
@@ -86,10 +92,38 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device,
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if bf16 else MixedPrecisionPolicy())
     move_buffers(model, device)
+    replicated: set[nn.Parameter] = set()
     for module, own in zip(plan, unit_parameters(plan)):
         weights.fill([param for _, param in own], device)
-        fully_shard(module, mesh=mesh, mp_policy=policy)
+        params = [module.get_parameter(name) for name, _ in own]  # filling made them anew
+        if replicate_frozen and params and module is not model and not any(
+                param.requires_grad for param in params):
+            if bf16:
+                for param in params:
+                    param.data = param.data.to(torch.bfloat16)
+            replicated.update(params)
+            continue
+        fully_shard(module, mesh=mesh, mp_policy=policy,
+                    ignored_params=replicated.intersection(module.parameters()) or None)
     return model
+
+
+def replicated_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters a sharded model holds whole on every rank (`shard`'s frozen units)."""
+    return [(name, param) for name, param in model.named_parameters()
+            if not isinstance(param, DTensor)]
+
+
+def replicated_note(model: nn.Module) -> str:
+    """What a sharded model holds whole on every rank, for the start-up line ("" if nothing)."""
+    sizes: dict[str, int] = {}
+    for name, param in replicated_parameters(model):
+        component = name.split(".")[0]
+        sizes[component] = sizes.get(component, 0) + param.numel() * param.element_size()
+    return "".join(f", frozen {component} whole on each rank ({size / 2 ** 30:.2f} GiB)"
+                   if size >= 2 ** 30 else
+                   f", frozen {component} whole on each rank ({size / 2 ** 20:.1f} MiB)"
+                   for component, size in sizes.items())
 
 
 @dataclass
@@ -113,12 +147,13 @@ class World:
         return torch.device("cpu")
 
     def wrap(self, model: nn.Module, weights: InitialWeights, device: torch.device,
-             strategy: str = "ddp", bf16: bool = False) -> nn.Module:
+             strategy: str = "ddp", bf16: bool = False,
+             replicate_frozen: bool = True) -> nn.Module:
         """Fill `model`'s parameters (on the meta device) on `device` and return the module to
         call for training: `model` itself on one rank or under FSDP (sharded in place), else a
         DDP wrapper around it."""
         if self.grouped and strategy == "fsdp":
-            return shard(model, weights, device, bf16)
+            return shard(model, weights, device, bf16, replicate_frozen)
         move_buffers(model, device)
         weights.fill(model.parameters(), device)
         if self.size == 1:

@@ -105,6 +105,10 @@ class StageConfig:
     # under torchrun: "ddp" (a full replica per GPU) or "fsdp" (FSDP2: parameters, gradients and
     # optimizer state sharded over the GPUs; for models whose replica does not fit one GPU)
     distributed: str = "ddp"
+    # under fsdp: a frozen component (Table 8: the LLM at stage 1, the ViT at stage 3) held whole
+    # on every GPU, in bf16 when computing in bf16, and never gathered; false shards it too, for
+    # a GPU that cannot hold it whole
+    replicate_frozen: bool = True
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs

@@ -29,7 +29,7 @@ from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_s
                           read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
                            parameter_counts)
-from trainer.distributed import World, join_world
+from trainer.distributed import World, join_world, replicated_note
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 from trainer.weights import InitialWeights, parameters_on_meta
 
@@ -205,7 +205,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
         compile_blocks(model)
     model.encode_always = fsdp
     # the weights are filled on `device`; under FSDP one unit at a time, each sharded in place
-    trained = world.wrap(model, weights, device, config.distributed, bf16)
+    trained = world.wrap(model, weights, device, config.distributed, bf16,
+                         config.replicate_frozen)
     if load_later:
         load_model(model, resume_from, world)
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
@@ -235,7 +236,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
               f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
               f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}"
-              f"{' fsdp' if fsdp else ''}; global batch {config.global_batch} row(s) = "
+              f"{' fsdp' + replicated_note(model) if fsdp else ''}; global batch {config.global_batch} row(s) = "
               f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
               f"pass(es); "
               f"step {step} of {config.steps}", flush=True)
