@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,11 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
     and backward pass (Table 8's frozen LLM of stage 1: 15 GB a pass on each GPU)."""
     plan = shard_plan(model)
     check_uniform(plan)
+    # the ViT returns its patch tokens as a slice and the adapter a linear layer's output, views
+    # FSDP warns of at each forward pass; the model takes them out of place only (QwenVL
+    # .hidden_states: `.to`, `.reshape`, `index_copy`), so the hook FSDP fears losing is kept
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDP(VisionTransformer|"
+                            r"PositionAwareAdapter)\) returned a view tensor")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     # bf16 weights in compute, fp32 gradient reduction and fp32 master weights
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
