@@ -1,7 +1,8 @@
 """On a CUDA machine only (skipped without a GPU): the varlen kernel computes the attention sdpa
 computes, the training forward and backward read nothing back from the GPU, and FSDP under
 torchrun (NCCL, bf16, the machine's GPUs up to 4, one included) trains as one process does and
-resumes from its checkpoints. The CPU tests run the same code with gloo and fp32."""
+resumes from its checkpoints, and holds stage 1's frozen LLM whole. The CPU tests run the same
+code with gloo and fp32 (and bf16)."""
 import json
 import os
 import subprocess
@@ -124,3 +125,18 @@ def test_fsdp_on_cuda_trains_as_one_process_and_resumes(tmp_path, shards):  # no
     follow = train(manifest, 2, str(tmp_path / "follow"), init=str(interrupted),
                    overrides=dict(TINY, steps=1), device="cuda")
     assert all(loss == loss for loss in follow.losses)
+
+
+def test_fsdp_on_cuda_holds_the_frozen_llm_of_stage_1_whole_in_bf16(tmp_path, shards):  # noqa: F811
+    gpus = min(torch.cuda.device_count(), 4)
+    manifest = stage_manifest(tmp_path, shards, 1)
+    settings = dict(TINY, steps=6, warmup_steps=2, micro_batch_size=1, global_batch=2 * gpus,
+                    distributed="fsdp")
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    printed = torchrun_train(["--manifest", manifest, "--stage", "1", "--config", str(config),
+                              "--output", str(tmp_path / "whole")], gpus)
+    assert "bf16 fsdp, frozen llm whole on each rank" in printed
+    single = train(manifest, 1, str(tmp_path / "one"), overrides=dict(settings, data_lanes=gpus),
+                   device="cuda")
+    assert logged_losses(tmp_path / "whole") == pytest.approx(single.losses, rel=LOSS_TOLERANCE)
