@@ -10,6 +10,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
+def test_bench_frozen_tiny_runs_both_ways_on_two_ranks(capfd):
+    import bench_frozen
+
+    results = bench_frozen.main(["--tiny", "--passes", "1"])
+    whole, sharded = results["held whole"], results["sharded"]
+    assert whole["held_whole"] > 0 and whole["gathered_per_pass"] < sharded["gathered_per_pass"]
+    assert "gathered, sharded / held whole:" in capfd.readouterr().out
+
+
 def test_bench_checkpoint_tiny_saves_and_reads_both_ways_on_two_ranks(capfd):
     import bench_checkpoint
 
