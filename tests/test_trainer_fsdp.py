@@ -113,6 +113,7 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
     argv = ["--manifest", manifest, "--stage", "3", "--config", str(config), "--output", str(out)]
     printed = torchrun_train(argv + ["--stop-after", "2"])
     assert "fsdp" in printed
+    assert printed.count("step 2: checkpoint ") == 1  # said once, not by each rank
     assert re.search(r"start-up peak host memory: rank 0 \d+\.\d\d GiB, rank 1 \d+\.\d\d GiB",
                      printed)
     torchrun_train(argv + ["--resume"])

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from corpus.config import ConfigError
@@ -48,6 +49,7 @@ def main(args, extra_argv) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"corpus train: {error}", file=sys.stderr)
         return 2
-    if result.checkpoint:  # rank 0 writes the checkpoints (and says so)
+    # every rank wrote its part of the checkpoint; rank 0 alone says where it is
+    if result.checkpoint and os.environ.get("RANK", "0") == "0":
         print(f"step {result.steps}: checkpoint {result.checkpoint}")
     return 0

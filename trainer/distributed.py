@@ -1,17 +1,18 @@
-"""Several processes under `torchrun`: DDP or FSDP2 over the model, data split by pack.
+"""Several processes under `torchrun`: DDP or FSDP2 over the model, data split by lane.
 
-Every rank reads and tokenizes the same deterministic pack stream and decodes only its own packs
-(pack k goes to rank k mod world), so the data position is the same on every rank and a resume
-with the same world size continues exactly. Losses are normalised by the supervised tokens of the
-whole step across ranks, so N ranks with micro-batch B give the gradients one rank gives with
-micro-batch N·B. Rank 0 logs and writes checkpoints.
+Each rank reads, packs and decodes the rows of its own data lanes only (trainer/data.py: row k
+comes from lane k mod lanes and goes to rank k mod world). Losses are normalised by the
+supervised tokens of the whole step across ranks, so N ranks with micro-batch B give the
+gradients one rank gives with micro-batch N·B. Rank 0 logs; every rank writes its part of each
+checkpoint (trainer/checkpoint.py).
 
 `distributed: fsdp` shards the model with FSDP2 (`fully_shard`): one unit per ViT block and per
 decoder layer, one per remaining piece the model calls on its own (see `shard_plan`), then the
 root. Each unit's parameters are all of one component, so a freeze plan of Table 8 leaves every
-unit wholly trainable or wholly frozen. No rank builds the full model: every rank holds the
-architecture on the meta device and fills one unit at a time, sharding it before the next
-(`shard`), so a rank's start-up holds at most one unit unsharded.
+unit wholly trainable or wholly frozen, and a frozen unit is held whole on every rank rather than
+sharded (`replicate_frozen`). No rank builds the full model: every rank holds the architecture
+on the meta device and fills one unit at a time, sharding it before the next (`shard`), so a
+rank's start-up holds at most one unit unsharded beside what it keeps.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from corpus.config import ConfigError
@@ -85,7 +86,7 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
     With `replicate_frozen`, a frozen unit stays whole on every rank instead, in bf16 when the
     run computes in bf16 (what FSDP would gather it in), and out of FSDP: a frozen parameter has
     no gradient or optimizer state to shard, and sharded it would be gathered in every forward
-    and backward pass (Table 8's frozen LLM of stage 1: 15 GB a pass on each GPU)."""
+    and backward pass (Table 8's frozen LLM of stage 1: 15 GB each time, on each GPU)."""
     plan = shard_plan(model)
     check_uniform(plan)
     # the ViT returns its patch tokens as a slice and the adapter a linear layer's output, views
