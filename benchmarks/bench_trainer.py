@@ -90,9 +90,12 @@ def make_shards(root: str, captions: int, texts: int, size: tuple[int, int],
     return shards
 
 
-def write_stage2_manifest(path: str, shards: dict[str, list[tuple[str, int]]],
-                          image_size: int, seq_len: int) -> str:
-    weights = {"captioning": 0.7, "text": 0.3}
+def write_manifest(path: str, shards: dict[str, list[tuple[str, int]]], image_size: int,
+                   seq_len: int, stage: int = 2,
+                   weights: dict[str, float] | None = None) -> str:
+    """A stage manifest over `shards` (stage 2's packs rows; stages 1 and 3 put a sample in a
+    row); `weights` per task, by default 70/30 captions and text."""
+    weights = weights or {"captioning": 0.7, "text": 0.3}
     sources = []
     for task, task_shards in sorted(shards.items()):
         entries = []
@@ -104,8 +107,8 @@ def write_stage2_manifest(path: str, shards: dict[str, list[tuple[str, int]]],
                         "bytes": sum(e["bytes"] for e in entries), "shards": entries,
                         "provenance": [{"report": None, "pipeline": "bench", "dataset": "bench",
                                         "config": {}}]})
-    document = {"manifest_version": 1, "stage": 2, "image_size": image_size, "seq_len": seq_len,
-                "packing": True, "seed": 0, "tokenizer": None,
+    document = {"manifest_version": 1, "stage": stage, "image_size": image_size,
+                "seq_len": seq_len, "packing": stage == 2, "seed": 0, "tokenizer": None,
                 "expected_samples_per_epoch": sum(s["samples"] for s in sources),
                 "sources": sources}
     with open(path, "w", encoding="utf-8") as f:
@@ -487,8 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         # as many shards per task as ranks below: each rank's lane reads whole shards
         shards = make_shards(root, counts["captioning"], counts["text"],
                              (64, 48) if tiny else (640, 480), shards_per_task=16)
-        manifest = write_stage2_manifest(os.path.join(root, "stage2.yaml"), shards, image_size,
-                                         seq_len)
+        manifest = write_manifest(os.path.join(root, "stage2.yaml"), shards, image_size, seq_len)
         print(f"shards: {counts} in {time.perf_counter() - started:.1f} s")
         if args.loader_only:
             rows = args.steps * args.grad_accum * args.micro_batch

@@ -19,6 +19,16 @@ def test_bench_frozen_tiny_runs_both_ways_on_two_ranks(capfd):
     assert "gathered, sharded / held whole:" in capfd.readouterr().out
 
 
+def test_bench_padding_tiny_times_trimmed_and_padded_rows(capsys):
+    import bench_padding
+
+    results = bench_padding.main(["--tiny"])
+    for stage, seq_len in (("stage 1", 512), ("stage 3", 2048)):
+        assert results[stage]["padded"]["columns"] == seq_len
+        assert results[stage]["trimmed"]["columns"] < seq_len
+    assert "stage 3: trimmed / padded tokens/s" in capsys.readouterr().out
+
+
 def test_bench_checkpoint_tiny_saves_and_reads_both_ways_on_two_ranks(capfd):
     import bench_checkpoint
 

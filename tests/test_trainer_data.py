@@ -15,8 +15,9 @@ from corpus.schema import Turn, from_json_record
 from corpus.shards import scan_shard
 from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import caption_samples, sft_samples, text_samples, write_manifest, write_shard
-from trainer.data import (IGNORE, PackJob, PackStream, SampleEncoder, assemble, build_loader,
-                          read_manifest, sample_shares, shared_shards_note, task_samples)
+from trainer.data import (IGNORE, PackedLayout, PackJob, PackStream, SampleEncoder, assemble,
+                          build_loader, read_manifest, sample_shares, shared_shards_note,
+                          task_samples, trimmed_width)
 from trainer.model import QwenVL, checkpoint_activations
 from trainer.stages import stage_config
 
@@ -262,6 +263,45 @@ def test_sft_and_text_shards_round_trip_through_the_loader(tmp_path, tokenizer):
     assert int((batch.input_ids == tokenizer.token_id(IMAGE_PAD)).sum()) == QUERIES
 
 
+def test_a_micro_batch_keeps_the_columns_its_longest_row_fills():
+    assert [trimmed_width(n, 512) for n in (0, 1, 8, 9, 300, 509, 512)] == [
+        8, 8, 8, 16, 304, 512, 512]
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_trimmed_micro_batches_give_the_losses_and_gradients_of_rows_padded_to_seq_len(
+        tmp_path, tokenizer, stage):
+    # one sample a row: a caption (stage 1) or a dialogue (stage 3) fills a small part of 512
+    samples = caption_samples(4) if stage == 1 else sft_samples(4)
+    task = "captioning" if stage == 1 else "sft"
+    shard = write_shard(str(tmp_path / "s.tar"), samples)
+    manifest = read_manifest(write_manifest(tmp_path / "m.yaml", stage, {task: [(shard, 4)]}))
+    trimmed = first_batches(manifest, tokenizer, count=2)
+    padded = first_batches(manifest, tokenizer, count=2, trim=False)
+    config = stage_config(stage, overrides={"model": {"adapter": {"queries": QUERIES}}})
+    torch.manual_seed(0)
+    model = QwenVL(config.model, 56, tokenizer.vocab_size, tokenizer.token_id(IMAGE_PAD))
+    for short, whole in zip(trimmed, padded):
+        width = short.input_ids.shape[1]
+        assert whole.input_ids.shape[1] == 512 and width <= 512 / 2  # most of a row: padding
+        assert torch.equal(short.input_ids, whole.input_ids[:, :width])
+        assert not (whole.targets[:, width:] != IGNORE).any()
+        results = []
+        for batch in (short, whole):
+            model.zero_grad(set_to_none=True)
+            loss = model(batch.input_ids, batch.position_ids, batch.targets, batch.pixels,
+                         batch.layout)
+            loss.backward()
+            results.append((loss.item(), {name: param.grad.clone()
+                                          for name, param in model.named_parameters()
+                                          if param.grad is not None}))
+        (loss, grads), (expected_loss, expected_grads) = results
+        assert loss == pytest.approx(expected_loss, rel=1e-6)
+        assert grads.keys() == expected_grads.keys()
+        for name, grad in grads.items():  # the sums over tokens run in another order
+            torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6)
+
+
 def test_varlen_bounds_from_restarting_positions():
     from trainer.data import sequence_bounds
 
@@ -482,7 +522,6 @@ def test_the_packed_causal_mask_keeps_each_token_within_its_sample():
                          ids=["packed", "one sample a row"])
 def test_sdpa_sees_the_samples_hugging_face_would_find(tokenizer, positions):
     from trainer.attention import packed_attention_arguments
-    from trainer.data import PackedLayout
 
     config = stage_config(2, overrides={"model": {"adapter": {"queries": QUERIES}}})
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ Flow, all deterministic from the seed:
   (`corpus.packing.plan_packs`, same task only) ─> `PackStream` gives each pack to the task
   whose share of the samples drawn so far is furthest below its weight (`SampleMixer`) ─>
   `Loader` decodes the images of each pack in worker processes, in order, and stacks packs into
-  micro-batches.
+  micro-batches, each trimmed to the columns its longest row fills (`trimmed_width`).
 
 Lanes: the stream is `data_lanes` such flows side by side, each over its own part of every
 task's shards (whole shards, or every lanes-th sample of a task with fewer shards than lanes), and
@@ -441,7 +441,8 @@ class Loader:
     def __init__(self, streams: dict[int, PackStream], lanes: int, micro_batch_size: int,
                  seq_len: int, image_size: int, pad_id: int, image_pad_id: int,
                  num_workers: int = 0, prefetch: int = 8, rank: int = 0, world: int = 1,
-                 rows: int = 0, batches_ahead: int = 0, pin_memory: bool = False):
+                 rows: int = 0, batches_ahead: int = 0, pin_memory: bool = False,
+                 trim: bool = True):
         self.streams, self.lanes = streams, lanes
         self.rows = rows  # rows this rank has drawn
         self.micro_batch_size = micro_batch_size
@@ -450,6 +451,7 @@ class Loader:
         self.num_workers, self.prefetch = num_workers, prefetch
         self.rank, self.world = rank, world
         self.batches_ahead, self.pin_memory = batches_ahead, pin_memory
+        self.trim = trim  # False: rows of seq_len columns, padding and all (for comparisons)
         self._pool: ProcessPoolExecutor | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -553,9 +555,11 @@ class Loader:
 
     def _stack(self, rows: list[Row]) -> Batch:
         arrays = [row for row, _ in rows]
-        input_ids = torch.from_numpy(np.stack([a["ids"] for a in arrays]))
-        targets = torch.from_numpy(np.stack([a["targets"] for a in arrays]))
-        position_ids = torch.from_numpy(np.stack([a["positions"] for a in arrays]))
+        width = (trimmed_width(max(a["tokens"] for a in arrays), self.seq_len) if self.trim
+                 else self.seq_len)
+        input_ids = torch.from_numpy(np.stack([a["ids"][:width] for a in arrays]))
+        targets = torch.from_numpy(np.stack([a["targets"][:width] for a in arrays]))
+        position_ids = torch.from_numpy(np.stack([a["positions"][:width] for a in arrays]))
         batch = Batch(
             input_ids=input_ids, targets=targets, position_ids=position_ids,
             pixels=torch.from_numpy(np.concatenate([a["pixels"] for a in arrays])),
@@ -565,13 +569,24 @@ class Loader:
         return batch.pinned() if self.pin_memory else batch
 
 
+def trimmed_width(longest: int, seq_len: int, multiple: int = 8) -> int:
+    """The columns a micro-batch keeps: its longest row's tokens rounded up to a multiple of 8
+    (the matmul kernels' tile), at most seq_len. Rows are padded to seq_len, and with one sample
+    a row (stages 1 and 3: a caption or a dialogue) most of that can be padding, which the model
+    would compute for nothing; the padding is a segment of its own that no token attends to and
+    no target reads, so dropping its tail changes no output."""
+    return min(seq_len, -(-max(longest, 1) // multiple) * multiple)
+
+
 def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int, seq_len: int,
                  image_size: int, seed: int, micro_batch_size: int, num_workers: int = 0,
                  prefetch: int = 8, window: int = 256, state: dict[str, Any] | None = None,
                  rank: int = 0, world: int = 1, batches_ahead: int = 0,
-                 pin_memory: bool = False, lanes: int | None = None) -> Loader:
+                 pin_memory: bool = False, lanes: int | None = None,
+                 trim: bool = True) -> Loader:
     """Rank `rank` of `world`'s loader over `lanes` data lanes (default: one per rank), from
-    the data position `state` (the run's, all lanes) or the start."""
+    the data position `state` (the run's, all lanes) or the start; `trim=False` keeps every
+    row's padding to seq_len (`trimmed_width`)."""
     lanes = data_lanes(manifest, world, lanes, state)
     if state is not None:
         state = lanes_state(state)
@@ -585,7 +600,7 @@ def build_loader(manifest: Manifest, tokenizer: TextTokenizer, image_tokens: int
         rows = state["rows"] // world
     return Loader(streams, lanes, micro_batch_size, seq_len, image_size, encoder.pad,
                   encoder.image_pad, num_workers, prefetch, rank, world, rows, batches_ahead,
-                  pin_memory)
+                  pin_memory, trim)
 
 
 def data_lanes(manifest: Manifest, world: int, lanes: int | None = None,
