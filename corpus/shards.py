@@ -150,7 +150,7 @@ class TarGroup:
     members: dict[str, bytes]  # extension -> bytes ("jpg", "json", "1.jpg", …)
     error: str | None = None
     oversized: dict[str, int] = field(default_factory=dict)  # extension -> size, left unread
-    wanted: bool = True  # False: passed over at the caller's asking, its members left unread
+    wanted: bool = True  # False: passed over at the caller's asking, its members not extracted
 
 
 def is_unsafe_member(name: str) -> bool:
@@ -210,7 +210,7 @@ def iter_tar_groups(fileobj: BinaryIO, max_bytes: dict[str, int] | None = None,
     groups = 0
     # a seekable file is read in tarfile's random-access mode, which seeks past what is not
     # extracted where its stream mode reads it through in 10 KB pieces: half the time to read
-    # a shard whole, a third to pass over most of it
+    # a shard whole, 0.4 of it to pass over 15 samples in 16 (measured on local files)
     seekable = getattr(fileobj, "seekable", lambda: False)()
     recorder = _TailRecorder(fileobj, seekable)
     try:
