@@ -11,8 +11,8 @@ with the trainer's FSDP plan (trainer/distributed.py), gives every parameter an 
 (one step), then saves both ways into a temporary folder. For each way and each rank it prints
 the seconds and the peak of the process's resident memory over the save, above what it held
 before (sampled every 5 ms). Then it reads the weights back as a resume does, each rank the
-parts its slices need, beside reading every tensor whole: seconds and bytes read per rank. The ranks must share the folder's disk, as a
-run's ranks share its output folder.
+parts its slices need, beside reading every tensor whole: seconds and bytes read per rank.
+The ranks must share the folder's disk, as a run's ranks share its output folder.
 """
 from __future__ import annotations
 
@@ -160,27 +160,39 @@ def rank_main(args) -> None:
     world.finish()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ranks, the device and the model's size (`model_overrides`), and the flag its ranks
+    are started with (`run_ranks`)."""
     parser.add_argument("--ranks", type=int, default=2, help="processes (GPUs with --device cuda)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--hidden", type=int, default=1024, help="the LLM's width")
     parser.add_argument("--llm-layers", type=int, default=8, help="the LLM's decoder layers")
-    parser.add_argument("--folder", help="where to write (default: a temporary folder)")
     parser.add_argument("--tiny", action="store_true",
                         help="a 0.4 M-parameter model: keeps the script working, measures nothing")
     parser.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
+
+
+def run_ranks(script: str, ranks: int, arguments: list[str]) -> None:
+    """`script --rank-main ARGUMENTS` as `ranks` processes under torchrun, one thread each
+    unless OMP_NUM_THREADS says otherwise."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(ranks), os.path.abspath(script), "--rank-main", *arguments]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    subprocess.run(command, check=True, env=env)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--folder", help="where to write (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.rank_main:
         return rank_main(args)
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(args.ranks), os.path.abspath(__file__), "--rank-main",
-                   "--device", args.device, "--hidden", str(args.hidden),
-                   "--llm-layers", str(args.llm_layers), "--folder", folder,
-                   *(["--tiny"] if args.tiny else [])]
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        subprocess.run(command, check=True, env=env)
+        run_ranks(__file__, args.ranks, [
+            "--device", args.device, "--hidden", str(args.hidden),
+            "--llm-layers", str(args.llm_layers), "--folder", folder,
+            *(["--tiny"] if args.tiny else [])])
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_checkpoint import model_overrides, resident_bytes  # noqa: E402
+from bench_checkpoint import (add_model_arguments, model_overrides,  # noqa: E402
+                              resident_bytes, run_ranks)
 
 
 def synthetic_rows(model, rows: int, text_tokens: int, image_size: int, device):
@@ -107,18 +107,12 @@ def rank_main(args) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranks", type=int, default=2, help="processes (GPUs with --device cuda)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--hidden", type=int, default=1024, help="the LLM's width")
-    parser.add_argument("--llm-layers", type=int, default=8, help="the LLM's decoder layers")
+    add_model_arguments(parser)
     parser.add_argument("--image-size", type=int, default=56, help="pixels (stage 1: 224)")
     parser.add_argument("--rows", type=int, default=2, help="rows per pass, per rank")
     parser.add_argument("--text-tokens", type=int, default=64, help="text tokens per row")
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--tiny", action="store_true",
-                        help="a 0.4 M-parameter model: keeps the script working, measures nothing")
-    parser.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--replicate", type=lambda text: text == "True", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -128,12 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as folder:
         for replicate in (True, False):
             result = os.path.join(folder, f"{replicate}.json")
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       "--nproc_per_node", str(args.ranks), os.path.abspath(__file__),
-                       "--rank-main", "--replicate", str(replicate), "--result", result,
-                       *(argv if argv is not None else sys.argv[1:])]
-            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-            subprocess.run(command, check=True, env=env)
+            run_ranks(__file__, args.ranks, ["--replicate", str(replicate), "--result", result,
+                                             *(argv if argv is not None else sys.argv[1:])])
             with open(result, encoding="utf-8") as f:
                 results["held whole" if replicate else "sharded"] = json.load(f)
     whole, sharded = results["held whole"], results["sharded"]

@@ -24,7 +24,6 @@ import tempfile
 import time
 
 import numpy as np
-import orjson
 import torch
 import yaml
 from PIL import Image as PILImage
@@ -32,8 +31,9 @@ from PIL import Image as PILImage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from corpus.ids import sample_id  # noqa: E402
-from corpus.schema import Image, Sample, Source, from_json_record  # noqa: E402
-from corpus.shards import atomic_write, iter_tar_groups, read_shard, write_tar  # noqa: E402
+from corpus.schema import Image, Sample, Source  # noqa: E402
+from corpus.shards import (atomic_write, every_one, read_shard, tar_samples,  # noqa: E402
+                           write_tar)
 from manifests.build import shard_digest  # noqa: E402
 from trainer.train import peak_flops, train  # noqa: E402
 
@@ -410,8 +410,8 @@ def shared_shard_reading(shards: list[str], root: str, lanes: int) -> dict[str, 
 
     def read_through(keep) -> list[str]:
         with ReadThrough(path) as stream:
-            return [from_json_record(orjson.loads(group.members["json"]), group.members).id
-                    for index, group in enumerate(iter_tar_groups(stream)) if keep(index)]
+            return [sample.id for index, sample in enumerate(tar_samples(stream, every_one, path))
+                    if keep(index)]
 
     every_sample, parsed = timed(lambda: read_through(lambda index: index % lanes == 0))
     own, kept = timed(lambda: [sample.id for sample in ShardReader(

@@ -252,16 +252,22 @@ def iter_tar_groups(fileobj: BinaryIO, max_bytes: dict[str, int] | None = None,
 
 
 def read_tar(path: str, wanted: Callable[[int], bool]) -> Iterator[Sample | None]:
-    """Samples of a tar written by this project. Unreadable content raises ValueError."""
     with fsspec.open(path, "rb") as f:
-        for group in iter_tar_groups(f, wanted=wanted):
-            if group.error:
-                raise ValueError(f"{path}: {group.key}: {group.error}")
-            if not group.wanted:
-                yield None
-                continue
-            record = orjson.loads(group.members["json"])
-            yield from_json_record(record, group.members)
+        yield from tar_samples(f, wanted, path)
+
+
+def tar_samples(fileobj: BinaryIO, wanted: Callable[[int], bool],
+                name: str) -> Iterator[Sample | None]:
+    """Samples of a tar written by this project (`name` for messages), None for each one
+    `wanted` refuses. Unreadable content raises ValueError."""
+    for group in iter_tar_groups(fileobj, wanted=wanted):
+        if group.error:
+            raise ValueError(f"{name}: {group.key}: {group.error}")
+        if not group.wanted:
+            yield None
+            continue
+        record = orjson.loads(group.members["json"])
+        yield from_json_record(record, group.members)
 
 
 def read_parquet(path: str, wanted: Callable[[int], bool]) -> Iterator[Sample | None]:
@@ -296,8 +302,9 @@ def scan_shard(path: str, wanted: Callable[[int], bool]) -> Iterator[Sample | No
 
 def read_shard(path: str) -> Iterator[Sample]:
     """Every sample of a shard, in order."""
-    return scan_shard(path, _every_one)  # so never None
+    return scan_shard(path, every_one)  # so never None
 
 
-def _every_one(index: int) -> bool:
+def every_one(index: int) -> bool:
+    """Wants every sample (`scan_shard`, `tar_samples`)."""
     return True

@@ -28,7 +28,6 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(
     state = json.load(open(out / "checkpoints" / "step-00000002" / "state.json"))
     assert state["world"] == 2 and state["config"]["distributed"] == strategy
     assert state["config"]["activation_checkpointing"] == recomputed
-    assert state["config"]["activation_checkpointing"] == recomputed
 
     # one process reading the two ranks' data lanes
     single = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=2, data_lanes=2),
@@ -52,7 +51,6 @@ def test_one_process_resumes_what_two_ranks_began(tmp_path, shards, strategy):  
     whole = train(manifest, 2, str(tmp_path / "one"), overrides=dict(TINY, steps=3, data_lanes=2),
                   device="cpu")
     assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
-
 
 
 def test_two_fsdp_ranks_resume_what_one_process_began(tmp_path, shards):  # noqa: F811

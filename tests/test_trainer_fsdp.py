@@ -283,7 +283,8 @@ def gathers_worker(manifest, stage, out, replicate):
 
     World.wrap = wrap_and_note
     result = train(manifest, int(stage), out, device="cpu", overrides=dict(
-        TINY, steps=2, micro_batch_size=1, distributed="fsdp", replicate_frozen=replicate == "True"))
+        TINY, steps=2, micro_batch_size=1, distributed="fsdp",
+        replicate_frozen=replicate == "True"))
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump({"gathered": gathered[0], "losses": result.losses, "replicated": replicated}, f)
 

@@ -236,7 +236,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
               f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
               f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}"
-              f"{' fsdp' + replicated_note(model) if fsdp else ''}; global batch {config.global_batch} row(s) = "
+              f"{' fsdp' + replicated_note(model) if fsdp else ''}; "
+              f"global batch {config.global_batch} row(s) = "
               f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
               f"pass(es); "
               f"step {step} of {config.steps}", flush=True)
@@ -307,12 +308,10 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
                 data_state = merge_states(world.gather(micro[-1].state))
-                saved_to = save_checkpoint(
+                result.checkpoint = save_checkpoint(
                     output_dir, step, model, optimizer, scheduler, tokenizer,
                     dict(run_state, data=data_state, counters=counters), config.keep_checkpoints,
                     world)
-                if world.main:  # the one that says so
-                    result.checkpoint = saved_to
         [skipped] = world.host_sum([loader.skipped])
         world.finish()
     finally:
