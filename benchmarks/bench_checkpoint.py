@@ -1,6 +1,6 @@
 """Checkpoint saves under FSDP: every rank writing its own part, as the trainer does, beside
 gathering the full model and AdamW state to rank 0 and writing them there (what the trainer did
-before), side by side in one run.
+before), and the part written in the background, side by side in one run.
 
     python benchmarks/bench_checkpoint.py                    # 2 CPU ranks, a 0.44 B model
     python benchmarks/bench_checkpoint.py --ranks 8 --device cuda --llm-layers 24
@@ -8,9 +8,11 @@ before), side by side in one run.
 
 It starts itself under torchrun. Each rank builds the model on the meta device and shards it
 with the trainer's FSDP plan (trainer/distributed.py), gives every parameter an AdamW state
-(one step), then saves both ways into a temporary folder. For each way and each rank it prints
-the seconds and the peak of the process's resident memory over the save, above what it held
-before (sampled every 5 ms). Then it reads the weights back as a resume does, each rank the
+(one step), then saves each way into a temporary folder. For each way and each rank it prints
+the seconds until the save is on disk and the peak of the process's resident memory over it,
+above what it held before (sampled every 5 ms); and the seconds a save in the background holds
+the training loop at most (the copy to host memory, which the next step's passes overlap) beside
+writing before it goes on. Then it reads the weights back as a resume does, each rank the
 parts its slices need, beside reading every tensor whole: seconds and bytes read per rank.
 The ranks must share the folder's disk, as a run's ranks share its output folder.
 """
@@ -95,7 +97,7 @@ def rank_main(args) -> None:
     import torch
 
     from corpus.tokens import TextTokenizer
-    from trainer.checkpoint import load_model, save_checkpoint
+    from trainer.checkpoint import CheckpointWriter, load_model
     from trainer.distributed import join_world
     from trainer.stages import stage_config
     from trainer.train import build_model, param_groups
@@ -114,20 +116,41 @@ def rank_main(args) -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     parameters = sum(p.numel() for p in model.parameters())  # the global count: DTensor shapes
+    writers = {background: CheckpointWriter(os.path.join(args.folder, folder), 1, world,
+                                            background)
+               for background, folder in ((False, "sharded"), (True, "behind"))}
+
+    def held_by_save(step: int) -> float:
+        """The most seconds the loop waits: until the copy is made, with no pass to overlap it
+        (the loop waits before its next optimizer step)."""
+        started = time.perf_counter()
+        writers[True].save(step, model, optimizer, scheduler, tokenizer, {})
+        writers[True].wait_for_copy()
+        return time.perf_counter() - started
+
+    with PeakMemory() as buffers:
+        first_held = held_by_save(1)  # makes the host buffers, which later saves reuse
+        writers[True].wait()
     saves = {
-        "own part": lambda: save_checkpoint(os.path.join(args.folder, "sharded"), 1, model,
-                                            optimizer, scheduler, tokenizer, {}, 1, world),
+        "own part": lambda: writers[False].save(1, model, optimizer, scheduler, tokenizer, {}),
         "gathered": lambda: gathered_save(model, optimizer,
                                           os.path.join(args.folder, "gathered"), world),
+        "behind": lambda: held_by_save(2),
     }
-    results = {}
+    results, held = {}, {}
     for name, save in saves.items():
         world.barrier()
         with PeakMemory() as memory:
             started = time.perf_counter()
-            save()
+            held[name] = save()
+            writers[True].wait()
             seconds = time.perf_counter() - started
         results[name] = world.gather((seconds, memory.extra_gib))
+    held = world.gather((first_held, held["behind"], buffers.extra_gib))
+    for writer in writers.values():
+        writer.close()  # frees the host buffers
+    steps = world.gather(steps_after_saves(model, optimizer, scheduler, tokenizer, world,
+                                           device, args))
     # a resume: the weights into the sharded model, each rank reading what its slices need,
     # beside reading every tensor whole (as filling a model unit by unit from it does)
     saved = os.path.join(args.folder, "sharded", "checkpoints", "step-00000001")
@@ -152,12 +175,66 @@ def rank_main(args) -> None:
         own, gathered = results["own part"][0], results["gathered"][0]
         print(f"rank 0, gathered vs own part: +{gathered[1]:.2f} vs +{own[1]:.2f} GiB at the "
               f"peak, {gathered[0] / own[0]:.1f}x the seconds")
+        print("the loop held by a save of its own part, at most: in the background (until the "
+              "copy to host memory is made, with no pass to overlap it; written by a thread), a "
+              "first save then a later one, vs written before it goes on: " + "; ".join(
+                  f"rank {rank} {first:.2f} then {later:.2f} vs {written[0]:.1f} s "
+                  f"({written[0] / later:.0f}x; its host buffers +{gib:.2f} GiB)"
+                  for rank, ((first, later, gib), written) in enumerate(zip(
+                      held, results["own part"]))))
+        plain = sum(per_rank["no save"] for per_rank in steps) / len(steps)
+        print(f"a training step ({args.tokens} tokens) with a save, its seconds beyond a step "
+              f"without one ({plain:.1f} s), mean over the ranks:")
+        for name in ("written before the step", "in the background, a run's first",
+                     "in the background, a later one"):
+            extra = sum(per_rank[name] for per_rank in steps) / len(steps) - plain
+            print(f"  {name}: +{extra:.1f} s")
         print(f"reading the weights back ({parameters * 4 / 2 ** 30:.2f} GiB):")
         for name, per_rank in reads.items():
             print(f"{name:>9}: " + "; ".join(
                 f"rank {rank} {seconds:.1f} s, {gib:.2f} GiB read"
                 for rank, (seconds, gib) in enumerate(per_rank)))
     world.finish()
+
+
+def steps_after_saves(model, optimizer, scheduler, tokenizer, world, device, args) -> dict:
+    """The seconds of a training step (text rows: FSDP still runs the ViT on a blank image)
+    without a save, and with a save taken at its start: written before the step goes on, and
+    behind it (the copy overlapping the step's passes; the first save of a run makes its host
+    buffers, a later one reuses them). The writing after the step is not timed."""
+    import torch
+
+    from trainer.checkpoint import CheckpointWriter
+
+    model.encode_always = True  # as the trainer sets it under FSDP
+    ids = torch.randint(0, 1000, (1, args.tokens), device=device)
+    positions = torch.arange(args.tokens, device=device).unsqueeze(0)
+    behind = CheckpointWriter(os.path.join(args.folder, "loop-behind"), 1, world, True, device)
+    held = CheckpointWriter(os.path.join(args.folder, "loop-held"), 1, world, False, device)
+
+    def step(writer=None, number=0) -> float:
+        world.barrier()
+        started = time.perf_counter()
+        if writer is not None:
+            writer.save(number, model, optimizer, scheduler, tokenizer, {})
+        model(ids, positions, ids).backward()
+        if writer is not None:
+            writer.wait_for_copy()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        if writer is not None:
+            writer.wait()
+        return seconds
+
+    step()  # warm-up
+    timed = {"no save": step(), "written before the step": step(held, 1),
+            "in the background, a run's first": step(behind, 1),
+            "in the background, a later one": step(behind, 2)}
+    behind.close()
+    return timed
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
     parser.add_argument("--folder", help="where to write (default: a temporary folder)")
+    parser.add_argument("--tokens", type=int, default=64,
+                        help="tokens of the training steps timed around a save")
     args = parser.parse_args(argv)
     if args.rank_main:
         return rank_main(args)
@@ -192,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         run_ranks(__file__, args.ranks, [
             "--device", args.device, "--hidden", str(args.hidden),
             "--llm-layers", str(args.llm_layers), "--folder", folder,
+            "--tokens", str(args.tokens),
             *(["--tiny"] if args.tiny else [])])
 
 

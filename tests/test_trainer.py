@@ -237,6 +237,33 @@ def test_resume_gives_the_same_loss_curve(tmp_path, shards):
     assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
 
 
+def test_checkpoints_written_behind_the_training_are_those_written_before_it_goes_on(
+        tmp_path, shards):
+    # a checkpoint at every step: each is written by a thread while the next steps train
+    manifest = stage_manifest(tmp_path, shards, 2)
+    overrides = dict(TINY, steps=4, save_every=1, keep_checkpoints=4)
+    behind = train(manifest, 2, str(tmp_path / "behind"), overrides=overrides, device="cpu")
+    held = train(manifest, 2, str(tmp_path / "held"), device="cpu",
+                 overrides=dict(overrides, async_checkpoint=False))
+    assert behind.losses == held.losses
+    for step in range(1, 5):
+        name = os.path.join("checkpoints", f"step-{step:08d}")
+        a = read_weights(str(tmp_path / "behind" / name))
+        b = read_weights(str(tmp_path / "held" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+        state_a, state_b = (json.load(open(tmp_path / run / name / "state.json"))
+                            for run in ("behind", "held"))
+        state_a["config"].pop("async_checkpoint"), state_b["config"].pop("async_checkpoint")
+        assert state_a == state_b
+    # a resume from one the thread wrote while steps 3 and 4 ran continues as the run did
+    resumed = tmp_path / "resumed" / "checkpoints"
+    shutil.copytree(tmp_path / "behind" / "checkpoints" / "step-00000002",
+                    resumed / "step-00000002")
+    (resumed / "latest").write_text("step-00000002")
+    rest = train(manifest, 2, str(tmp_path / "resumed"), resume=True, device="cpu")
+    assert rest.losses == pytest.approx(behind.losses[2:], rel=1e-6, abs=1e-7)
+
+
 def test_a_resume_before_the_vit_had_a_gradient_is_exact(tmp_path, shards):
     # the first step's rows here are text only: the checkpoint holds no optimizer state for the
     # ViT, which must start its AdamW moments and step count at its first gradient after it

@@ -13,10 +13,11 @@ parts of the files its own slices need (resharded on load), and a new stage read
 one whole tensor at a time as each part of the model is filled (trainer/weights.py).
 
 The folder is written under a temporary name and renamed into place, then `checkpoints/latest`
-names it, so a reader never sees a half-written checkpoint. The ranks must share the file system
-the output folder is on. Checkpoints of the earlier layout (`model.pt`, `optimizer.pt`: full
-state dicts) are still read. `corpus export` writes a checkpoint's weights as one safetensors
-file.
+names it, so a reader never sees a half-written checkpoint. A run writes it in the background
+(`CheckpointWriter`): the training waits for a copy in host memory, not for the disk. The
+ranks must share the file system the output folder is on. Checkpoints of the earlier layout
+(`model.pt`, `optimizer.pt`: full state dicts) are still read. `corpus export` writes a
+checkpoint's weights as one safetensors file.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict,
                                                      set_model_state_dict,
@@ -65,9 +68,10 @@ class IndexedOnce(FileSystemReader):
 
 
 def between(world: World) -> dict[str, Any]:
-    """How the ranks agree on what each writes or reads: over the host group (gloo: nothing
-    waits for the GPU), or not at all for a process on its own."""
-    return {"process_group": world.host_group, "no_dist": not world.grouped}
+    """How the ranks agree on what each writes or reads: over their checkpoint group (gloo:
+    nothing waits for the GPU, nothing meets the loop's collectives), or not at all for a
+    process on its own."""
+    return {"process_group": world.checkpoint_group, "no_dist": not world.grouped}
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -86,37 +90,117 @@ def read_state(checkpoint: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def save_checkpoint(output_dir: str, step: int, model: nn.Module, optimizer, scheduler,
-                    tokenizer: TextTokenizer, state: dict[str, Any], keep: int,
-                    world: World) -> str:
-    """Every rank calls it: each writes its part of the model and optimizer state, rank 0 the
-    rest, and the checkpoint is in place when it returns on any rank."""
-    root = os.path.join(output_dir, "checkpoints")
-    name = f"step-{step:08d}"
-    final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
-    if world.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    world.barrier()
-    with one_process_is_intended():
-        dcp.save(get_model_state_dict(model), checkpoint_id=os.path.join(tmp, "model"),
-                 **between(world))
-        dcp.save(get_optimizer_state_dict(model, optimizer),
-                 checkpoint_id=os.path.join(tmp, "optimizer"), **between(world))
-    if world.main:  # the planners have gathered every rank's writes: all parts are on disk
-        tokenizer.save(os.path.join(tmp, "tokenizer.json"))
-        state = dict(state, step=step, scheduler=scheduler.state_dict())
-        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        with atomic_write(os.path.join(root, "latest")) as f:
-            f.write(name.encode())
-        for old in sorted(d for d in os.listdir(root) if d.startswith("step-"))[:-max(1, keep)]:
-            shutil.rmtree(os.path.join(root, old))
-    world.barrier()
-    return final
+class CheckpointWriter:
+    """A run's checkpoints, every rank writing its part; behind the training when `background`.
+
+    A save hands this rank's part of the model and optimizer state to a thread and returns. The
+    thread copies what the steps change (the trained weights, the optimizer state) to host
+    memory, then writes, puts the folder in place and removes the oldest while the next steps
+    train. The loop waits only before its next optimizer step, which changes the weights in
+    place, and only until the copy is made (`wait_for_copy`); the forward and backward passes
+    before it overlap the copy, and nothing waits for the disk. On CUDA the copy goes to pinned
+    buffers the next save reuses. One save is written at a time: a save, and `wait`, first let
+    the previous one finish, and raise its failure if it failed. The writing threads of the
+    ranks agree over a group of their own (`World.checkpoint_group`), apart from the loop's
+    collectives. A save is in place once `wait` returns, on every rank."""
+
+    def __init__(self, output_dir: str, keep: int, world: World, background: bool = True,
+                 device: torch.device = torch.device("cpu")):
+        self.root = os.path.join(output_dir, "checkpoints")
+        on_cuda = device.type == "cuda"
+        if on_cuda and device.index is None:  # "cuda" is this rank's GPU here, GPU 0 in a thread
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.keep, self.world, self.background, self.device = keep, world, background, device
+        self.stager = DefaultStager(StagingOptions(use_pinned_memory=on_cuda,
+                                                   use_shared_memory=False,
+                                                   use_async_staging=False,
+                                                   use_non_blocking_copy=on_cuda))
+        self.writing: threading.Thread | None = None
+        self.copied = threading.Event()
+        self.copied.set()
+        self.failure: BaseException | None = None
+
+    def save(self, step: int, model: nn.Module, optimizer, scheduler, tokenizer: TextTokenizer,
+             state: dict[str, Any]) -> str:
+        """Every rank calls it; returns the checkpoint's folder (in place after `wait`)."""
+        self.wait()
+        name = f"step-{step:08d}"
+        parts = {"model": get_model_state_dict(model),
+                 "optimizer": get_optimizer_state_dict(model, optimizer)}
+        # what the loop changes next (the counters, the scheduler) is written out now
+        state_text = json.dumps(dict(state, step=step, scheduler=scheduler.state_dict()),
+                                indent=1, sort_keys=True)
+        if not self.background:
+            self._write(name, parts, tokenizer, state_text)
+            return os.path.join(self.root, name)
+        # frozen weights, which no step changes, are written from the model itself, not copied
+        # (Table 8's frozen LLM of stage 1, held whole on each GPU, would be 15 GB more a GPU)
+        frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+        self.copied.clear()
+        self.writing = threading.Thread(
+            target=self._write_behind, args=(name, parts, frozen, tokenizer, state_text),
+            daemon=True, name=f"checkpoint {name}")
+        self.writing.start()
+        return os.path.join(self.root, name)
+
+    def wait_for_copy(self) -> None:
+        """Before the loop changes the weights (its optimizer step): until the save being written
+        has copied them."""
+        self.copied.wait()
+
+    def wait(self) -> None:
+        """Until the save being written is in place; its failure, if it failed."""
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise RuntimeError(f"writing a checkpoint under {self.root} failed") from failure
+
+    def close(self) -> None:
+        self.wait()
+        self.stager.close()
+
+    def _write_behind(self, name: str, parts: dict[str, Any], frozen: set[str],
+                      tokenizer: TextTokenizer, state_text: str) -> None:
+        try:
+            try:
+                if self.device.type == "cuda":  # a thread starts on GPU 0, whatever its rank's
+                    torch.cuda.set_device(self.device)
+                weights = parts["model"]
+                changing = {key: value for key, value in weights.items() if key not in frozen}
+                parts = self.stager.stage(dict(parts, model=changing))
+                parts["model"].update((key, weights[key]) for key in frozen if key in weights)
+            finally:  # the loop goes on, a failed copy included (raised at `wait`)
+                self.copied.set()
+            self._write(name, parts, tokenizer, state_text)
+        except BaseException as failure:  # raised in the loop, at the next save or the end
+            self.failure = failure
+
+    def _write(self, name: str, parts: dict[str, Any], tokenizer: TextTokenizer,
+               state_text: str) -> None:
+        world = self.world
+        final, tmp = os.path.join(self.root, name), os.path.join(self.root, f".{name}.tmp")
+        if world.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        world.checkpoint_barrier()
+        with one_process_is_intended():
+            for part, state_dict in parts.items():
+                dcp.save(state_dict, checkpoint_id=os.path.join(tmp, part), **between(world))
+        if world.main:  # the planners have gathered every rank's writes: all parts are on disk
+            tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+            with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+                f.write(state_text)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            with atomic_write(os.path.join(self.root, "latest")) as f:
+                f.write(name.encode())
+            kept = sorted(d for d in os.listdir(self.root) if d.startswith("step-"))
+            for old in kept[:-max(1, self.keep)]:
+                shutil.rmtree(os.path.join(self.root, old))
+        world.checkpoint_barrier()
 
 
 def load_model(model: nn.Module, checkpoint: str, world: World) -> None:

@@ -141,6 +141,8 @@ class World:
     grouped: bool = False  # a process group joins the ranks (under torchrun, one rank too)
     # gloo over the same ranks: collectives on host values that must not wait for the GPU
     host_group: Any = field(default=None, repr=False, compare=False)
+    # gloo again, for checkpoints alone: their writing thread's collectives run beside the loop's
+    checkpoint_group: Any = field(default=None, repr=False, compare=False)
 
     @property
     def main(self) -> bool:
@@ -211,6 +213,10 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def checkpoint_barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier(group=self.checkpoint_group)
+
     def finish(self) -> None:
         """The end of a run that went well: every rank waits for the others before the group is
         torn down (gloo aborts a rank whose peer tore it down first)."""
@@ -235,6 +241,7 @@ def join_world() -> World:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if world.size > 1:
         world.host_group = dist.new_group(backend="gloo")
+    world.checkpoint_group = dist.new_group(backend="gloo")
     return world
 
 

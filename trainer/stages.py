@@ -122,6 +122,9 @@ class StageConfig:
     batches_ahead: int = 8
     log_every: int = 10
     save_every: int = 1000
+    # a checkpoint is copied to host memory and written by a thread while training goes on;
+    # false holds the loop until it is on disk (and needs no host copy of a rank's state)
+    async_checkpoint: bool = True
     keep_checkpoints: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
 

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from corpus.config import ConfigError, from_mapping
 from corpus.tokens import IMAGE_PAD, TextTokenizer
-from trainer.checkpoint import (in_parts, load_model, load_optimizer, read_state,
-                                resolve_checkpoint, save_checkpoint)
+from trainer.checkpoint import (CheckpointWriter, in_parts, load_model, load_optimizer,
+                                read_state, resolve_checkpoint)
 from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_states,
                           read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
@@ -248,6 +248,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             f"rank {rank} {gib:.2f} GiB" for rank, gib in enumerate(host_memory)), flush=True)
 
     result = TrainResult(checkpoint=resume_from or "", steps=step)
+    writer = CheckpointWriter(output_dir, config.keep_checkpoints, world, config.async_checkpoint,
+                              device)
     batches = iter(loader)
     show = world.main and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not show)
@@ -284,6 +286,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], config.grad_clip)
             window["lr"] = max(group["lr"] for group in optimizer.param_groups)  # this step's
+            writer.wait_for_copy()  # a checkpoint being written still reads the weights
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -308,10 +311,10 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
                 data_state = merge_states(world.gather(micro[-1].state))
-                result.checkpoint = save_checkpoint(
-                    output_dir, step, model, optimizer, scheduler, tokenizer,
-                    dict(run_state, data=data_state, counters=counters), config.keep_checkpoints,
-                    world)
+                result.checkpoint = writer.save(
+                    step, model, optimizer, scheduler, tokenizer,
+                    dict(run_state, data=data_state, counters=counters))
+        writer.close()  # the last checkpoint in place
         [skipped] = world.host_sum([loader.skipped])
         world.finish()
     finally:
