@@ -246,6 +246,9 @@ def test_checkpoints_written_behind_the_training_are_those_written_before_it_goe
     held = train(manifest, 2, str(tmp_path / "held"), device="cpu",
                  overrides=dict(overrides, async_checkpoint=False))
     assert behind.losses == held.losses
+    # each save is timed in the window after its step's log line
+    assert all(entry["checkpoint_wait"] >= 0 for entry in behind.log + held.log)
+    assert all(entry["checkpoint_wait"] > 0 for entry in held.log[1:])
     for step in range(1, 5):
         name = os.path.join("checkpoints", f"step-{step:08d}")
         a = read_weights(str(tmp_path / "behind" / name))

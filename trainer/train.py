@@ -254,8 +254,8 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     show = world.main and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not show)
     log_path = os.path.join(output_dir, "log.jsonl")
-    window = {"tokens": 0, "samples": 0, "flops": 0.0, "wait": 0.0, "started": time.perf_counter(),
-              "losses": []}
+    window = {"tokens": 0, "samples": 0, "flops": 0.0, "wait": 0.0, "saving": 0.0,
+              "started": time.perf_counter(), "losses": []}
     # each step's loss sum on this rank and its supervised targets, read back from the device
     # once per log interval: a read per step would keep the CPU from queueing work ahead
     unread: list[tuple[torch.Tensor, int]] = []
@@ -286,7 +286,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], config.grad_clip)
             window["lr"] = max(group["lr"] for group in optimizer.param_groups)  # this step's
+            waited = time.perf_counter()
             writer.wait_for_copy()  # a checkpoint being written still reads the weights
+            window["saving"] += time.perf_counter() - waited
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -310,10 +312,12 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                                log_path if world.main else None, bar)
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
+                waited = time.perf_counter()
                 data_state = merge_states(world.gather(micro[-1].state))
                 result.checkpoint = writer.save(
                     step, model, optimizer, scheduler, tokenizer,
                     dict(run_state, data=data_state, counters=counters))
+                window["saving"] += time.perf_counter() - waited
         writer.close()  # the last checkpoint in place
         [skipped] = world.host_sum([loader.skipped])
         world.finish()
@@ -362,17 +366,22 @@ def _log(window: dict[str, Any], step: int, peak: float | None, shares: dict[str
         "tokens_per_s": window["tokens"] / elapsed,  # all ranks together
         "samples_per_s": window["samples"] / elapsed,
         "data_wait": window["wait"] / elapsed,
+        # held by checkpoints: their copy (in the background) or their writing
+        "checkpoint_wait": window["saving"] / elapsed,
         "sample_shares": shares,  # since the stage began, all ranks together
     }
     if peak:
         metrics["mfu"] = window["flops"] / elapsed / peak
-    window.update(tokens=0, samples=0, flops=0.0, wait=0.0, started=time.perf_counter(), losses=[])
+    window.update(tokens=0, samples=0, flops=0.0, wait=0.0, saving=0.0,
+                  started=time.perf_counter(), losses=[])
     if path is None:
         return metrics
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(metrics) + "\n")
     line = (f"step {step}: loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}, "
             f"{metrics['tokens_per_s']:,.0f} tokens/s, data wait {metrics['data_wait']:.1%}")
+    if metrics["checkpoint_wait"]:
+        line += f", checkpoint wait {metrics['checkpoint_wait']:.1%}"
     if peak:
         line += f", MFU {metrics['mfu']:.1%}"
     bar.write(line) if not bar.disable else print(line, flush=True)
