@@ -145,3 +145,14 @@ def test_frozen_weights_are_written_from_the_model_not_copied(tmp_path, monkeypa
     saved = read_weights(folder)
     assert torch.equal(saved["0.weight"], trained_at_save)
     assert torch.equal(saved["1.weight"], model[1].weight)
+
+
+def test_a_new_writer_removes_what_a_stopped_run_left_half_written(tmp_path):
+    model, optimizer, scheduler = model_and_optimizer()
+    CheckpointWriter(str(tmp_path), keep=2, world=World(), background=False).save(
+        1, model, optimizer, scheduler, TextTokenizer.default(), {})
+    left = tmp_path / "checkpoints" / ".step-00000002.tmp" / "model"
+    left.mkdir(parents=True)
+    (left / "__0_0.distcp").write_bytes(b"half")
+    CheckpointWriter(str(tmp_path), keep=2, world=World())
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000001"]

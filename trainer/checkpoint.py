@@ -111,6 +111,10 @@ class CheckpointWriter:
         if on_cuda and device.index is None:  # "cuda" is this rank's GPU here, GPU 0 in a thread
             device = torch.device("cuda", torch.cuda.current_device())
         self.keep, self.world, self.background, self.device = keep, world, background, device
+        if world.main and os.path.isdir(self.root):  # what a stopped run left half-written
+            for name in os.listdir(self.root):
+                if name.startswith(".step-") and name.endswith(".tmp"):
+                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
         self.stager = DefaultStager(StagingOptions(use_pinned_memory=on_cuda,
                                                    use_shared_memory=False,
                                                    use_async_staging=False,
