@@ -13,7 +13,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from corpus.config import ConfigError
 from corpus.tokens import TextTokenizer
-from trainer.checkpoint import one_process_is_intended
 from trainer.distributed import World, shard_plan, unit_parameters
 from trainer.stages import stage_config
 from trainer.train import build_model
@@ -144,8 +143,7 @@ def write_checkpoint_weights(folder, state, layout="distributed"):
     if layout == "distributed":
         import torch.distributed.checkpoint as dcp
 
-        with one_process_is_intended():
-            dcp.save(state, checkpoint_id=folder / "model", no_dist=True)
+        dcp.save(state, checkpoint_id=folder / "model", no_dist=True)
     else:
         torch.save(state, folder / "model.pt")
 

@@ -21,7 +21,6 @@ checkpoint's weights as one safetensors file.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -46,13 +45,10 @@ if TYPE_CHECKING:  # trainer.distributed needs trainer.weights, which needs this
     from trainer.distributed import World
 
 
-@contextlib.contextmanager
-def one_process_is_intended():
-    """Without a process group `torch.distributed.checkpoint` warns that it assumes one
-    process: here that is what is meant."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
+# Without a process group `torch.distributed.checkpoint` warns at each call that it assumes one
+# process: here that is what is meant. Set for the process: the filters are global, and a
+# context that sets and restores them is not safe beside the thread that writes checkpoints
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 class IndexedOnce(FileSystemReader):
@@ -139,7 +135,7 @@ class CheckpointWriter:
             return os.path.join(self.root, name)
         # frozen weights, which no step changes, are written from the model itself, not copied
         # (Table 8's frozen LLM of stage 1, held whole on each GPU, would be 15 GB more a GPU)
-        frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+        frozen = {key for key, param in model.named_parameters() if not param.requires_grad}
         self.copied.clear()
         self.writing = threading.Thread(
             target=self._write_behind, args=(name, parts, frozen, tokenizer, state_text),
@@ -189,9 +185,8 @@ class CheckpointWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         world.checkpoint_barrier()
-        with one_process_is_intended():
-            for part, state_dict in parts.items():
-                dcp.save(state_dict, checkpoint_id=os.path.join(tmp, part), **between(world))
+        for part, state_dict in parts.items():
+            dcp.save(state_dict, checkpoint_id=os.path.join(tmp, part), **between(world))
         if world.main:  # the planners have gathered every rank's writes: all parts are on disk
             tokenizer.save(os.path.join(tmp, "tokenizer.json"))
             with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
@@ -211,8 +206,7 @@ def load_model(model: nn.Module, checkpoint: str, world: World) -> None:
     """The saved weights into `model` as it is now (sharded or not): each rank reads the parts
     of the files its own slices need, whatever the ranks that wrote them."""
     state = get_model_state_dict(model)
-    with one_process_is_intended():
-        dcp.load(state, checkpoint_id=os.path.join(checkpoint, "model"), **between(world))
+    dcp.load(state, checkpoint_id=os.path.join(checkpoint, "model"), **between(world))
     set_model_state_dict(model, state)
 
 
@@ -229,8 +223,7 @@ def load_optimizer(model: nn.Module, optimizer, checkpoint: str, world: World) -
     saved = set(reader.read_metadata().state_dict_metadata)
     state["state"] = {name: fields for name, fields in state["state"].items()
                       if all(f"state.{name}.{field}" in saved for field in fields)}
-    with one_process_is_intended():
-        dcp.load(state, storage_reader=reader, **between(world))
+    dcp.load(state, storage_reader=reader, **between(world))
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(strict=False))
     forget_unsaved(model, optimizer, state["state"])
 

@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from corpus.config import ConfigError
-from trainer.checkpoint import IndexedOnce, one_process_is_intended, weights_path
+from trainer.checkpoint import IndexedOnce, weights_path
 from trainer.qwen_v1 import qwen2_readers, qwen_v1_config
 
 Reader = Callable[[], torch.Tensor]
@@ -113,9 +113,8 @@ def distributed_checkpoint_readers(folder: str) -> dict[str, Reader]:
 
     def read(name: str, entry: TensorStorageMetadata) -> torch.Tensor:
         tensor = torch.empty(entry.size, dtype=entry.properties.dtype)
-        with one_process_is_intended():
-            dcp.load({name: tensor}, storage_reader=reader, no_dist=True,
-                     planner=DefaultLoadPlanner(allow_partial_load=True))
+        dcp.load({name: tensor}, storage_reader=reader, no_dist=True,
+                 planner=DefaultLoadPlanner(allow_partial_load=True))
         return tensor
 
     return {name: (lambda name=name, entry=entry: read(name, entry))
