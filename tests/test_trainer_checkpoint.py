@@ -15,16 +15,20 @@ from trainer.distributed import World
 from trainer.weights import read_weights
 
 
-def model_and_optimizer():
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
+def model_and_optimizer(device="cpu"):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return model, optimizer, scheduler
 
 
 def train_step(model, optimizer, scheduler, writer=None):
-    model(torch.ones(4, 8)).sum().backward()
+    model(torch.ones(4, 8, device=model[0].weight.device)).sum().backward()
     if writer is not None:  # as the trainer's loop does
         writer.wait_for_copy()
     optimizer.step()
@@ -32,13 +36,15 @@ def train_step(model, optimizer, scheduler, writer=None):
     optimizer.zero_grad(set_to_none=True)
 
 
-def test_a_save_in_the_background_holds_the_state_at_the_save(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_save_in_the_background_holds_the_state_at_the_save(tmp_path, monkeypatch, device):
     # the thread writes only once the loop has taken two more steps: what it writes must be the
-    # copy taken at the save, not the weights as they are by then
-    model, optimizer, scheduler = model_and_optimizer()
+    # copy taken at the save, not the weights as they are by then (on CUDA: copied to pinned
+    # memory without blocking, on the rank's own GPU)
+    model, optimizer, scheduler = model_and_optimizer(device)
     train_step(model, optimizer, scheduler)
-    at_save = {name: value.clone() for name, value in model.state_dict().items()}
-    moments = optimizer.state[model[0].weight]["exp_avg"].clone()
+    at_save = {name: value.to("cpu", copy=True) for name, value in model.state_dict().items()}
+    moments = optimizer.state[model[0].weight]["exp_avg"].to("cpu", copy=True)
     loop_moved_on, real_save = threading.Event(), trainer.checkpoint.dcp.save
 
     def save_later(*args, **kwargs):
@@ -46,7 +52,7 @@ def test_a_save_in_the_background_holds_the_state_at_the_save(tmp_path, monkeypa
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(trainer.checkpoint.dcp, "save", save_later)
-    writer = CheckpointWriter(str(tmp_path), keep=2, world=World())
+    writer = CheckpointWriter(str(tmp_path), keep=2, world=World(), device=torch.device(device))
     counters = {"tokens": 10}
     folder = writer.save(1, model, optimizer, scheduler, TextTokenizer.default(),
                          {"counters": counters})
@@ -60,7 +66,7 @@ def test_a_save_in_the_background_holds_the_state_at_the_save(tmp_path, monkeypa
     saved = read_weights(folder)
     assert saved.keys() == at_save.keys()
     assert all(torch.equal(saved[name], at_save[name]) for name in at_save)
-    assert not torch.equal(model[0].weight, at_save["0.weight"])  # the case under test
+    assert not torch.equal(model[0].weight.cpu(), at_save["0.weight"])  # the case under test
     state = read_state(folder)
     assert state["step"] == 1 and state["counters"] == {"tokens": 10}
     assert state["scheduler"]["last_epoch"] == 1

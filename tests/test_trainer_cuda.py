@@ -5,6 +5,7 @@ resumes from its checkpoints, and holds stage 1's frozen LLM whole. The CPU test
 code with gloo and fp32 (and bf16)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -121,6 +122,14 @@ def test_fsdp_on_cuda_trains_as_one_process_and_resumes(tmp_path, shards):  # no
     assert resumed == pytest.approx(whole, rel=1e-3)
     state = json.load(open(interrupted / "checkpoints" / "step-00000020" / "state.json"))
     assert state["world"] == gpus and state["config"]["distributed"] == "fsdp"
+    # the uninterrupted run's step-10 checkpoint, written in the background while steps 11 to
+    # 20 ran: a resume from it continues as that run did
+    behind = tmp_path / "behind" / "checkpoints"
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-00000010",
+                    behind / "step-00000010")
+    (behind / "latest").write_text("step-00000010")
+    torchrun_train(argv + ["--output", str(tmp_path / "behind"), "--resume"], gpus)
+    assert logged_losses(tmp_path / "behind") == pytest.approx(whole[10:], rel=1e-3)
     # the checkpoint the ranks wrote in parts starts a single process (--init)
     follow = train(manifest, 2, str(tmp_path / "follow"), init=str(interrupted),
                    overrides=dict(TINY, steps=1), device="cuda")
