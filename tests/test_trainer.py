@@ -145,8 +145,10 @@ def test_the_7b_config_reaches_table_8_on_the_gpus_it_documents():
         config = stage_config(stage, path)
         assert config.accumulation(gpus) == accumulation
         assert config.micro_batch_size * gpus * accumulation == expected
+        assert config.fsdp_mesh(gpus) == (2, 8)  # a copy of the model sharded over each node
     for gpus in (1, 2, 4, 8, 32, 64, 128):  # "any GPU count that divides 128"
         assert all(stage_config(s, path).accumulation(gpus) for s in (1, 2, 3))
+        assert stage_config(2, path).fsdp_mesh(gpus) == ((gpus,) if gpus <= 8 else (gpus // 8, 8))
 
 
 def test_config_file_overrides_and_rejects_unknown_keys(tmp_path):

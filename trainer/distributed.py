@@ -78,7 +78,7 @@ def check_uniform(plan: list[nn.Module]) -> None:
 
 
 def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16: bool,
-          replicate_frozen: bool = True) -> nn.Module:
+          replicate_frozen: bool = True, mesh_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Shard `model`, built on the meta device, in place: innermost unit first, each rank gives
     the unit's own parameters their initial values (the same on every rank: read from the same
     files, or drawn from generators seeded by name), then keeps its slice of them.
@@ -86,7 +86,12 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
     With `replicate_frozen`, a frozen unit stays whole on every rank instead, in bf16 when the
     run computes in bf16 (what FSDP would gather it in), and out of FSDP: a frozen parameter has
     no gradient or optimizer state to shard, and sharded it would be gathered in every forward
-    and backward pass (Table 8's frozen LLM of stage 1: 15 GB each time, on each GPU)."""
+    and backward pass (Table 8's frozen LLM of stage 1: 15 GB each time, on each GPU).
+
+    `mesh_shape` (copies, group) shards each copy of the model over a group of ranks and
+    replicates it across the groups (FSDP2's hybrid sharding over a 2-D mesh): the gathers of
+    each pass stay within a group, and the groups all-reduce the gradients once a step. The
+    default, (ranks,), shards one copy over all."""
     plan = shard_plan(model)
     check_uniform(plan)
     # the ViT returns its patch tokens as a slice and the adapter a linear layer's output, views
@@ -94,7 +99,9 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
     # .hidden_states: `.to`, `.reshape`, `index_copy`), so the hook FSDP fears losing is kept
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDP(VisionTransformer|"
                             r"PositionAwareAdapter)\) returned a view tensor")
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    shape = mesh_shape or (dist.get_world_size(),)
+    mesh = init_device_mesh(device.type, shape,
+                            mesh_dim_names=("replicate", "shard")[-len(shape):])
     # bf16 weights in compute, fp32 gradient reduction and fp32 master weights
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if bf16 else MixedPrecisionPolicy())
@@ -133,6 +140,14 @@ def replicated_note(model: nn.Module) -> str:
                    for component, size in sizes.items())
 
 
+def hybrid_note(mesh_shape: tuple[int, ...]) -> str:
+    """How the model's copies are sharded, for the start-up line ("" for one copy)."""
+    if len(mesh_shape) == 1:
+        return ""
+    copies, group = mesh_shape
+    return f" in {copies} copies, each sharded over {group} ranks"
+
+
 @dataclass
 class World:
     rank: int = 0
@@ -156,13 +171,13 @@ class World:
         return torch.device("cpu")
 
     def wrap(self, model: nn.Module, weights: InitialWeights, device: torch.device,
-             strategy: str = "ddp", bf16: bool = False,
-             replicate_frozen: bool = True) -> nn.Module:
+             strategy: str = "ddp", bf16: bool = False, replicate_frozen: bool = True,
+             mesh_shape: tuple[int, ...] | None = None) -> nn.Module:
         """Fill `model`'s parameters (on the meta device) on `device` and return the module to
-        call for training: `model` itself on one rank or under FSDP (sharded in place), else a
-        DDP wrapper around it."""
+        call for training: `model` itself on one rank or under FSDP (sharded in place over
+        `mesh_shape`, see `shard`), else a DDP wrapper around it."""
         if self.grouped and strategy == "fsdp":
-            return shard(model, weights, device, bf16, replicate_frozen)
+            return shard(model, weights, device, bf16, replicate_frozen, mesh_shape)
         move_buffers(model, device)
         weights.fill(model.parameters(), device)
         if self.size == 1:

@@ -109,6 +109,10 @@ class StageConfig:
     # on every GPU, in bf16 when computing in bf16, and never gathered; false shards it too, for
     # a GPU that cannot hold it whole
     replicate_frozen: bool = True
+    # under fsdp: the GPUs each copy of the model is sharded over (hybrid sharding: e.g. a node's
+    # 8, so FSDP's gathers stay within a node and the nodes all-reduce the gradients once a
+    # step); None = all of them
+    fsdp_shard_size: int | None = None
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs
@@ -149,6 +153,8 @@ class StageConfig:
             raise ConfigError("num_workers and batches_ahead must be >= 0")
         if self.data_lanes is not None and self.data_lanes < 1:
             raise ConfigError("data_lanes must be >= 1")
+        if self.fsdp_shard_size is not None and self.fsdp_shard_size < 1:
+            raise ConfigError("fsdp_shard_size must be >= 1")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step that make micro_batch_size x world_size x it exactly
@@ -165,6 +171,18 @@ class StageConfig:
                 f"micro_batch_size {self.micro_batch_size} x {world_size} process(es) needs "
                 f"{accumulation} (drop grad_accum to derive it)")
         return accumulation
+
+    def fsdp_mesh(self, world_size: int) -> tuple[int, ...]:
+        """The ranks' mesh under fsdp: (world_size,), one copy sharded over all the ranks (also
+        where fsdp_shard_size is as many or more), or (copies, fsdp_shard_size), each copy
+        sharded over a group; a ConfigError when the groups cannot divide the ranks."""
+        size = self.fsdp_shard_size
+        if size is None or size >= world_size:
+            return (world_size,)
+        if world_size % size:
+            raise ConfigError(f"fsdp_shard_size {size} does not divide the {world_size} "
+                              "processes into groups")
+        return (world_size // size, size)
 
 
 # Table 8, column by column. Its gradient accumulation (6 / 8 / 8) belongs to the paper's cluster

@@ -29,7 +29,7 @@ from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_s
                           read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
                            parameter_counts)
-from trainer.distributed import World, join_world, replicated_note
+from trainer.distributed import World, hybrid_note, join_world, replicated_note
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 from trainer.weights import InitialWeights, parameters_on_meta
 
@@ -184,6 +184,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     if resume_from:  # another number of processes may continue it: the same global batch
         config.grad_accum = None
     config.grad_accum = config.accumulation(world.size)  # refuses an unreachable global batch
+    mesh_shape = config.fsdp_mesh(world.size)  # refuses groups that cannot divide the ranks
     # refused here, before the model is built, if the processes cannot share them
     config.data_lanes = data_lanes(manifest, world.size, config.data_lanes,
                                    saved["data"] if resume_from else None)
@@ -206,7 +207,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     model.encode_always = fsdp
     # the weights are filled on `device`; under FSDP one unit at a time, each sharded in place
     trained = world.wrap(model, weights, device, config.distributed, bf16,
-                         config.replicate_frozen)
+                         config.replicate_frozen, mesh_shape)
     if load_later:
         load_model(model, resume_from, world)
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
@@ -236,7 +237,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
               f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
               f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}"
-              f"{' fsdp' + replicated_note(model) if fsdp else ''}; "
+              f"{' fsdp' + hybrid_note(mesh_shape) + replicated_note(model) if fsdp else ''}; "
               f"global batch {config.global_batch} row(s) = "
               f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
               f"pass(es); "
