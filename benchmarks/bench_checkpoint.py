@@ -188,7 +188,7 @@ def rank_main(args) -> None:
         for name in ("written before the step", "in the background, a run's first",
                      "in the background, a later one"):
             extra = sum(per_rank[name] for per_rank in steps) / len(steps) - plain
-            print(f"  {name}: +{extra:.1f} s")
+            print(f"  {name}: {extra:+.1f} s")
         print(f"reading the weights back ({parameters * 4 / 2 ** 30:.2f} GiB):")
         for name, per_rank in reads.items():
             print(f"{name:>9}: " + "; ".join(
@@ -207,7 +207,9 @@ def steps_after_saves(model, optimizer, scheduler, tokenizer, world, device, arg
     from trainer.checkpoint import CheckpointWriter
 
     model.encode_always = True  # as the trainer sets it under FSDP
-    ids = torch.randint(0, 1000, (1, args.tokens), device=device)
+    ids = torch.randint(64, 1000, (1, args.tokens))
+    ids[ids == model.image_pad_id] = 64  # text only: an image slot would want an image
+    ids = ids.to(device)
     positions = torch.arange(args.tokens, device=device).unsqueeze(0)
     behind = CheckpointWriter(os.path.join(args.folder, "loop-behind"), 1, world, True, device)
     held = CheckpointWriter(os.path.join(args.folder, "loop-held"), 1, world, False, device)

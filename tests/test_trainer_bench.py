@@ -39,6 +39,25 @@ def test_bench_checkpoint_tiny_saves_and_reads_both_ways_on_two_ranks(capfd):
     assert "rank 0, gathered vs own part" in out
     for way in ("own part", "whole"):
         assert re.search(rf"{way}: rank 0 [\d.]+ s, [\d.]+ GiB read; rank 1 ", out), out
+    assert re.search(r"in the background .*: rank 0 [\d.]+ then [\d.]+ vs [\d.]+ s", out), out
+    for save in ("written before the step", "in the background, a run's first",
+                 "in the background, a later one"):
+        assert re.search(rf"  {save}: [+-][\d.]+ s", out), out
+
+
+def test_bench_hybrid_tiny_counts_what_crosses_nodes(capfd):
+    import bench_hybrid
+
+    results = bench_hybrid.main(["--tiny", "--accumulation", "2"])
+    per_node, over_all = results["a copy per node"]["counts"], results["one copy over all"]["counts"]
+    # a copy per node gathers and reduce-scatters within its node, all-reduces across once
+    assert set(per_node) == {"all_gather within nodes", "reduce_scatter within nodes",
+                             "all_reduce across nodes"}
+    assert set(over_all) == {"all_gather across nodes", "reduce_scatter across nodes"}
+    # the same weights gathered (each unit padded to a multiple of the ranks sharing it)
+    assert per_node["all_gather within nodes"] == pytest.approx(
+        over_all["all_gather across nodes"], rel=0.01)
+    assert "across nodes, one copy over all / a copy per node" in capfd.readouterr().out
 
 
 def test_bench_trainer_tiny_runs(capsys):
