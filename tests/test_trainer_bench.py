@@ -49,7 +49,8 @@ def test_bench_hybrid_tiny_counts_what_crosses_nodes(capfd):
     import bench_hybrid
 
     results = bench_hybrid.main(["--tiny", "--accumulation", "2"])
-    per_node, over_all = results["a copy per node"]["counts"], results["one copy over all"]["counts"]
+    per_node = results["a copy per node"]["counts"]
+    over_all = results["one copy over all"]["counts"]
     # a copy per node gathers and reduce-scatters within its node, all-reduces across once
     assert set(per_node) == {"all_gather within nodes", "reduce_scatter within nodes",
                              "all_reduce across nodes"}
