@@ -145,22 +145,23 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
 def test_hybrid_sharding_trains_as_one_process_and_resumes_on_another_mesh(
         tmp_path, shards):  # noqa: F811
     # 4 ranks: two copies of the model, each sharded over 2 ranks (a node's GPUs, at scale),
-    # stopped after 2 steps; 2 ranks sharding one copy read its checkpoint and take step 3
-    manifest = stage_manifest(tmp_path, shards, 2)
+    # stopped after 2 steps; 2 ranks sharding one copy read its checkpoint and take step 3.
+    # Stage 3: the frozen ViT is held whole beside the sharded adapter and LLM
+    manifest = stage_manifest(tmp_path, shards, 3)
     config = tmp_path / "hsdp.yaml"
     config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1, global_batch=4,
                                           distributed="fsdp", fsdp_shard_size=2)))
     out = tmp_path / "hsdp"
-    argv = ["--manifest", manifest, "--stage", "2", "--config", str(config), "--output", str(out)]
+    argv = ["--manifest", manifest, "--stage", "3", "--config", str(config), "--output", str(out)]
     printed = torchrun_train(argv + ["--stop-after", "2"], processes=4)
-    assert "4 x cpu fsdp in 2 copies, each sharded over 2 ranks" in printed
+    assert "4 x cpu fsdp in 2 copies, each sharded over 2 ranks, frozen visual whole" in printed
     sharded = out / "checkpoints" / "step-00000002"
     weights = read_weights(str(sharded))
     printed = torchrun_train(argv + ["--resume"], processes=2)
     assert "2 x cpu fsdp in" not in printed and "2 x cpu fsdp" in printed
     logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
 
-    single = train(manifest, 2, str(tmp_path / "one"), device="cpu", overrides=dict(
+    single = train(manifest, 3, str(tmp_path / "one"), device="cpu", overrides=dict(
         TINY, steps=3, micro_batch_size=1, global_batch=4, data_lanes=4, save_every=1))
     assert logged == pytest.approx(single.losses, rel=1e-5)
     # the copies wrote one set of slices between them: the weights of one process

@@ -184,7 +184,9 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     if resume_from:  # another number of processes may continue it: the same global batch
         config.grad_accum = None
     config.grad_accum = config.accumulation(world.size)  # refuses an unreachable global batch
-    mesh_shape = config.fsdp_mesh(world.size)  # refuses groups that cannot divide the ranks
+    fsdp = world.grouped and config.distributed == "fsdp"
+    # refused here, before the model is built, if the groups cannot divide the ranks
+    mesh_shape = config.fsdp_mesh(world.size) if fsdp else None
     # refused here, before the model is built, if the processes cannot share them
     config.data_lanes = data_lanes(manifest, world.size, config.data_lanes,
                                    saved["data"] if resume_from else None)
@@ -195,7 +197,6 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
         torch.backends.cuda.matmul.allow_tf32 = True
 
     tokenizer = load_tokenizer(config, manifest, resume_from or init_from)
-    fsdp = world.grouped and config.distributed == "fsdp"
     model = build_model(config.model, image_size, tokenizer)
     # a resumed run loads its weights once the model is sharded: each rank reads its own part
     load_later = bool(resume_from) and in_parts(resume_from)
