@@ -381,9 +381,8 @@ def _log(window: dict[str, Any], step: int, peak: float | None, shares: dict[str
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(metrics) + "\n")
     line = (f"step {step}: loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}, "
-            f"{metrics['tokens_per_s']:,.0f} tokens/s, data wait {metrics['data_wait']:.1%}")
-    if metrics["checkpoint_wait"]:
-        line += f", checkpoint wait {metrics['checkpoint_wait']:.1%}"
+            f"{metrics['tokens_per_s']:,.0f} tokens/s, data wait {metrics['data_wait']:.1%}, "
+            f"checkpoint wait {metrics['checkpoint_wait']:.1%}")
     if peak:
         line += f", MFU {metrics['mfu']:.1%}"
     bar.write(line) if not bar.disable else print(line, flush=True)
