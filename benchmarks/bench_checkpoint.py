@@ -19,6 +19,7 @@ The ranks must share the folder's disk, as a run's ranks share its output folder
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -258,6 +259,20 @@ def run_ranks(script: str, ranks: int, arguments: list[str]) -> None:
                str(ranks), os.path.abspath(script), "--rank-main", *arguments]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     subprocess.run(command, check=True, env=env)
+
+
+def run_both_ways(script: str, ranks: int, flag: str, argv: list[str] | None) -> dict:
+    """`script`'s ranks run twice, `flag True` then `flag False` added to `argv` (the command
+    line's when None); what rank 0 wrote to `--result` each time, by the flag's value."""
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for way in (True, False):
+            result = os.path.join(folder, f"{way}.json")
+            run_ranks(script, ranks, [flag, str(way), "--result", result,
+                                      *(argv if argv is not None else sys.argv[1:])])
+            with open(result, encoding="utf-8") as f:
+                results[way] = json.load(f)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:

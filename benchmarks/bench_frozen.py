@@ -20,13 +20,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_checkpoint import (add_model_arguments, model_overrides,  # noqa: E402
-                              resident_bytes, run_ranks)
+                              resident_bytes, run_both_ways)
 
 
 def synthetic_rows(model, rows: int, text_tokens: int, image_size: int, device):
@@ -118,14 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
     if args.rank_main:
         return rank_main(args)
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for replicate in (True, False):
-            result = os.path.join(folder, f"{replicate}.json")
-            run_ranks(__file__, args.ranks, ["--replicate", str(replicate), "--result", result,
-                                             *(argv if argv is not None else sys.argv[1:])])
-            with open(result, encoding="utf-8") as f:
-                results["held whole" if replicate else "sharded"] = json.load(f)
+    ways = run_both_ways(__file__, args.ranks, "--replicate", argv)
+    results = {"held whole": ways[True], "sharded": ways[False]}
     whole, sharded = results["held whole"], results["sharded"]
     print(f"{whole['ranks']} x {whole['device']}, stage 1, {whole['parameters'] / 1e9:.2f} B "
           f"parameters, the frozen LLM {whole['held_whole'] / 2 ** 30:.2f} GiB whole")

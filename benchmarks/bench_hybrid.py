@@ -21,11 +21,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_checkpoint import add_model_arguments, model_overrides, run_ranks  # noqa: E402
+from bench_checkpoint import add_model_arguments, model_overrides, run_both_ways  # noqa: E402
 from bench_frozen import synthetic_rows  # noqa: E402
 
 COUNTED = {"all_gather_single": "output", "reduce_scatter_single": "input",
@@ -107,14 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         return rank_main(args)
     if args.ranks % args.node_size or args.ranks == args.node_size:
         parser.error("--ranks must be a multiple of --node-size, on two nodes or more")
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for hybrid in (True, False):
-            result = os.path.join(folder, f"{hybrid}.json")
-            run_ranks(__file__, args.ranks, ["--hybrid", str(hybrid), "--result", result,
-                                             *(argv if argv is not None else sys.argv[1:])])
-            with open(result, encoding="utf-8") as f:
-                results["a copy per node" if hybrid else "one copy over all"] = json.load(f)
+    ways = run_both_ways(__file__, args.ranks, "--hybrid", argv)
+    results = {"a copy per node": ways[True], "one copy over all": ways[False]}
     first = next(iter(results.values()))
     print(f"{first['ranks']} x {first['device']} as {first['ranks'] // args.node_size} nodes of "
           f"{args.node_size}, stage 2, {first['parameters'] / 1e9:.2f} B parameters, a step of "
