@@ -138,16 +138,16 @@ def rank_main(args) -> None:
                                           os.path.join(args.folder, "gathered"), world),
         "behind": lambda: held_by_save(2),
     }
-    results, held = {}, {}
+    results, returned = {}, {}
     for name, save in saves.items():
         world.barrier()
         with PeakMemory() as memory:
             started = time.perf_counter()
-            held[name] = save()
+            returned[name] = save()
             writers[True].wait()
             seconds = time.perf_counter() - started
         results[name] = world.gather((seconds, memory.extra_gib))
-    held = world.gather((first_held, held["behind"], buffers.extra_gib))
+    held = world.gather((first_held, returned["behind"], buffers.extra_gib))
     for writer in writers.values():
         writer.close()  # frees the host buffers
     steps = world.gather(steps_after_saves(model, optimizer, scheduler, tokenizer, world,

@@ -49,9 +49,38 @@ def synthetic_rows(model, rows: int, text_tokens: int, image_size: int, device):
     return [t.to(device) for t in (ids, positions, targets, pixels)] + [layout.to(device)]
 
 
+COUNTED = {"all_gather_single": "output", "reduce_scatter_single": "input",
+           "all_reduce": "tensor"}
+
+
+def count_collectives(node_size: int) -> dict[str, int]:
+    """Wraps FSDP2's collectives to add up their bytes: {kind across/within nodes: bytes}, ranks
+    r and s on one node when r // node_size == s // node_size (every group within one node when
+    node_size is the world's)."""
+    import torch.distributed as dist
+
+    counts: dict[str, int] = {}
+
+    def counted(name: str, buffer: str):
+        collective = getattr(dist, name)
+
+        def run(*args, **kwargs):
+            tensor = kwargs[buffer] if buffer in kwargs else args[0]
+            ranks = dist.get_process_group_ranks(kwargs.get("group") or dist.group.WORLD)
+            where = "across" if len({rank // node_size for rank in ranks}) > 1 else "within"
+            key = f"{name.split('_single')[0]} {where} nodes"
+            counts[key] = counts.get(key, 0) + tensor.numel() * tensor.element_size()
+            return collective(*args, **kwargs)
+
+        return run
+
+    for name, buffer in COUNTED.items():
+        setattr(dist, name, counted(name, buffer))
+    return counts
+
+
 def rank_main(args) -> None:
     import torch
-    import torch.distributed as dist
 
     from corpus.tokens import TextTokenizer
     from trainer.distributed import join_world, replicated_parameters
@@ -73,18 +102,11 @@ def rank_main(args) -> None:
     whole = sum(p.numel() * p.element_size() for _, p in replicated_parameters(model))
     batch = synthetic_rows(model, args.rows, args.text_tokens, image_size, device)
 
-    gathered = [0]
-    all_gather = dist.all_gather_single
-
-    def counted(output, *rest, **options):
-        gathered[0] += output.numel() * output.element_size()
-        return all_gather(output, *rest, **options)
-
-    dist.all_gather_single = counted
+    counts = count_collectives(node_size=world.size)
     seconds = []
     for index in range(args.warmup + args.passes):
         if index == args.warmup:
-            gathered[0] = 0
+            counts.clear()
         world.barrier()
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -97,7 +119,8 @@ def rank_main(args) -> None:
         model.zero_grad(set_to_none=True)
     if world.main:
         with open(args.result, "w", encoding="utf-8") as f:
-            json.dump({"gathered_per_pass": gathered[0] / args.passes, "held_whole": whole,
+            gathered = counts.get("all_gather within nodes", 0)
+            json.dump({"gathered_per_pass": gathered / args.passes, "held_whole": whole,
                        "seconds": statistics.median(seconds), "held_gib": held,
                        "parameters": sum(p.numel() for p in model.parameters()),
                        "ranks": world.size, "device": str(device)}, f)

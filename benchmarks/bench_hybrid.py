@@ -25,35 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_checkpoint import add_model_arguments, model_overrides, run_both_ways  # noqa: E402
-from bench_frozen import synthetic_rows  # noqa: E402
-
-COUNTED = {"all_gather_single": "output", "reduce_scatter_single": "input",
-           "all_reduce": "tensor"}
-
-
-def count_collectives(node_size: int) -> dict[str, int]:
-    """Wraps FSDP2's collectives to add up their bytes: {kind across/within nodes: bytes}."""
-    import torch.distributed as dist
-
-    counts: dict[str, int] = {}
-
-    def counted(name: str, buffer: str):
-        collective = getattr(dist, name)
-
-        def run(*args, **kwargs):
-            tensor = kwargs[buffer] if buffer in kwargs else args[0]
-            ranks = dist.get_process_group_ranks(kwargs.get("group") or dist.group.WORLD)
-            where = "across" if len({rank // node_size for rank in ranks}) > 1 else "within"
-            key = f"{name.split('_single')[0]} {where} nodes"
-            counts[key] = counts.get(key, 0) + tensor.numel() * tensor.element_size()
-            return collective(*args, **kwargs)
-
-        return run
-
-    for name, buffer in COUNTED.items():
-        setattr(dist, name, counted(name, buffer))
-    return counts
-
+from bench_frozen import count_collectives, synthetic_rows  # noqa: E402
 
 def rank_main(args) -> None:
     import torch

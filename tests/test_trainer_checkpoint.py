@@ -27,6 +27,19 @@ def model_and_optimizer(device="cpu"):
     return model, optimizer, scheduler
 
 
+def writes_held_back(monkeypatch) -> threading.Event:
+    """The checkpoint thread's writing waits (after its copy) until the event is set: the loop
+    moves on meanwhile."""
+    loop_moved_on, real_save = threading.Event(), trainer.checkpoint.dcp.save
+
+    def save_later(*args, **kwargs):
+        assert loop_moved_on.wait(10)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.checkpoint.dcp, "save", save_later)
+    return loop_moved_on
+
+
 def train_step(model, optimizer, scheduler, writer=None):
     model(torch.ones(4, 8, device=model[0].weight.device)).sum().backward()
     if writer is not None:  # as the trainer's loop does
@@ -45,13 +58,7 @@ def test_a_save_in_the_background_holds_the_state_at_the_save(tmp_path, monkeypa
     train_step(model, optimizer, scheduler)
     at_save = {name: value.to("cpu", copy=True) for name, value in model.state_dict().items()}
     moments = optimizer.state[model[0].weight]["exp_avg"].to("cpu", copy=True)
-    loop_moved_on, real_save = threading.Event(), trainer.checkpoint.dcp.save
-
-    def save_later(*args, **kwargs):
-        assert loop_moved_on.wait(10)
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(trainer.checkpoint.dcp, "save", save_later)
+    loop_moved_on = writes_held_back(monkeypatch)
     writer = CheckpointWriter(str(tmp_path), keep=2, world=World(), device=torch.device(device))
     counters = {"tokens": 10}
     folder = writer.save(1, model, optimizer, scheduler, TextTokenizer.default(),
@@ -136,9 +143,7 @@ def test_frozen_weights_are_written_from_the_model_not_copied(tmp_path, monkeypa
     # weight is written as it is at the write, the trained one as it was at the save
     model, optimizer, scheduler = model_and_optimizer()
     model[1].requires_grad_(False)
-    loop_moved_on, real_save = threading.Event(), trainer.checkpoint.dcp.save
-    monkeypatch.setattr(trainer.checkpoint.dcp, "save",
-                        lambda *a, **k: loop_moved_on.wait(10) and real_save(*a, **k))
+    loop_moved_on = writes_held_back(monkeypatch)
     writer = CheckpointWriter(str(tmp_path), keep=2, world=World())
     folder = writer.save(1, model, optimizer, scheduler, TextTokenizer.default(), {})
     trained_at_save = model[0].weight.detach().clone()
