@@ -18,8 +18,8 @@ from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import (TINY, optimizer_state_names, shards,  # noqa: F401  (a fixture)
                           stage_manifest)
 from test_trainer_weights import write_checkpoint_weights
-from trainer.distributed import (World, check_uniform, join_world, replicated_parameters,
-                                 shard_plan, unit_parameters)
+from trainer.distributed import (World, check_uniform, forward_ends, join_world,
+                                 replicated_parameters, shard_plan, unit_parameters)
 from trainer.model import QwenVL, apply_freeze_plan
 from trainer.stages import TABLE_8, stage_config
 from trainer.train import build_model, train
@@ -293,17 +293,23 @@ def test_in_bf16_a_frozen_component_is_held_and_saved_in_bf16_and_resumes_anywhe
     assert resumed.steps == 2 and all(torch.isfinite(torch.tensor(resumed.losses)))
 
 
+def record_gathers() -> list[int]:
+    """The bytes each all-gather FSDP runs in this process from now on brings it, in order."""
+    sizes = []
+    all_gather = torch.distributed.all_gather_single
+
+    def recorded(output, *args, **kwargs):
+        sizes.append(output.numel() * output.element_size())
+        return all_gather(output, *args, **kwargs)
+
+    torch.distributed.all_gather_single = recorded
+    return sizes
+
+
 def gathers_worker(manifest, stage, out, replicate):
     """One rank of `test_a_frozen_component_is_held_whole_and_never_gathered`: two training
     steps under FSDP, counting the bytes FSDP's all-gathers bring this rank."""
-    gathered = [0]
-    all_gather = torch.distributed.all_gather_single
-
-    def counted(output, *args, **kwargs):
-        gathered[0] += output.numel() * output.element_size()
-        return all_gather(output, *args, **kwargs)
-
-    torch.distributed.all_gather_single = counted
+    gathered = record_gathers()
     replicated = []
     wrap = World.wrap
 
@@ -318,11 +324,62 @@ def gathers_worker(manifest, stage, out, replicate):
         TINY, steps=2, micro_batch_size=1, distributed="fsdp",
         replicate_frozen=replicate == "True"))
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
-        json.dump({"gathered": gathered[0], "losses": result.losses, "replicated": replicated}, f)
+        json.dump({"gathered": sum(gathered), "losses": result.losses, "replicated": replicated}, f)
+
+
+# ---- the units the forward pass ends with stay gathered for the backward --------------------
+
+def test_the_units_the_forward_ends_with_are_gathered_once_a_pass(tmp_path):
+    # the last decoder layer, the final norm and the LM head stay gathered from their forward to
+    # their backward; every other unit is freed after its forward and gathered again
+    model = tiny_model()
+    plan = shard_plan(model)
+    names = {id(param): name for name, param in model.named_parameters()}
+    held = [[names[id(param)] for _, param in own]
+            for module, own in zip(plan, unit_parameters(plan)) if module in forward_ends(model)]
+    assert len(held) == 3 and all(held)
+    units = sum(1 for own in unit_parameters(plan) if own)  # the root holds none: no gather
+    torchrun(__file__, "ends", str(tmp_path))
+    for rank in range(2):
+        seen = json.load(open(tmp_path / f"rank{rank}.json"))
+        assert sorted(seen["whole_after_forward"]) == sorted(sum(held, []))
+        assert seen["whole_after_backward"] == []
+        assert (seen["forward_gathers"], seen["backward_gathers"]) == (units, units - 3)
+
+
+def ends_worker(out):
+    """One rank of `test_the_units_the_forward_ends_with_are_gathered_once_a_pass`: one forward
+    and backward pass of the stage-2 model under FSDP, counting the gathers of each."""
+    world = join_world()
+    torch.manual_seed(0)
+    config = tiny_config(2)
+    tokenizer = TextTokenizer.default()
+    model = build_model(config.model, 56, tokenizer)
+    apply_freeze_plan(model, config.trainable)
+    world.wrap(model, InitialWeights(model, 0), torch.device("cpu"), "fsdp")
+    model.encode_always = True  # as the trainer sets under FSDP: the ViT runs without images
+
+    def whole():
+        return [name for name, param in model.named_parameters()
+                if not isinstance(param, DTensor)]
+
+    gathers = record_gathers()
+    tokens = torch.tensor([tokenizer.encode("a row of text without images")])
+    loss = model(tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
+    forward_gathers, whole_after_forward = len(gathers), whole()
+    loss.backward()
+    with open(os.path.join(out, f"rank{world.rank}.json"), "w") as f:
+        json.dump({"forward_gathers": forward_gathers,
+                   "backward_gathers": len(gathers) - forward_gathers,
+                   "whole_after_forward": whole_after_forward,
+                   "whole_after_backward": whole()}, f)
+    world.finish()
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "gathers":
         gathers_worker(*sys.argv[2:])
+    elif sys.argv[1] == "ends":
+        ends_worker(sys.argv[2])
     else:
         startup_worker(sys.argv[1], sys.argv[2])
