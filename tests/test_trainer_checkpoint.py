@@ -1,17 +1,24 @@
 """Checkpoints written behind the training (trainer/checkpoint.py: CheckpointWriter): what is
 saved is the state at the save, whatever the loop changes while the thread writes; a failed
-write fails the run at its next save or its end; the folders appear whole and the oldest go."""
+write fails the run at its next save or its end; the folders appear whole and the oldest go;
+ranks holding the same state each copy and write a share of it.
+
+Run as a script (under torchrun), this file is one rank of the share test."""
 import json
 import os
+import sys
 import threading
 
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
 import trainer.checkpoint
 from corpus.tokens import TextTokenizer
-from trainer.checkpoint import CheckpointWriter, read_state, resolve_checkpoint
-from trainer.distributed import World
+from test_trainer_fsdp import torchrun
+from trainer.checkpoint import (CheckpointWriter, load_optimizer, read_state, resolve_checkpoint,
+                                this_copys_share)
+from trainer.distributed import World, join_world, state_copies
 from trainer.weights import read_weights
 
 
@@ -167,3 +174,80 @@ def test_a_new_writer_removes_what_a_stopped_run_left_half_written(tmp_path):
     (left / "__0_0.distcp").write_bytes(b"half")
     CheckpointWriter(str(tmp_path), keep=2, world=World())
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000001"]
+
+
+# ---- ranks holding the same state write a share of it each ---------------------------------
+
+def test_the_copies_of_a_state_share_it_out_by_size():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 4),
+                                torch.nn.Linear(4, 4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 64)).sum().backward()
+    optimizer.step()
+    parts = {"model": get_model_state_dict(model),
+             "optimizer": get_optimizer_state_dict(model, optimizer)}
+    sizes = {name: value.numel() for name, value in parts["model"].items()}
+    for copies in (2, 3):
+        shares = [this_copys_share(parts, copies, copy) for copy in range(copies)]
+        names = [share["model"].keys() for share in shares]
+        assert sorted(name for share in names for name in share) == sorted(sizes)  # each once
+        loads = [sum(sizes[name] for name in share) for share in names]
+        assert max(loads) - min(loads) <= max(sizes.values())
+        for share in shares:  # a parameter's optimizer state goes with its weights
+            assert share["optimizer"]["state"].keys() == share["model"].keys()
+            assert share["optimizer"]["param_groups"] == parts["optimizer"]["param_groups"]
+    assert this_copys_share(parts, 1, 0) is parts
+
+
+def test_which_copy_of_the_state_a_rank_holds():
+    assert state_copies(World(rank=5, size=8), None) == (8, 5)  # DDP: every rank a copy
+    assert state_copies(World(rank=5, size=8), (8,)) == (1, 0)  # FSDP: one copy, sharded
+    assert state_copies(World(rank=5, size=8), (2, 4)) == (2, 1)  # hybrid: rows of the mesh
+    assert state_copies(World(), None) == (1, 0)
+
+
+def test_data_parallel_ranks_each_copy_and_write_a_share_of_the_state(tmp_path):
+    # two ranks holding the same model (DDP) stage disjoint halves of it in the background; the
+    # checkpoint holds all of it, weights and AdamW state, as one process saved it
+    torchrun(__file__, "share", str(tmp_path))
+    staged = [json.load(open(tmp_path / f"rank{rank}.json")) for rank in range(2)]
+    model, optimizer, scheduler = model_and_optimizer()
+    train_step(model, optimizer, scheduler)
+    names = sorted(model.state_dict())
+    assert all(rank["model"] and rank["model"] == rank["optimizer"] for rank in staged)
+    assert sorted(staged[0]["model"] + staged[1]["model"]) == names
+    folder = str(tmp_path / "checkpoints" / "step-00000001")
+    saved = read_weights(folder)
+    assert sorted(saved) == names
+    assert all(torch.equal(saved[name], value) for name, value in model.state_dict().items())
+    fresh, fresh_optimizer, _ = model_and_optimizer()
+    load_optimizer(fresh, fresh_optimizer, folder, World())
+    for before, after in zip(model.parameters(), fresh.parameters()):
+        for field in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(optimizer.state[before][field],
+                               fresh_optimizer.state[after][field])
+
+
+def share_worker(out):
+    """One rank of `test_data_parallel_ranks_each_copy_and_write_a_share_of_the_state`: a
+    step, then a save in the background, recording the names this rank copied."""
+    world = join_world()
+    model, optimizer, scheduler = model_and_optimizer()
+    train_step(model, optimizer, scheduler)
+    writer = CheckpointWriter(out, keep=2, world=world, copies=state_copies(world, None))
+    staged, real_stage = {}, writer.stager.stage
+
+    def recorded(parts):
+        staged.update(model=sorted(parts["model"]), optimizer=sorted(parts["optimizer"]["state"]))
+        return real_stage(parts)
+
+    writer.stager.stage = recorded
+    writer.save(1, model, optimizer, scheduler, TextTokenizer.default(), {})
+    writer.close()
+    with open(os.path.join(out, f"rank{world.rank}.json"), "w") as f:
+        json.dump(staged, f)
+    world.finish()
+
+
+if __name__ == "__main__":
+    share_worker(sys.argv[2])

@@ -5,7 +5,8 @@ A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNNNN/` holding `model/` an
 rank that wrote), `tokenizer.json` and `state.json` (step, scheduler, data position, resolved
 config, counters). Under FSDP each rank writes the slices it holds, so no rank ever gathers the
 model or its AdamW state (for the 9.6 B model, 115 GB that rank 0 alone would hold in host memory
-at every save); under DDP the ranks share out the writing of their identical replicas. The state
+at every save); ranks holding the same state (DDP's replicas, hybrid sharding's copies) share
+it out, each copying and writing some of its tensors (`this_copys_share`). The state
 dicts have the layout of `torch.distributed.checkpoint.state_dict` (parameter names; optimizer
 state keyed by them), so a checkpoint written by one process, DDP or FSDP, on any number of
 ranks, is read by any of them: a resumed run reads into its sharded model and optimizer the
@@ -101,8 +102,12 @@ class CheckpointWriter:
     collectives. A save is in place once `wait` returns, on every rank."""
 
     def __init__(self, output_dir: str, keep: int, world: World, background: bool = True,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), copies: tuple[int, int] = (1, 0)):
+        """`copies`: how many ranks hold each slice of the state and which of them this rank is
+        (`trainer.distributed.state_copies`). Each copy copies and writes its share of the
+        tensors only: under DDP on 8 GPUs a rank stages 1/8 of the state, not all of it."""
         self.root = os.path.join(output_dir, "checkpoints")
+        self.copies = copies
         on_cuda = device.type == "cuda"
         if on_cuda and device.index is None:  # "cuda" is this rank's GPU here, GPU 0 in a thread
             device = torch.device("cuda", torch.cuda.current_device())
@@ -125,8 +130,9 @@ class CheckpointWriter:
         """Every rank calls it; returns the checkpoint's folder (in place after `wait`)."""
         self.wait()
         name = f"step-{step:08d}"
-        parts = {"model": get_model_state_dict(model),
-                 "optimizer": get_optimizer_state_dict(model, optimizer)}
+        parts = this_copys_share({"model": get_model_state_dict(model),
+                                  "optimizer": get_optimizer_state_dict(model, optimizer)},
+                                 *self.copies)
         # what the loop changes next (the counters, the scheduler) is written out now
         state_text = json.dumps(dict(state, step=step, scheduler=scheduler.state_dict()),
                                 indent=1, sort_keys=True)
@@ -200,6 +206,27 @@ class CheckpointWriter:
             for old in kept[:-max(1, self.keep)]:
                 shutil.rmtree(os.path.join(self.root, old))
         world.checkpoint_barrier()
+
+
+def this_copys_share(parts: dict[str, Any], copies: int, copy: int) -> dict[str, Any]:
+    """Of a state held alike by `copies` ranks, the part copy `copy` writes: the weights and the
+    optimizer state of some of the parameters, shared out by size (each whole, largest first,
+    to the copy with the least so far), so each copy stages about 1/copies of the bytes.
+    Every copy computes the same share-out from the same names and shapes; the checkpoint's
+    index, gathered from all the ranks, holds every tensor once. The optimizer's param groups
+    (names and settings, no tensors) stay with every copy."""
+    if copies == 1:
+        return parts
+    weights, optimizer = parts["model"], parts["optimizer"]
+    load = [0] * copies
+    owner = {}
+    for name in sorted(weights, key=lambda name: (-weights[name].numel(), name)):
+        owner[name] = load.index(min(load))
+        load[owner[name]] += weights[name].numel()
+    return {"model": {name: value for name, value in weights.items() if owner[name] == copy},
+            "optimizer": dict(optimizer, state={
+                name: fields for name, fields in optimizer["state"].items()
+                if owner.get(name, 0) == copy})}
 
 
 def load_model(model: nn.Module, checkpoint: str, world: World) -> None:

@@ -29,7 +29,8 @@ from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_s
                           read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
                            parameter_counts)
-from trainer.distributed import World, hybrid_note, join_world, replicated_note
+from trainer.distributed import (World, hybrid_note, join_world, replicated_note,
+                                 state_copies)
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 from trainer.weights import InitialWeights, parameters_on_meta
 
@@ -251,7 +252,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
 
     result = TrainResult(checkpoint=resume_from or "", steps=step)
     writer = CheckpointWriter(output_dir, config.keep_checkpoints, world, config.async_checkpoint,
-                              device)
+                              device, state_copies(world, mesh_shape))
     batches = iter(loader)
     show = world.main and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not show)
