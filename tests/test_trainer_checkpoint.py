@@ -91,6 +91,24 @@ def test_a_save_in_the_background_holds_the_state_at_the_save(tmp_path, monkeypa
     assert resolve_checkpoint(str(tmp_path)) == folder
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_copy_waits_for_the_steps_before_the_save_not_the_passes_after(tmp_path):
+    # the GPU is kept busy (sleeping kernels) before the save and after it: the copy, on a
+    # stream of its own, must see the update queued before the save, and be made while the
+    # work queued after it still runs
+    model, optimizer, scheduler = model_and_optimizer("cuda")
+    writer = CheckpointWriter(str(tmp_path), keep=2, world=World(), device=torch.device("cuda"))
+    torch.cuda._sleep(200_000_000)  # about 0.1 s, then the update
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    folder = writer.save(1, model, optimizer, scheduler, TextTokenizer.default(), {})
+    torch.cuda._sleep(4_000_000_000)  # about 2 s of passes queued after the save
+    writer.wait_for_copy()
+    assert not torch.cuda.current_stream().query()  # copied while they run
+    writer.close()
+    assert torch.equal(read_weights(folder)["0.weight"], torch.full((8, 8), 3.0))
+
+
 def test_the_loop_waits_for_the_copy_before_its_optimizer_step(tmp_path, monkeypatch):
     # the copy is held back 0.2 s: the step that follows the save must not change the weights
     # before it is made

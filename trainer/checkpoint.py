@@ -95,11 +95,13 @@ class CheckpointWriter:
     memory, then writes, puts the folder in place and removes the oldest while the next steps
     train. The loop waits only before its next optimizer step, which changes the weights in
     place, and only until the copy is made (`wait_for_copy`); the forward and backward passes
-    before it overlap the copy, and nothing waits for the disk. On CUDA the copy goes to pinned
-    buffers the next save reuses. One save is written at a time: a save, and `wait`, first let
-    the previous one finish, and raise its failure if it failed. The writing threads of the
-    ranks agree over a group of their own (`World.checkpoint_group`), apart from the loop's
-    collectives. A save is in place once `wait` returns, on every rank."""
+    before it overlap the copy, and nothing waits for the disk. On CUDA the copy runs on a
+    stream of its own, beside the passes (on the passes' stream it would hold them up), once
+    the GPU has done the steps before the save, into pinned buffers the next save reuses; it
+    waits for that stream alone, not for the passes. One save is written at a time: a save, and
+    `wait`, first let the previous one finish, and raise its failure if it failed. The writing
+    threads of the ranks agree over a group of their own (`World.checkpoint_group`), apart from
+    the loop's collectives. A save is in place once `wait` returns, on every rank."""
 
     def __init__(self, output_dir: str, keep: int, world: World, background: bool = True,
                  device: torch.device = torch.device("cpu"), copies: tuple[int, int] = (1, 0)):
@@ -116,10 +118,13 @@ class CheckpointWriter:
             for name in os.listdir(self.root):
                 if name.startswith(".step-") and name.endswith(".tmp"):
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        # each tensor's copy waits for its own stream only (a non-blocking one would end in a
+        # wait for the whole GPU, the passes queued meanwhile included)
         self.stager = DefaultStager(StagingOptions(use_pinned_memory=on_cuda,
                                                    use_shared_memory=False,
                                                    use_async_staging=False,
-                                                   use_non_blocking_copy=on_cuda))
+                                                   use_non_blocking_copy=False))
+        self.copy_stream = torch.cuda.Stream(device) if on_cuda else None
         self.writing: threading.Thread | None = None
         self.copied = threading.Event()
         self.copied.set()
@@ -142,9 +147,13 @@ class CheckpointWriter:
         # frozen weights, which no step changes, are written from the model itself, not copied
         # (Table 8's frozen LLM of stage 1, held whole on each GPU, would be 15 GB more a GPU)
         frozen = {key for key, param in model.named_parameters() if not param.requires_grad}
+        # the copy begins once the GPU has done what the loop queued before the save
+        saved_at = (torch.cuda.current_stream(self.device).record_event()
+                    if self.copy_stream is not None else None)
         self.copied.clear()
         self.writing = threading.Thread(
-            target=self._write_behind, args=(name, parts, frozen, tokenizer, state_text),
+            target=self._write_behind,
+            args=(name, parts, frozen, tokenizer, state_text, saved_at),
             daemon=True, name=f"checkpoint {name}")
         self.writing.start()
         return os.path.join(self.root, name)
@@ -168,14 +177,17 @@ class CheckpointWriter:
         self.stager.close()
 
     def _write_behind(self, name: str, parts: dict[str, Any], frozen: set[str],
-                      tokenizer: TextTokenizer, state_text: str) -> None:
+                      tokenizer: TextTokenizer, state_text: str,
+                      saved_at: torch.cuda.Event | None) -> None:
         try:
             try:
-                if self.device.type == "cuda":  # a thread starts on GPU 0, whatever its rank's
+                if self.copy_stream is not None:  # a thread starts on GPU 0, whatever its rank's
                     torch.cuda.set_device(self.device)
+                    self.copy_stream.wait_event(saved_at)
                 weights = parts["model"]
                 changing = {key: value for key, value in weights.items() if key not in frozen}
-                parts = self.stager.stage(dict(parts, model=changing))
+                with torch.cuda.stream(self.copy_stream):  # no stream: as it is, on the CPU
+                    parts = self.stager.stage(dict(parts, model=changing))
                 parts["model"].update((key, weights[key]) for key in frozen if key in weights)
             finally:  # the loop goes on, a failed copy included (raised at `wait`)
                 self.copied.set()
