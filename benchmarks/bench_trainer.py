@@ -7,8 +7,8 @@ plain Hugging Face Qwen2 decoder of the same LLM config (the LLM alone, unpacked
 The data are synthetic shards written on the spot (640x480 JPEG photos-like images with captions,
 plus pure-text documents), mixed 70/30 from a stage-2 manifest: 448 px, rows of 2048 tokens,
 same-task packing, 256 queries per image. Throughput counts non-padding LLM tokens. MFU counts
-matmul FLOPs (trainer.train.step_flops) against the dense bf16 peak. The stall fraction is the
-time the loop waited for the loader over the wall time.
+matmul FLOPs (trainer.train.flops_counter) against the dense bf16 peak. The stall fraction is
+the time the loop waited for the loader over the wall time.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def plain_llm(model: dict, rows: int, seq_len: int, steps: int, warmup: int,
     ids = torch.randint(0, config.vocab_size, (rows, seq_len), device=device)
     bf16 = device.type == "cuda"
     body = sum(p.numel() for p in net.parameters()) - 2 * config.vocab_size * config.hidden_size
-    # as trainer.train.step_flops counts: causal attention over the whole row
+    # as trainer.train.flops_counter counts: causal attention over the whole row
     per_token = 6 * (body + config.num_hidden_layers * seq_len * config.hidden_size
                      + config.hidden_size * config.vocab_size)
     started = 0.0
@@ -324,11 +324,13 @@ def _with_attention(net, attention: str, run):
 
 
 def loader_stall(manifest: str, model: dict, image_size: int, seq_len: int, args,
-                 ahead: int) -> float:
+                 ahead: int, read_first: bool = False) -> float:
     """The share of a training loop's time spent waiting for its micro-batches, with the model
     replaced by a simulated step: `args.launch` seconds holding the GIL (the loop launching
     kernels), then the rest of `args.step_seconds` waiting on the device (a sleep: a CUDA
-    synchronisation releases the GIL too). `ahead` is the trainer's `batches_ahead`."""
+    synchronisation releases the GIL too), shared evenly by the step's micro-batches, each
+    trained as it comes, as the trainer does; with `read_first` a step's micro-batches are all
+    read before the first trains, as the trainer did before. `ahead` is its `batches_ahead`."""
     from corpus.tokens import TextTokenizer
     from trainer.data import build_loader, read_manifest
 
@@ -336,19 +338,25 @@ def loader_stall(manifest: str, model: dict, image_size: int, seq_len: int, args
                           model["adapter"]["queries"], seq_len, image_size, 0, args.micro_batch,
                           args.workers, 4, 256, batches_ahead=ahead)
     batches = iter(loader)
+
+    def train(passes: int) -> None:
+        share = passes / args.grad_accum
+        launched = time.perf_counter() + args.launch * share
+        while time.perf_counter() < launched:
+            pass
+        time.sleep(max(0.0, args.step_seconds - args.launch) * share)
+
     waited, started = 0.0, time.perf_counter()
     try:
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 waited, started = 0.0, time.perf_counter()
-            asked = time.perf_counter()
-            for _ in range(args.grad_accum):
-                next(batches)
-            waited += time.perf_counter() - asked
-            launched = time.perf_counter() + args.launch
-            while time.perf_counter() < launched:
-                pass
-            time.sleep(max(0.0, args.step_seconds - args.launch))
+            for _ in range(1 if read_first else args.grad_accum):
+                asked = time.perf_counter()
+                for _ in range(args.grad_accum if read_first else 1):
+                    next(batches)
+                waited += time.perf_counter() - asked
+                train(args.grad_accum if read_first else 1)
     finally:
         loader.close()
     return waited / (time.perf_counter() - started)
@@ -516,6 +524,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 print(f"loader stall, batches_ahead {ahead}: {stall:.1%} of a simulated "
                       f"{args.step_seconds:.2f} s step ({args.launch:.2f} s holding the GIL), "
                       f"{args.workers} worker(s)")
+            # a step of more micro-batches than are made ahead: read whole first, the loop
+            # waits for the rest of it while the device idles
+            first = loader_stall(manifest, model, image_size, seq_len, args, ahead, True)
+            results[f"loader, batches_ahead {ahead}, a step read first"] = {"data_wait": first}
+            print(f"loader stall, batches_ahead {ahead}, {args.grad_accum} micro-batches a step: "
+                  f"{first:.1%} read whole before the first trains, {stall:.1%} each trained "
+                  f"as it comes")
             return results
         rows = args.micro_batch * args.grad_accum
         results["plain HF Qwen2, LLM only"] = plain_llm(

@@ -371,11 +371,11 @@ def test_cli_trains_and_resumes(tmp_path, shards, capsys):
     assert not any(param.is_meta for param in model.parameters())
 
 
-def test_step_flops_count_attention_within_packed_samples():
+def test_flops_count_attention_within_packed_samples():
     from corpus.tokens import IMAGE_PAD, TextTokenizer
     from trainer.data import Batch, PackedLayout
     from trainer.model import QwenVL
-    from trainer.train import step_flops
+    from trainer.train import flops_counter
 
     config = stage_config(2, overrides={"model": {"adapter": {"queries": 16}}})
     tokenizer = TextTokenizer.default()
@@ -388,8 +388,8 @@ def test_step_flops_count_attention_within_packed_samples():
                      PackedLayout.of(ids, positions, model.image_pad_id, targets), 1, 64,
                      ["text"], {})
 
-    whole = step_flops(model, [batch(list(range(64)))], config.trainable)
-    halves = step_flops(model, [batch(list(range(32)) * 2)], config.trainable)
+    flops = flops_counter(model, config.trainable)
+    whole, halves = flops(batch(list(range(64)))), flops(batch(list(range(32)) * 2))
     llm = model.llm.config
     # 6 x layers x width x (64² - 2 x 32²): causal attention within each sample only
     assert whole - halves == 6 * llm.num_hidden_layers * llm.hidden_size * (64 ** 2 - 2 * 32 ** 2)
@@ -405,3 +405,53 @@ def test_a_tiny_model_learns_its_shards(tmp_path, shards):
                    device="cpu")
     first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
     assert last <= first / 2, (first, last)
+
+
+@pytest.mark.parametrize("grad_clip", [1e6, 0.05])
+def test_a_step_is_the_mean_loss_step_clipped(tmp_path, shards, grad_clip):  # noqa: F811
+    """The loop trains each micro-batch as it comes, on its summed loss, and scales the
+    gradients by the step's supervised targets afterwards: the steps of the mean loss over the
+    whole step, written out here as they were made before (all micro-batches read first, each
+    loss divided by the step's targets), clipped. Without clipping (1e6) a scale bug shows;
+    with it (0.05, every step clipped) the clipping does."""
+    from trainer.data import build_loader, read_manifest
+    from trainer.distributed import World
+    from trainer.model import apply_freeze_plan
+    from trainer.train import build_model, load_tokenizer
+    from trainer.weights import InitialWeights
+
+    manifest_path = stage_manifest(tmp_path, shards, 2)
+    settings = dict(TINY, steps=3, grad_accum=2, micro_batch_size=1, grad_clip=grad_clip)
+    result = train(manifest_path, 2, str(tmp_path / "run"), overrides=settings, device="cpu")
+
+    config, manifest = stage_config(2, overrides=settings), read_manifest(manifest_path)
+    torch.manual_seed(manifest.seed)
+    tokenizer = load_tokenizer(config, manifest, None)
+    model = build_model(config.model, config.image_size, tokenizer)
+    weights = InitialWeights(model, manifest.seed, None)
+    apply_freeze_plan(model, config.trainable)
+    World().wrap(model, weights, torch.device("cpu"))
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
+                                  betas=tuple(config.betas), eps=config.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    batches = iter(build_loader(manifest, tokenizer, model.image_tokens, config.seq_len,
+                                config.image_size, manifest.seed, 1, window=config.pack_window))
+    losses = []
+    for _ in range(settings["steps"]):
+        micro = [next(batches) for _ in range(2)]
+        supervised = sum(batch.supervised for batch in micro)
+        total = 0.0
+        for batch in micro:
+            loss = model(batch.input_ids, batch.position_ids, batch.targets, batch.pixels,
+                         batch.layout)
+            (loss / supervised).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total / supervised)
+    assert result.losses == pytest.approx(losses, rel=1e-5)
+    saved = read_weights(result.checkpoint)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved[name], value, rtol=1e-4, atol=1e-6, msg=name)

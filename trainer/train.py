@@ -16,9 +16,10 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from corpus.config import ConfigError, from_mapping
@@ -93,11 +94,12 @@ def lr_factor(step: int, config: StageConfig) -> float:
 
 # ---- FLOPs for MFU --------------------------------------------------------------------------
 
-def step_flops(model: QwenVL, batches: list[Batch], trainable: list[str]) -> float:
-    """Matmul FLOPs of one step: 2 per weight per token forward, 2 more for the input gradients
-    when anything before the part trains, 2 more for its weight gradients when it trains.
-    Attention is counted as computed: causal within each packed sample in the LLM (2·n²·width
-    per layer forward for a sample of n tokens), full over the 1 + patches tokens in the ViT."""
+def flops_counter(model: QwenVL, trainable: list[str]) -> Callable[[Batch], float]:
+    """Matmul FLOPs of a micro-batch: 2 per weight per token forward, 2 more for the input
+    gradients when anything before the part trains, 2 more for its weight gradients when it
+    trains. Attention is counted as computed: causal within each packed sample in the LLM (2·n²·
+    width per layer forward for a sample of n tokens), full over the 1 + patches tokens in the
+    ViT. The model's sizes are read once, here; the returned count reads a batch's shapes."""
     counts = parameter_counts(model)
     llm = model.llm.config
     vit_tokens = model.visual.grid_size[0] * model.visual.grid_size[1] + 1  # per image
@@ -107,21 +109,34 @@ def step_flops(model: QwenVL, batches: list[Batch], trainable: list[str]) -> flo
         "llm": 6 if "llm" in trainable else 4,
     }
     vit_width = model.visual.transformer.width
-    total = 0.0
     body = counts["llm"] - counts["llm_embeddings"] - llm.hidden_size * llm.vocab_size
     # attention as weight-equivalents (2 FLOPs each forward, like a weight): causal n²·width
     # per layer and sample in the LLM; full 2·T²·width per layer and image in the ViT
     vit_attention = 2 * len(model.visual.transformer.resblocks) * vit_tokens * vit_width
-    for batch in batches:
+
+    def flops(batch: Batch) -> float:
         tokens, images = batch.input_ids.numel(), batch.pixels.shape[0]
         bounds = batch.layout.sample_bounds
         squares = float(((bounds[1:] - bounds[:-1]).double() ** 2).sum())
         attention = llm.num_hidden_layers * llm.hidden_size * squares
-        total += factor["llm"] * (body * tokens + attention)
-        total += factor["llm"] * llm.hidden_size * llm.vocab_size * batch.supervised
-        total += factor["visual"] * (counts["visual"] + vit_attention) * vit_tokens * images
-        total += factor["adapter"] * counts["adapter"] * vit_tokens * images
-    return total
+        return (factor["llm"] * (body * tokens + attention)
+                + factor["llm"] * llm.hidden_size * llm.vocab_size * batch.supervised
+                + factor["visual"] * (counts["visual"] + vit_attention) * vit_tokens * images
+                + factor["adapter"] * counts["adapter"] * vit_tokens * images)
+
+    return flops
+
+
+def normalise_and_clip(parameters: list[nn.Parameter], scale: float, max_norm: float) -> None:
+    """Multiply the gradients by `scale`, then clip their norm to `max_norm`: one pass over
+    them, and nothing read back from the GPU. The backward passes ran on summed losses, whose
+    divisor (the step's supervised targets over all ranks) is known only once every
+    micro-batch of the step has been read, and the loop does not wait for that to begin."""
+    grads = [param.grad for param in parameters if param.grad is not None]
+    if not grads:
+        return
+    norm = torch.nn.utils.get_total_norm(grads) * scale
+    torch._foreach_mul_(grads, scale * torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -262,32 +277,39 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     # each step's loss sum on this rank and its supervised targets, read back from the device
     # once per log interval: a read per step would keep the CPU from queueing work ahead
     unread: list[tuple[torch.Tensor, int]] = []
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    flops = flops_counter(model, config.trainable)
     model.train()
     last = config.steps if stop_after is None else min(config.steps, step + stop_after)
     try:
         while step < last:
-            waited = time.perf_counter()
-            micro = [next(batches) for _ in range(config.grad_accum)]
-            window["wait"] += time.perf_counter() - waited
-            # normalise by the supervised tokens of the whole step, over all ranks: summed on
-            # the host, so nothing waits for the GPU
-            supervised, tokens, samples, images = world.host_sum([
-                sum(b.supervised for b in micro), sum(b.tokens for b in micro),
-                sum(b.samples for b in micro), sum(len(b.pixels) for b in micro)])
-            supervised = max(1, supervised)
+            # each micro-batch trains as it comes: the loader keeps making the next ones
             loss_sum = torch.zeros((), device=device)
-            for index, batch in enumerate(micro):
+            tally = [0, 0, 0, 0]  # this rank's supervised targets, tokens, samples, images
+            for index in range(config.grad_accum):
+                waited = time.perf_counter()
+                batch = next(batches)
+                window["wait"] += time.perf_counter() - waited
+                tally = [total + count for total, count in zip(tally, (
+                    batch.supervised, batch.tokens, batch.samples, len(batch.pixels)))]
+                if peak:  # this rank's FLOPs: MFU is per GPU
+                    window["flops"] += flops(batch)
+                data_position = batch.state  # where this rank's data stands after it
                 batch = batch.to(device)
-                with world.no_sync(trained, last=index == len(micro) - 1):
+                with world.no_sync(trained, last=index == config.grad_accum - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         loss = trained(batch.input_ids, batch.position_ids, batch.targets,
                                        batch.pixels, batch.layout)
-                    (loss * (world.size / supervised)).backward()  # DDP averages over ranks
+                    loss.backward()  # the summed loss: normalised once the step is read
                 loss_sum += loss.detach()
+            # summed over the ranks on the host, so nothing waits for the GPU
+            supervised, tokens, samples, images = world.host_sum(tally)
+            supervised = max(1, supervised)
             if not images:
                 model.forget_blank_gradients()
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], config.grad_clip)
+            # the mean over the step's supervised targets on all ranks (DDP and FSDP averaged
+            # the gradients over the ranks), clipped
+            normalise_and_clip(trainable, world.size / supervised, config.grad_clip)
             window["lr"] = max(group["lr"] for group in optimizer.param_groups)  # this step's
             waited = time.perf_counter()
             writer.wait_for_copy()  # a checkpoint being written still reads the weights
@@ -301,8 +323,6 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
             window["samples"] += samples
             counters["tokens"] += tokens
             counters["samples"] += samples
-            if peak:  # this rank's FLOPs: MFU is per GPU
-                window["flops"] += step_flops(model, micro, config.trainable)
             bar.update(1)
             if step % config.log_every == 0 or step == last:
                 losses = step_losses(unread, world, device)
@@ -310,16 +330,16 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
                 result.losses += losses
                 window["losses"] += losses
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                result.sample_shares = world_sample_shares(micro[-1].state, world)
+                result.sample_shares = world_sample_shares(data_position, world)
                 metrics = _log(window, step, peak, result.sample_shares,
                                log_path if world.main else None, bar)
                 result.log.append(dict(metrics, tokens_seen=counters["tokens"]))
             if checkpoints and (step % config.save_every == 0 or step == last):
                 waited = time.perf_counter()
-                data_state = merge_states(world.gather(micro[-1].state))
                 result.checkpoint = writer.save(
                     step, model, optimizer, scheduler, tokenizer,
-                    dict(run_state, data=data_state, counters=counters))
+                    dict(run_state, data=merge_states(world.gather(data_position)),
+                         counters=counters))
                 window["saving"] += time.perf_counter() - waited
         writer.close()  # the last checkpoint in place
         [skipped] = world.host_sum([loader.skipped])
