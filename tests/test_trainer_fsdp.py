@@ -145,11 +145,12 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
 def test_hybrid_sharding_trains_as_one_process_and_resumes_on_another_mesh(
         tmp_path, shards):  # noqa: F811
     # 4 ranks: two copies of the model, each sharded over 2 ranks (a node's GPUs, at scale),
-    # stopped after 2 steps; 2 ranks sharding one copy read its checkpoint and take step 3.
-    # Stage 3: the frozen ViT is held whole beside the sharded adapter and LLM
+    # 2 micro-batches a step, stopped after 2 steps; 2 ranks sharding one copy read its
+    # checkpoint and take step 3. Stage 3: the frozen ViT is held whole beside the sharded
+    # adapter and LLM
     manifest = stage_manifest(tmp_path, shards, 3)
     config = tmp_path / "hsdp.yaml"
-    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1, global_batch=4,
+    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1, global_batch=8,
                                           distributed="fsdp", fsdp_shard_size=2)))
     out = tmp_path / "hsdp"
     argv = ["--manifest", manifest, "--stage", "3", "--config", str(config), "--output", str(out)]
@@ -162,7 +163,7 @@ def test_hybrid_sharding_trains_as_one_process_and_resumes_on_another_mesh(
     logged = [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
 
     single = train(manifest, 3, str(tmp_path / "one"), device="cpu", overrides=dict(
-        TINY, steps=3, micro_batch_size=1, global_batch=4, data_lanes=4, save_every=1))
+        TINY, steps=3, micro_batch_size=1, global_batch=8, data_lanes=4, save_every=1))
     assert logged == pytest.approx(single.losses, rel=1e-5)
     # the copies wrote one set of slices between them: the weights of one process
     expected = read_weights(str(tmp_path / "one" / "checkpoints" / "step-00000002"))
@@ -293,23 +294,26 @@ def test_in_bf16_a_frozen_component_is_held_and_saved_in_bf16_and_resumes_anywhe
     assert resumed.steps == 2 and all(torch.isfinite(torch.tensor(resumed.losses)))
 
 
-def record_gathers() -> list[int]:
-    """The bytes each all-gather FSDP runs in this process from now on brings it, in order."""
+def record_collective(name: str = "all_gather_single", buffer: str = "output") -> list[int]:
+    """The bytes of the buffer `buffer` (by name, else the first argument) of each
+    `torch.distributed.<name>` this process runs from now on, in order (by default FSDP's
+    all-gathers: what each brings the rank)."""
     sizes = []
-    all_gather = torch.distributed.all_gather_single
+    collective = getattr(torch.distributed, name)
 
-    def recorded(output, *args, **kwargs):
-        sizes.append(output.numel() * output.element_size())
-        return all_gather(output, *args, **kwargs)
+    def recorded(*args, **kwargs):
+        tensor = kwargs[buffer] if buffer in kwargs else args[0]
+        sizes.append(tensor.numel() * tensor.element_size())
+        return collective(*args, **kwargs)
 
-    torch.distributed.all_gather_single = recorded
+    setattr(torch.distributed, name, recorded)
     return sizes
 
 
 def gathers_worker(manifest, stage, out, replicate):
     """One rank of `test_a_frozen_component_is_held_whole_and_never_gathered`: two training
     steps under FSDP, counting the bytes FSDP's all-gathers bring this rank."""
-    gathered = record_gathers()
+    gathered = record_collective()
     replicated = []
     wrap = World.wrap
 
@@ -347,25 +351,32 @@ def test_the_units_the_forward_ends_with_are_gathered_once_a_pass(tmp_path):
         assert (seen["forward_gathers"], seen["backward_gathers"]) == (units, units - 3)
 
 
-def ends_worker(out):
-    """One rank of `test_the_units_the_forward_ends_with_are_gathered_once_a_pass`: one forward
-    and backward pass of the stage-2 model under FSDP, counting the gathers of each."""
-    world = join_world()
+def sharded_stage_2(world, mesh_shape=None):
+    """The tiny stage-2 model sharded as the trainer does, and a row of text for it."""
     torch.manual_seed(0)
     config = tiny_config(2)
     tokenizer = TextTokenizer.default()
     model = build_model(config.model, 56, tokenizer)
     apply_freeze_plan(model, config.trainable)
-    world.wrap(model, InitialWeights(model, 0), torch.device("cpu"), "fsdp")
+    world.wrap(model, InitialWeights(model, 0), torch.device("cpu"), "fsdp",
+               mesh_shape=mesh_shape)
     model.encode_always = True  # as the trainer sets under FSDP: the ViT runs without images
+    tokens = torch.tensor([tokenizer.encode("a row of text without images")])
+    return model, (tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
+
+
+def ends_worker(out):
+    """One rank of `test_the_units_the_forward_ends_with_are_gathered_once_a_pass`: one forward
+    and backward pass of the stage-2 model under FSDP, counting the gathers of each."""
+    world = join_world()
+    model, row = sharded_stage_2(world)
 
     def whole():
         return [name for name, param in model.named_parameters()
                 if not isinstance(param, DTensor)]
 
-    gathers = record_gathers()
-    tokens = torch.tensor([tokenizer.encode("a row of text without images")])
-    loss = model(tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
+    gathers = record_collective()
+    loss = model(*row)
     forward_gathers, whole_after_forward = len(gathers), whole()
     loss.backward()
     with open(os.path.join(out, f"rank{world.rank}.json"), "w") as f:
@@ -376,10 +387,53 @@ def ends_worker(out):
     world.finish()
 
 
+# ---- gradient accumulation: reduce-scattered at each micro-batch, all-reduced on the last -----
+
+@pytest.mark.parametrize("ranks, mesh", [(2, "2"), (4, "2x2")])
+def test_gradients_accumulate_sharded_and_copies_all_reduce_on_the_last_micro_batch(
+        tmp_path, ranks, mesh):
+    # a micro-batch that is not a step's last reduce-scatters its gradients (nothing unsharded
+    # is kept back): with one copy each rank holds its slice of them as the parameters'
+    # gradients; under hybrid sharding (2 copies of 2) FSDP holds the slices until the last
+    # micro-batch, whose all-reduce is the first to cross the copies
+    torchrun(__file__, "accumulate", str(tmp_path), mesh, processes=ranks)
+    for rank in range(ranks):
+        seen = json.load(open(tmp_path / f"rank{rank}.json"))
+        assert seen["reduce_scatters"][0] > 0 and seen["reduce_scatters"][1] > 0
+        if mesh == "2":
+            assert seen["grads_after_first"] == ["DTensor"]
+        else:
+            assert seen["all_reduces"][0] == 0 < seen["all_reduces"][1]
+
+
+def accumulate_worker(out, mesh):
+    """One rank of `test_gradients_accumulate_sharded_and_copies_all_reduce_on_the_last_
+    micro_batch`: two micro-batches of a step, the collectives of each counted."""
+    world = join_world()
+    model, row = sharded_stage_2(world, tuple(int(size) for size in mesh.split("x")))
+    reduce_scatters = record_collective("reduce_scatter_single", "input")
+    all_reduces = record_collective("all_reduce", "tensor")
+    counted = []
+    for last in (False, True):
+        with world.no_sync(model, last=last):
+            model(*row).backward()
+        if not last:
+            grads = sorted({type(param.grad).__name__ for param in model.parameters()
+                            if param.requires_grad})
+        counted.append((len(reduce_scatters), len(all_reduces)))
+    with open(os.path.join(out, f"rank{world.rank}.json"), "w") as f:
+        json.dump({"grads_after_first": grads,
+                   "reduce_scatters": [counted[0][0], counted[1][0] - counted[0][0]],
+                   "all_reduces": [counted[0][1], counted[1][1] - counted[0][1]]}, f)
+    world.finish()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "gathers":
         gathers_worker(*sys.argv[2:])
     elif sys.argv[1] == "ends":
         ends_worker(sys.argv[2])
+    elif sys.argv[1] == "accumulate":
+        accumulate_worker(*sys.argv[2:])
     else:
         startup_worker(sys.argv[1], sys.argv[2])

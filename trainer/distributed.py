@@ -212,12 +212,16 @@ class World:
             find_unused_parameters=True)
 
     def no_sync(self, model: nn.Module, last: bool):
-        """Skip the gradient reduction on all but the last micro-batch of a step."""
-        if last:
+        """The gradient reduction that can wait for the last micro-batch of a step: DDP's
+        all-reduce, and under hybrid sharding the all-reduce across the copies. FSDP's
+        reduce-scatter runs at every micro-batch, so that the gradients accumulate sharded:
+        held back, every rank would keep the unsharded fp32 gradients of all it trains until
+        the step's end (38 GB for the 9.6 B model at stage 2, on each GPU)."""
+        if last or self.size == 1:
             return contextlib.nullcontext()
         if isinstance(model, FSDPModule):
-            return _fsdp_no_sync(model)
-        return model.no_sync() if self.size > 1 else contextlib.nullcontext()
+            return _all_reduce_on_last(model)
+        return model.no_sync()
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         if self.size == 1:
@@ -285,9 +289,11 @@ def join_world() -> World:
 
 
 @contextlib.contextmanager
-def _fsdp_no_sync(model: FSDPModule):
-    model.set_requires_gradient_sync(False)
+def _all_reduce_on_last(model: FSDPModule):
+    """Reduce-scatter within each copy, all-reduce across the copies later (hybrid sharding
+    adds the sums it held back); a mesh of one copy has no all-reduce to hold back."""
+    model.set_requires_all_reduce(False)
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)
+        model.set_requires_all_reduce(True)
