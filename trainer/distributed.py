@@ -160,7 +160,7 @@ def hybrid_note(mesh_shape: tuple[int, ...]) -> str:
     return f" in {copies} copies, each sharded over {group} ranks"
 
 
-def state_copies(world: "World", mesh_shape: tuple[int, ...] | None) -> tuple[int, int]:
+def state_copies(world: World, mesh_shape: tuple[int, ...] | None) -> tuple[int, int]:
     """How many ranks hold each slice of the trained state, and which of them this rank is:
     every rank under DDP (`mesh_shape` None), the copies of the model under hybrid sharding
     (the mesh's rows: rank r is in copy r // group), one under FSDP over all the ranks."""
