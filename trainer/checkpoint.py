@@ -230,11 +230,13 @@ def this_copys_share(parts: dict[str, Any], copies: int, copy: int) -> dict[str,
     if copies == 1:
         return parts
     weights, optimizer = parts["model"], parts["optimizer"]
+    sizes = {name: value.numel() if isinstance(value, torch.Tensor) else 0
+             for name, value in weights.items()}
     load = [0] * copies
     owner = {}
-    for name in sorted(weights, key=lambda name: (-weights[name].numel(), name)):
+    for name in sorted(sizes, key=lambda name: (-sizes[name], name)):
         owner[name] = load.index(min(load))
-        load[owner[name]] += weights[name].numel()
+        load[owner[name]] += sizes[name]
     return {"model": {name: value for name, value in weights.items() if owner[name] == copy},
             "optimizer": dict(optimizer, state={
                 name: fields for name, fields in optimizer["state"].items()
