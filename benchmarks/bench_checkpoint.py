@@ -5,6 +5,7 @@ before), and the part written in the background, side by side in one run.
     python benchmarks/bench_checkpoint.py                    # 2 CPU ranks, a 0.44 B model
     python benchmarks/bench_checkpoint.py --ranks 8 --device cuda --llm-layers 24
     python benchmarks/bench_checkpoint.py --tiny             # the same code in seconds
+    python benchmarks/bench_checkpoint.py --ddp --hidden 512 --llm-layers 4  # DDP's share-out
 
 It starts itself under torchrun. Each rank builds the model on the meta device and shards it
 with the trainer's FSDP plan (trainer/distributed.py), gives every parameter an AdamW state
@@ -15,6 +16,10 @@ the training loop at most (the copy to host memory, which the next step's passes
 writing before it goes on. Then it reads the weights back as a resume does, each rank the
 parts its slices need, beside reading every tensor whole: seconds and bytes read per rank.
 The ranks must share the folder's disk, as a run's ranks share its output folder.
+
+With `--ddp` the ranks hold the model whole (DDP) instead, and it prints only what a save in the
+background copies to host memory on each: the whole state, as each rank did before, beside its
+share of it (trainer.checkpoint.this_copys_share), in seconds and host memory.
 """
 from __future__ import annotations
 
@@ -106,6 +111,8 @@ def rank_main(args) -> None:
 
     world = join_world()
     device = world.device(args.device)
+    if args.ddp:
+        return shared_copies(args, world, device)
     config = stage_config(2, overrides=dict(model_overrides(args), distributed="fsdp"))
     tokenizer = TextTokenizer.default()
     model = build_model(config.model, 56 if args.tiny else 224, tokenizer)
@@ -240,6 +247,54 @@ def steps_after_saves(model, optimizer, scheduler, tokenizer, world, device, arg
     return timed
 
 
+def shared_copies(args, world, device) -> None:
+    """DDP ranks, each holding the whole state: what a save in the background copies to host
+    memory on each, the whole state (as before) beside this rank's share of it (as the trainer
+    does): the copy's seconds and the host memory its buffers take."""
+    import torch
+
+    from corpus.tokens import TextTokenizer
+    from trainer.checkpoint import CheckpointWriter
+    from trainer.distributed import state_copies
+    from trainer.stages import stage_config
+    from trainer.train import build_model, param_groups
+    from trainer.weights import InitialWeights
+
+    config = stage_config(2, overrides=model_overrides(args))
+    tokenizer = TextTokenizer.default()
+    model = build_model(config.model, 56 if args.tiny else 224, tokenizer)
+    world.wrap(model, InitialWeights(model, 0), device, "ddp")
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for param in model.parameters():  # every parameter gets its AdamW moments
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    parameters = sum(p.numel() for p in model.parameters())
+    ways = {"whole": (1, 0), "share": state_copies(world, None)}
+    results = {}
+    for name, copies in ways.items():
+        writer = CheckpointWriter(os.path.join(args.folder, name), 1, world, True, device, copies)
+        world.barrier()
+        with PeakMemory() as buffers:
+            started = time.perf_counter()
+            writer.save(1, model, optimizer, scheduler, tokenizer, {})
+            writer.wait_for_copy()
+            copied = time.perf_counter() - started
+            writer.wait()
+        writer.close()
+        results[name] = world.gather((copied, buffers.extra_gib))
+    if world.main:
+        print(f"{world.size} x {device} DDP, {parameters / 1e9:.2f} B parameters "
+              f"({parameters * 12 / 2 ** 30:.1f} GiB of fp32 weights and AdamW moments on "
+              f"each rank); a save in the background, its copy to host memory on each rank:")
+        for rank, (whole, share) in enumerate(zip(results["whole"], results["share"])):
+            print(f"  rank {rank}: the whole state {whole[0]:.2f} s, +{whole[1]:.2f} GiB; its "
+                  f"share {share[0]:.2f} s, +{share[1]:.2f} GiB "
+                  f"({whole[1] / max(share[1], 1e-3):.1f}x "
+                  f"less host memory)")
+    world.finish()
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The ranks, the device and the model's size (`model_overrides`), and the flag its ranks
     are started with (`run_ranks`)."""
@@ -281,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", help="where to write (default: a temporary folder)")
     parser.add_argument("--tokens", type=int, default=64,
                         help="tokens of the training steps timed around a save")
+    parser.add_argument("--ddp", action="store_true",
+                        help="only DDP ranks' background copy: the whole state vs each one's "
+                             "share")
     args = parser.parse_args(argv)
     if args.rank_main:
         return rank_main(args)
@@ -289,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             "--device", args.device, "--hidden", str(args.hidden),
             "--llm-layers", str(args.llm_layers), "--folder", folder,
             "--tokens", str(args.tokens),
-            *(["--tiny"] if args.tiny else [])])
+            *(["--tiny"] if args.tiny else []), *(["--ddp"] if args.ddp else [])])
 
 
 if __name__ == "__main__":

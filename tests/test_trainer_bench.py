@@ -45,6 +45,16 @@ def test_bench_checkpoint_tiny_saves_and_reads_both_ways_on_two_ranks(capfd):
         assert re.search(rf"  {save}: [+-][\d.]+ s", out), out
 
 
+def test_bench_checkpoint_tiny_copies_the_whole_state_and_a_share_on_ddp_ranks(capfd):
+    import bench_checkpoint
+
+    bench_checkpoint.main(["--tiny", "--ddp"])
+    out = capfd.readouterr().out
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank}: the whole state [\d.]+ s, \+[\d.]+ GiB; its share "
+                         rf"[\d.]+ s, \+[\d.]+ GiB", out), out
+
+
 def test_bench_hybrid_tiny_counts_what_crosses_nodes(capfd):
     import bench_hybrid
 
