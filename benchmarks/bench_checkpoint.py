@@ -124,8 +124,9 @@ def rank_main(args) -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     parameters = sum(p.numel() for p in model.parameters())  # the global count: DTensor shapes
+    # on the rank's device, as the trainer's: on CUDA the copy goes to pinned memory
     writers = {background: CheckpointWriter(os.path.join(args.folder, folder), 1, world,
-                                            background)
+                                            background, device)
                for background, folder in ((False, "sharded"), (True, "behind"))}
 
     def held_by_save(step: int) -> float:
