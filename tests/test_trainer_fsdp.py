@@ -65,6 +65,26 @@ def test_a_unit_mixing_trainable_and_frozen_parameters_is_rejected():
         check_uniform(shard_plan(model))
 
 
+def test_without_images_a_vit_held_whole_is_not_run_only_the_adapter():
+    # stage 3 under FSDP: a rank whose micro-batch has no image must still run the sharded
+    # adapter (its gathers are collectives), but not the frozen ViT held whole beside it
+    model = tiny_model()
+    apply_freeze_plan(model, TABLE_8[3]["trainable"])
+    calls = {"visual": 0, "adapter": 0}
+    for name in calls:
+        getattr(model, name).register_forward_hook(
+            lambda module, args, output, name=name: calls.__setitem__(name, calls[name] + 1))
+    tokens = torch.tensor([TextTokenizer.default().encode("a row of text without images")])
+    row = (tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
+    model.encode_always = True
+    loss = model(*row)
+    assert calls == {"visual": 0, "adapter": 1}
+    loss.backward()
+    assert all(torch.count_nonzero(param.grad) == 0 for param in model.adapter.parameters())
+    model.encode_always = False
+    assert torch.equal(model(*row), loss)
+
+
 def test_config_names_the_strategy():
     assert stage_config(2).distributed == "ddp"
     assert stage_config(2, overrides={"distributed": "fsdp"}).distributed == "fsdp"

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, create_model
 from open_clip.transformer import VisionTransformer
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from corpus.config import ConfigError
@@ -106,7 +107,7 @@ class QwenVL(nn.Module):
             heads=config.adapter.heads)
         # FSDP gathers each unit's weights in its forward, a collective every rank must join:
         # then a micro-batch without images still runs the ViT and the adapter (on one blank
-        # image whose output is added times zero)
+        # image whose output is added times zero; `blank_image_tokens`)
         self.encode_always = False
         self.register_buffer("pixel_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1),
                              persistent=False)
@@ -137,6 +138,18 @@ class QwenVL(nn.Module):
         _, patches = self.visual(x)
         return self.adapter(patches)
 
+    def blank_image_tokens(self, device: torch.device) -> torch.Tensor:
+        """What a micro-batch without images runs under FSDP (`encode_always`), whose gathers
+        every rank must join: the ViT and the adapter on a blank image, or where the ViT is held
+        whole out of FSDP (frozen, at stage 3) the adapter alone, on zero patch features, the
+        ViT's output being discarded anyway (a ViT-bigG pass at 448 px spared)."""
+        if isinstance(self.visual, FSDPModule):
+            return self.encode_images(torch.zeros(1, self.image_size, self.image_size, 3,
+                                                  dtype=torch.uint8, device=device))
+        patches = self.visual.grid_size[0] * self.visual.grid_size[1]
+        return self.adapter(torch.zeros(1, patches, self.visual.transformer.width,
+                                        device=device))
+
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                       pixels: torch.Tensor | None = None,
                       layout: PackedLayout | None = None) -> torch.Tensor:
@@ -157,9 +170,8 @@ class QwenVL(nn.Module):
         elif slots:
             raise ValueError("image slots without images")
         elif self.encode_always:
-            blank = torch.zeros(1, self.image_size, self.image_size, 3, dtype=torch.uint8,
-                                device=input_ids.device)
-            embeds = embeds + 0 * self.encode_images(blank).sum().to(embeds.dtype)
+            blank = self.blank_image_tokens(input_ids.device)
+            embeds = embeds + 0 * blank.sum().to(embeds.dtype)
         packing = packed_attention_arguments(self.llm.config, position_ids, layout.sample_bounds,
                                              layout.longest)
         return self.llm.base_model(inputs_embeds=embeds, position_ids=position_ids,
