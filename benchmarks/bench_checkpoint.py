@@ -84,6 +84,30 @@ def model_overrides(args) -> dict:
                 "vocab_size": 151936}}}
 
 
+def trained_state(args, world, device, strategy: str):
+    """The model (`model_overrides`), built on the meta device and filled by `strategy` as
+    the trainer does, with an AdamW state for every parameter (one step), its scheduler and
+    tokenizer."""
+    import torch
+
+    from corpus.tokens import TextTokenizer
+    from trainer.stages import stage_config
+    from trainer.train import build_model, param_groups
+    from trainer.weights import InitialWeights
+
+    config = stage_config(2, overrides=dict(model_overrides(args), distributed=strategy))
+    tokenizer = TextTokenizer.default()
+    model = build_model(config.model, 56 if args.tiny else 224, tokenizer)
+    world.wrap(model, InitialWeights(model, 0), device, strategy)
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for param in model.parameters():  # every parameter gets its AdamW moments
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model, optimizer, scheduler, tokenizer
+
+
 def gathered_save(model, optimizer, folder: str, world) -> None:
     """The full state dicts on the CPU of rank 0, written there."""
     import torch
@@ -100,29 +124,15 @@ def gathered_save(model, optimizer, folder: str, world) -> None:
 
 
 def rank_main(args) -> None:
-    import torch
-
-    from corpus.tokens import TextTokenizer
     from trainer.checkpoint import CheckpointWriter, load_model
     from trainer.distributed import join_world
-    from trainer.stages import stage_config
-    from trainer.train import build_model, param_groups
-    from trainer.weights import InitialWeights, read_weights
+    from trainer.weights import read_weights
 
     world = join_world()
     device = world.device(args.device)
     if args.ddp:
         return shared_copies(args, world, device)
-    config = stage_config(2, overrides=dict(model_overrides(args), distributed="fsdp"))
-    tokenizer = TextTokenizer.default()
-    model = build_model(config.model, 56 if args.tiny else 224, tokenizer)
-    world.wrap(model, InitialWeights(model, 0), device, "fsdp")
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-5)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    for param in model.parameters():  # every parameter gets its AdamW moments
-        param.grad = torch.ones_like(param)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    model, optimizer, scheduler, tokenizer = trained_state(args, world, device, "fsdp")
     parameters = sum(p.numel() for p in model.parameters())  # the global count: DTensor shapes
     # on the rank's device, as the trainer's: on CUDA the copy goes to pinned memory
     writers = {background: CheckpointWriter(os.path.join(args.folder, folder), 1, world,
@@ -252,24 +262,10 @@ def shared_copies(args, world, device) -> None:
     """DDP ranks, each holding the whole state: what a save in the background copies to host
     memory on each, the whole state (as before) beside this rank's share of it (as the trainer
     does): the copy's seconds and the host memory its buffers take."""
-    import torch
-
-    from corpus.tokens import TextTokenizer
     from trainer.checkpoint import CheckpointWriter
     from trainer.distributed import state_copies
-    from trainer.stages import stage_config
-    from trainer.train import build_model, param_groups
-    from trainer.weights import InitialWeights
 
-    config = stage_config(2, overrides=model_overrides(args))
-    tokenizer = TextTokenizer.default()
-    model = build_model(config.model, 56 if args.tiny else 224, tokenizer)
-    world.wrap(model, InitialWeights(model, 0), device, "ddp")
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-5)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    for param in model.parameters():  # every parameter gets its AdamW moments
-        param.grad = torch.ones_like(param)
-    optimizer.step()
+    model, optimizer, scheduler, tokenizer = trained_state(args, world, device, "ddp")
     parameters = sum(p.numel() for p in model.parameters())
     ways = {"whole": (1, 0), "share": state_copies(world, None)}
     results = {}
