@@ -128,10 +128,11 @@ def flops_counter(model: QwenVL, trainable: list[str]) -> Callable[[Batch], floa
 
 
 def normalise_and_clip(parameters: list[nn.Parameter], scale: float, max_norm: float) -> None:
-    """Multiply the gradients by `scale`, then clip their norm to `max_norm`: one pass over
-    them, and nothing read back from the GPU. The backward passes ran on summed losses, whose
-    divisor (the step's supervised targets over all ranks) is known only once every
-    micro-batch of the step has been read, and the loop does not wait for that to begin."""
+    """Multiply the gradients by `scale`, then clip their norm to `max_norm`: one
+    multiplication does both, after one reading of their norm, and nothing is read back from
+    the GPU. The backward passes ran on summed losses, whose divisor (the step's supervised
+    targets over all ranks) is known only once every micro-batch of the step has been read,
+    and the loop does not wait for that to begin."""
     grads = [param.grad for param in parameters if param.grad is not None]
     if not grads:
         return
