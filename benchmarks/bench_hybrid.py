@@ -6,11 +6,13 @@ in two runs of the same script on the same machine.
     python benchmarks/bench_hybrid.py --ranks 16 --node-size 8 --device cuda --hidden 2048 \
         --llm-layers 24
     python benchmarks/bench_hybrid.py --tiny          # the same code in seconds
+    python benchmarks/bench_hybrid.py --whole         # gradients accumulated whole
 
 Ranks r and s are on one node when r // node-size == s // node-size (torchrun's order). Each
 rank builds the model on the meta device, shards it with the trainer's plan either way, then
 takes one optimizer step of `--accumulation` micro-batches as the trainer does (gradients
-reduce-scattered at each, all-reduced across the copies on the last). FSDP2's all-gathers, reduce-scatters and all-reduces are counted by the
+reduce-scattered at each, all-reduced across the copies on the last; with `--whole`, as with
+`fsdp_accumulation: whole`, both on the last). FSDP2's all-gathers, reduce-scatters and all-reduces are counted by the
 bytes of the larger of their buffers and by whether their group spans nodes; the output prints
 rank 0's, per step. On a CPU the count is the measure (gloo over loopback has no slow link); on
 a cluster the bytes that cross nodes go over the network instead of NVLink.
@@ -51,7 +53,8 @@ def rank_main(args) -> None:
     batch = synthetic_rows(model, 1, args.text_tokens, image_size, device)
     counts = count_collectives(args.node_size)
     for index in range(args.accumulation):
-        with world.no_sync(model, last=index == args.accumulation - 1):
+        with world.no_sync(model, index == args.accumulation - 1,
+                           "whole" if args.whole else "sharded"):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(*batch)
             loss.backward()
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.set_defaults(ranks=4, hidden=512, llm_layers=4)  # four ranks in a small memory
     parser.add_argument("--node-size", type=int, default=2, help="ranks a node holds")
     parser.add_argument("--accumulation", type=int, default=4, help="micro-batches a step")
+    parser.add_argument("--whole", action="store_true",
+                        help="gradients accumulated whole, reduced on the last micro-batch")
     parser.add_argument("--image-size", type=int, default=56, help="pixels")
     parser.add_argument("--text-tokens", type=int, default=64, help="text tokens a row")
     parser.add_argument("--hybrid", type=lambda text: text == "True", help=argparse.SUPPRESS)
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     first = next(iter(results.values()))
     print(f"{first['ranks']} x {first['device']} as {first['ranks'] // args.node_size} nodes of "
           f"{args.node_size}, stage 2, {first['parameters'] / 1e9:.2f} B parameters, a step of "
-          f"{args.accumulation} micro-batches; rank 0's bytes through collectives:")
+          f"{args.accumulation} micro-batches, gradients accumulated "
+          f"{'whole' if args.whole else 'sharded'}; rank 0's bytes through collectives:")
     for name, result in results.items():
         print(f"{name:>18}: " + ", ".join(f"{key} {value / 2 ** 20:,.1f} MiB"
                                           for key, value in sorted(result["counts"].items())))

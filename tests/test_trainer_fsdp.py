@@ -123,11 +123,12 @@ def test_one_fsdp_rank_under_torchrun_shards_over_a_mesh_of_one(tmp_path, shards
 
 
 def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F811
-    # as one rank with twice the micro-batch, checkpoints included; stage 3 puts a frozen ViT
-    # beside a trained adapter and LLM, and gives rank 0 micro-batches without images
+    # as one rank with twice the micro-batch, checkpoints included, two micro-batches a step
+    # (their gradients accumulated sharded); stage 3 puts a frozen ViT beside a trained adapter
+    # and LLM, and gives rank 0 micro-batches without images
     manifest = stage_manifest(tmp_path, shards, 3)
     config = tmp_path / "fsdp.yaml"
-    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1,
+    config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1, global_batch=4,
                                           distributed="fsdp")))
     out = tmp_path / "fsdp"
     argv = ["--manifest", manifest, "--stage", "3", "--config", str(config), "--output", str(out)]
@@ -142,8 +143,8 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
     state = json.load(open(sharded / "state.json"))
     assert state["world"] == 2 and state["config"]["distributed"] == "fsdp"
 
-    single = train(manifest, 3, str(tmp_path / "one"), overrides=dict(TINY, steps=3, data_lanes=2),
-                   device="cpu")
+    single = train(manifest, 3, str(tmp_path / "one"), device="cpu", overrides=dict(
+        TINY, steps=3, global_batch=4, data_lanes=2))
     assert logged == pytest.approx(single.losses, rel=1e-5)
     assert state["data"] == json.load(open(os.path.join(single.checkpoint, "state.json")))["data"]
 
@@ -165,17 +166,19 @@ def test_two_fsdp_ranks_resume_and_match_one_rank(tmp_path, shards):  # noqa: F8
 def test_hybrid_sharding_trains_as_one_process_and_resumes_on_another_mesh(
         tmp_path, shards):  # noqa: F811
     # 4 ranks: two copies of the model, each sharded over 2 ranks (a node's GPUs, at scale),
-    # 2 micro-batches a step, stopped after 2 steps; 2 ranks sharding one copy read its
-    # checkpoint and take step 3. Stage 3: the frozen ViT is held whole beside the sharded
-    # adapter and LLM
+    # 2 micro-batches a step, their gradients accumulated whole, stopped after 2 steps; 2 ranks
+    # sharding one copy read its checkpoint and take step 3. Stage 3: the frozen ViT is held
+    # whole beside the sharded adapter and LLM
     manifest = stage_manifest(tmp_path, shards, 3)
     config = tmp_path / "hsdp.yaml"
     config.write_text(yaml.safe_dump(dict(TINY, steps=3, micro_batch_size=1, global_batch=8,
-                                          distributed="fsdp", fsdp_shard_size=2)))
+                                          distributed="fsdp", fsdp_shard_size=2,
+                                          fsdp_accumulation="whole")))
     out = tmp_path / "hsdp"
     argv = ["--manifest", manifest, "--stage", "3", "--config", str(config), "--output", str(out)]
     printed = torchrun_train(argv + ["--stop-after", "2"], processes=4)
-    assert "4 x cpu fsdp in 2 copies, each sharded over 2 ranks, frozen visual whole" in printed
+    assert ("4 x cpu fsdp in 2 copies, each sharded over 2 ranks, gradients accumulated whole, "
+            "frozen visual whole") in printed
     sharded = out / "checkpoints" / "step-00000002"
     weights = read_weights(str(sharded))
     printed = torchrun_train(argv + ["--resume"], processes=2)
@@ -314,16 +317,16 @@ def test_in_bf16_a_frozen_component_is_held_and_saved_in_bf16_and_resumes_anywhe
     assert resumed.steps == 2 and all(torch.isfinite(torch.tensor(resumed.losses)))
 
 
-def record_collective(name: str = "all_gather_single", buffer: str = "output") -> list[int]:
-    """The bytes of the buffer `buffer` (by name, else the first argument) of each
-    `torch.distributed.<name>` this process runs from now on, in order (by default FSDP's
-    all-gathers: what each brings the rank)."""
+def record_collective(name: str = "all_gather_single", buffer: str = "output",
+                      measure=lambda tensor: tensor.numel() * tensor.element_size()) -> list:
+    """`measure` (by default the bytes) of the buffer `buffer` (by name, else the first
+    argument) of each `torch.distributed.<name>` this process runs from now on, in order (by
+    default FSDP's all-gathers: what each brings the rank)."""
     sizes = []
     collective = getattr(torch.distributed, name)
 
     def recorded(*args, **kwargs):
-        tensor = kwargs[buffer] if buffer in kwargs else args[0]
-        sizes.append(tensor.numel() * tensor.element_size())
+        sizes.append(measure(kwargs[buffer] if buffer in kwargs else args[0]))
         return collective(*args, **kwargs)
 
     setattr(torch.distributed, name, recorded)
@@ -371,15 +374,16 @@ def test_the_units_the_forward_ends_with_are_gathered_once_a_pass(tmp_path):
         assert (seen["forward_gathers"], seen["backward_gathers"]) == (units, units - 3)
 
 
-def sharded_stage_2(world, mesh_shape=None):
-    """The tiny stage-2 model sharded as the trainer does, and a row of text for it."""
+def sharded_stage_2(world, mesh_shape=None, **wrapping):
+    """The tiny stage-2 model sharded as the trainer does (`wrapping`: more of `World.wrap`'s
+    arguments), and a row of text for it."""
     torch.manual_seed(0)
     config = tiny_config(2)
     tokenizer = TextTokenizer.default()
     model = build_model(config.model, 56, tokenizer)
     apply_freeze_plan(model, config.trainable)
     world.wrap(model, InitialWeights(model, 0), torch.device("cpu"), "fsdp",
-               mesh_shape=mesh_shape)
+               mesh_shape=mesh_shape, **wrapping)
     model.encode_always = True  # as the trainer sets under FSDP: the ViT runs without images
     tokens = torch.tensor([tokenizer.encode("a row of text without images")])
     return model, (tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
@@ -407,44 +411,120 @@ def ends_worker(out):
     world.finish()
 
 
-# ---- gradient accumulation: reduce-scattered at each micro-batch, all-reduced on the last -----
+# ---- gradient accumulation: sharded (reduce-scattered at each micro-batch) or whole ----------
 
 @pytest.mark.parametrize("ranks, mesh", [(2, "2"), (4, "2x2")])
-def test_gradients_accumulate_sharded_and_copies_all_reduce_on_the_last_micro_batch(
-        tmp_path, ranks, mesh):
-    # a micro-batch that is not a step's last reduce-scatters its gradients (nothing unsharded
-    # is kept back): with one copy each rank holds its slice of them as the parameters'
-    # gradients; under hybrid sharding (2 copies of 2) FSDP holds the slices until the last
-    # micro-batch, whose all-reduce is the first to cross the copies
+def test_gradients_accumulate_sharded_or_whole_to_the_same_step(tmp_path, ranks, mesh):
+    # sharded (the default): a micro-batch that is not a step's last reduce-scatters its
+    # gradients (nothing unsharded is kept back): with one copy each rank holds its slice of them
+    # as the parameters' gradients; under hybrid sharding (2 copies of 2) FSDP holds the slices
+    # until the last micro-batch, whose all-reduce is the first to cross the copies. Whole: the
+    # first micro-batch reduces nothing and leaves the parameters without gradients; the last
+    # reduces the sums once. Both end the step with the same gradients
     torchrun(__file__, "accumulate", str(tmp_path), mesh, processes=ranks)
     for rank in range(ranks):
         seen = json.load(open(tmp_path / f"rank{rank}.json"))
-        assert seen["reduce_scatters"][0] > 0 and seen["reduce_scatters"][1] > 0
+        sharded, whole = seen["sharded"], seen["whole"]
+        assert sharded["reduce_scatters"][0] > 0 and sharded["reduce_scatters"][1] > 0
         if mesh == "2":
-            assert seen["grads_after_first"] == ["DTensor"]
+            assert sharded["grads_after_first"] == ["DTensor"]
         else:
-            assert seen["all_reduces"][0] == 0 < seen["all_reduces"][1]
+            assert sharded["all_reduces"][0] == 0 < sharded["all_reduces"][1]
+        assert whole["reduce_scatters"][0] == whole["all_reduces"][0] == 0
+        assert whole["reduce_scatters"][1] > 0
+        assert whole["grads_after_first"] == ["NoneType"]
+        assert whole["grads"] == pytest.approx(sharded["grads"], rel=1e-5, abs=1e-8)
 
 
 def accumulate_worker(out, mesh):
-    """One rank of `test_gradients_accumulate_sharded_and_copies_all_reduce_on_the_last_
-    micro_batch`: two micro-batches of a step, the collectives of each counted."""
+    """One rank of `test_gradients_accumulate_sharded_or_whole_to_the_same_step`: two
+    micro-batches of a step with each accumulation, the collectives of each counted, and the
+    step's gradients (this rank's slices) noted."""
     world = join_world()
     model, row = sharded_stage_2(world, tuple(int(size) for size in mesh.split("x")))
     reduce_scatters = record_collective("reduce_scatter_single", "input")
     all_reduces = record_collective("all_reduce", "tensor")
-    counted = []
-    for last in (False, True):
-        with world.no_sync(model, last=last):
-            model(*row).backward()
-        if not last:
-            grads = sorted({type(param.grad).__name__ for param in model.parameters()
-                            if param.requires_grad})
-        counted.append((len(reduce_scatters), len(all_reduces)))
+    seen = {}
+    for accumulation in ("sharded", "whole"):
+        counted = [(len(reduce_scatters), len(all_reduces))]
+        for last in (False, True):
+            with world.no_sync(model, last, accumulation):
+                model(*row).backward()
+            if not last:
+                grads = sorted({type(param.grad).__name__ for param in model.parameters()
+                                if param.requires_grad})
+            counted.append((len(reduce_scatters), len(all_reduces)))
+        seen[accumulation] = {
+            "grads_after_first": grads,
+            "reduce_scatters": [b[0] - a[0] for a, b in zip(counted, counted[1:])],
+            "all_reduces": [b[1] - a[1] for a, b in zip(counted, counted[1:])],
+            "grads": [value for param in model.parameters() if param.requires_grad
+                      for value in param.grad.to_local().flatten().tolist()[:8]]}
+        model.zero_grad(set_to_none=True)
     with open(os.path.join(out, f"rank{world.rank}.json"), "w") as f:
-        json.dump({"grads_after_first": grads,
-                   "reduce_scatters": [counted[0][0], counted[1][0] - counted[0][0]],
-                   "all_reduces": [counted[0][1], counted[1][1] - counted[0][1]]}, f)
+        json.dump(seen, f)
+    world.finish()
+
+
+def test_with_bf16_gradients_can_be_reduced_in_bf16():
+    # half the bytes of each reduce-scatter, the gradients those of the fp32 reduction within
+    # bf16's precision; the config names the dtype
+    out = torchrun(__file__, "reduce")
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["bytes_per_value"] == {"float32": [4], "bfloat16": [2]}
+    assert seen["bfloat16"] == pytest.approx(seen["float32"], rel=2e-2, abs=1e-4)
+    assert seen["float32"] != pytest.approx(seen["bfloat16"], rel=1e-6, abs=0)
+    assert stage_config(2).fsdp_reduce_dtype == "float32"
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        stage_config(2, overrides={"fsdp_reduce_dtype": "float16"})
+    with pytest.raises(ValueError, match="sharded or whole"):
+        stage_config(2, overrides={"fsdp_accumulation": "unsharded"})
+
+
+def test_a_run_hands_its_reductions_to_the_world(tmp_path, shards, monkeypatch):  # noqa: F811
+    # the config's accumulation and reduce dtype reach the wrapping and each micro-batch (what
+    # they do there is tested above)
+    wrapped, passes = [], []
+    wrap, no_sync = World.wrap, World.no_sync
+
+    def noted_wrap(self, *args):
+        wrapped.append(args[-1])
+        return wrap(self, *args)
+
+    def noted_no_sync(self, model, last, accumulation="sharded"):
+        passes.append((last, accumulation))
+        return no_sync(self, model, last, accumulation)
+
+    monkeypatch.setattr(World, "wrap", noted_wrap)
+    monkeypatch.setattr(World, "no_sync", noted_no_sync)
+    train(stage_manifest(tmp_path, shards, 2), 2, str(tmp_path / "run"), device="cpu",
+          overrides=dict(TINY, steps=1, micro_batch_size=1, fsdp_accumulation="whole",
+                         fsdp_reduce_dtype="bfloat16"))
+    assert wrapped == [torch.bfloat16]
+    assert passes == [(False, "whole"), (True, "whole")]
+
+
+def reduce_worker():
+    """One rank of `test_with_bf16_gradients_can_be_reduced_in_bf16`: a forward and backward
+    pass in bf16 with each reduce dtype; rank 0 prints the bytes per value of the
+    reduce-scatters and its gradients (slices)."""
+    world = join_world()
+    element_sizes = record_collective("reduce_scatter_single", "input",
+                                      lambda tensor: tensor.element_size())
+    seen = {"bytes_per_value": {}}
+    for name in ("float32", "bfloat16"):
+        model, (tokens, positions, _) = sharded_stage_2(world, bf16=True,
+                                                        reduce_dtype=getattr(torch, name))
+        tokens = tokens.roll(world.rank, dims=1)  # the ranks' gradients differ
+        before = len(element_sizes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(tokens, positions, tokens)
+        loss.backward()
+        seen["bytes_per_value"][name] = sorted(set(element_sizes[before:]))
+        seen[name] = [value for param in model.parameters() if param.requires_grad
+                      for value in param.grad.to_local().flatten().tolist()[:8]]
+    if world.main:
+        print(json.dumps(seen))
     world.finish()
 
 
@@ -455,5 +535,7 @@ if __name__ == "__main__":
         ends_worker(sys.argv[2])
     elif sys.argv[1] == "accumulate":
         accumulate_worker(*sys.argv[2:])
+    elif sys.argv[1] == "reduce":
+        reduce_worker()
     else:
         startup_worker(sys.argv[1], sys.argv[2])

@@ -88,7 +88,8 @@ def check_uniform(plan: list[nn.Module]) -> None:
 
 
 def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16: bool,
-          replicate_frozen: bool = True, mesh_shape: tuple[int, ...] | None = None) -> nn.Module:
+          replicate_frozen: bool = True, mesh_shape: tuple[int, ...] | None = None,
+          reduce_dtype: torch.dtype = torch.float32) -> nn.Module:
     """Shard `model`, built on the meta device, in place: innermost unit first, each rank gives
     the unit's own parameters their initial values (the same on every rank: read from the same
     files, or drawn from generators seeded by name), then keeps its slice of them.
@@ -101,7 +102,10 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
     `mesh_shape` (copies, group) shards each copy of the model over a group of ranks and
     replicates it across the groups (FSDP2's hybrid sharding over a 2-D mesh): the gathers of
     each pass stay within a group, and the groups all-reduce the gradients once a step. The
-    default, (ranks,), shards one copy over all."""
+    default, (ranks,), shards one copy over all.
+
+    With `bf16`, each unit computes with bf16 weights and reduces its gradients in
+    `reduce_dtype`; the sharded master weights, gradients and AdamW state stay fp32."""
     plan = shard_plan(model)
     check_uniform(plan)
     # the ViT returns its patch tokens as a slice and the adapter a linear layer's output, views
@@ -112,8 +116,7 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
     shape = mesh_shape or (dist.get_world_size(),)
     mesh = init_device_mesh(device.type, shape,
                             mesh_dim_names=("replicate", "shard")[-len(shape):])
-    # bf16 weights in compute, fp32 gradient reduction and fp32 master weights
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=reduce_dtype)
               if bf16 else MixedPrecisionPolicy())
     move_buffers(model, device)
     ends = forward_ends(model)
@@ -160,6 +163,13 @@ def hybrid_note(mesh_shape: tuple[int, ...]) -> str:
     return f" in {copies} copies, each sharded over {group} ranks"
 
 
+def reduction_note(accumulation: str, reduce_dtype: str, bf16: bool) -> str:
+    """How gradients are reduced where not as by default, for the start-up line."""
+    return ((", gradients accumulated whole" if accumulation == "whole" else "")
+            + (f", gradients reduced in {reduce_dtype}"
+               if bf16 and reduce_dtype != "float32" else ""))
+
+
 def state_copies(world: World, mesh_shape: tuple[int, ...] | None) -> tuple[int, int]:
     """How many ranks hold each slice of the trained state, and which of them this rank is:
     every rank under DDP (`mesh_shape` None), the copies of the model under hybrid sharding
@@ -196,12 +206,14 @@ class World:
 
     def wrap(self, model: nn.Module, weights: InitialWeights, device: torch.device,
              strategy: str = "ddp", bf16: bool = False, replicate_frozen: bool = True,
-             mesh_shape: tuple[int, ...] | None = None) -> nn.Module:
+             mesh_shape: tuple[int, ...] | None = None,
+             reduce_dtype: torch.dtype = torch.float32) -> nn.Module:
         """Fill `model`'s parameters (on the meta device) on `device` and return the module to
         call for training: `model` itself on one rank or under FSDP (sharded in place over
         `mesh_shape`, see `shard`), else a DDP wrapper around it."""
         if self.grouped and strategy == "fsdp":
-            return shard(model, weights, device, bf16, replicate_frozen, mesh_shape)
+            return shard(model, weights, device, bf16, replicate_frozen, mesh_shape,
+                         reduce_dtype)
         move_buffers(model, device)
         weights.fill(model.parameters(), device)
         if self.size == 1:
@@ -211,16 +223,17 @@ class World:
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
 
-    def no_sync(self, model: nn.Module, last: bool):
-        """The gradient reduction that can wait for the last micro-batch of a step: DDP's
-        all-reduce, and under hybrid sharding the all-reduce across the copies. FSDP's
-        reduce-scatter runs at every micro-batch, so that the gradients accumulate sharded:
-        held back, every rank would keep the unsharded fp32 gradients of all it trains until
-        the step's end (38 GB for the 9.6 B model at stage 2, on each GPU)."""
+    def no_sync(self, model: nn.Module, last: bool, accumulation: str = "sharded"):
+        """The gradient reduction that waits for the last micro-batch of a step: DDP's
+        all-reduce; under FSDP, with `accumulation` "sharded", only the all-reduce across the
+        copies of hybrid sharding, each micro-batch's gradients being reduce-scattered as its
+        backward pass runs (held back, every rank would keep the unsharded fp32 gradients of
+        all it trains until the step's end: 38 GB for the 9.6 B model at stage 2, on each GPU);
+        with "whole", every reduction, for those gradients held."""
         if last or self.size == 1:
             return contextlib.nullcontext()
         if isinstance(model, FSDPModule):
-            return _all_reduce_on_last(model)
+            return _reduce_on_last(model, accumulation)
         return model.no_sync()
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
@@ -289,11 +302,14 @@ def join_world() -> World:
 
 
 @contextlib.contextmanager
-def _all_reduce_on_last(model: FSDPModule):
-    """Reduce-scatter within each copy, all-reduce across the copies later (hybrid sharding
-    adds the sums it held back); a mesh of one copy has no all-reduce to hold back."""
-    model.set_requires_all_reduce(False)
+def _reduce_on_last(model: FSDPModule, accumulation: str):
+    """"sharded": reduce-scatter within each copy now, all-reduce across the copies later
+    (hybrid sharding adds the sums it held back; a mesh of one copy has no all-reduce to hold
+    back). "whole": no reduction now; the gradients accumulate unsharded."""
+    hold_back = (model.set_requires_gradient_sync if accumulation == "whole"
+                 else model.set_requires_all_reduce)
+    hold_back(False)
     try:
         yield
     finally:
-        model.set_requires_all_reduce(True)
+        hold_back(True)

@@ -113,6 +113,14 @@ class StageConfig:
     # 8, so FSDP's gathers stay within a node and the nodes all-reduce the gradients once a
     # step); None = all of them
     fsdp_shard_size: int | None = None
+    # under fsdp, how gradients accumulate over a step's micro-batches: "sharded" (each
+    # micro-batch's reduce-scattered as its backward pass runs: a GPU holds 1/G of them) or
+    # "whole" (kept whole until the step's last micro-batch, then reduced once: fewer reductions
+    # for the fp32 gradients of all a GPU trains held through the step)
+    fsdp_accumulation: str = "sharded"
+    # under fsdp with bf16, the dtype gradients are reduced in: "float32", or "bfloat16" for half
+    # the bytes of each reduction at bf16's precision of the sums
+    fsdp_reduce_dtype: str = "float32"
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs
@@ -155,6 +163,12 @@ class StageConfig:
             raise ConfigError("data_lanes must be >= 1")
         if self.fsdp_shard_size is not None and self.fsdp_shard_size < 1:
             raise ConfigError("fsdp_shard_size must be >= 1")
+        if self.fsdp_accumulation not in ("sharded", "whole"):
+            raise ConfigError(f"fsdp_accumulation must be sharded or whole, "
+                              f"got {self.fsdp_accumulation!r}")
+        if self.fsdp_reduce_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"fsdp_reduce_dtype must be float32 or bfloat16, "
+                              f"got {self.fsdp_reduce_dtype!r}")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step that make micro_batch_size x world_size x it exactly
