@@ -213,8 +213,12 @@ def checkpoint_activations(model: QwenVL, components: list[str]) -> None:
         if not model.llm.supports_gradient_checkpointing:
             raise ConfigError(f"activation_checkpointing: {type(model.llm).__name__} does not "
                               "support it")
-        model.llm.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model.llm, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # older transformers name it so
+            model.llm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def apply_freeze_plan(model: QwenVL, trainable: list[str]) -> None:
