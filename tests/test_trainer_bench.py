@@ -2,6 +2,7 @@
 import glob
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -145,3 +146,21 @@ def test_bench_trainer_prints_each_goal_with_the_best_setting(capsys):
     bench_trainer.print_goals({"plain HF Qwen2, LLM only": {"tokens_per_s": 1, "data_wait": 0},
                                "trainer, sdpa": {"tokens_per_s": 1, "data_wait": 0}})
     assert capsys.readouterr().out == ""  # no MFU without a GPU
+
+
+def test_the_gpu_run_takes_each_step_in_its_tiny_form_and_keeps_their_output(tmp_path):
+    # TINY=1: the script's steps, in the forms that run on a CPU; each ends well and leaves its
+    # log, and a step the budget cannot hold is named as skipped
+    script = os.path.join(ROOT, "benchmarks", "trainer_on_gpu.sh")
+    env = dict(os.environ, TINY="1", PYTHON=sys.executable)
+    printed = subprocess.run(["bash", script, str(tmp_path / "out"), "600"], env=env,
+                             capture_output=True, text=True, timeout=900).stdout
+    steps = ("environment", "bench_trainer", "cuda_checks", "bench_padding")
+    for step in steps:
+        assert re.search(rf"== {step}: exit 0 after \d+ s", printed), printed[-3000:]
+        assert (tmp_path / "out" / f"{step}.log").stat().st_size > 0
+    assert (tmp_path / "out" / "bench_trainer.json").exists()
+    assert list((tmp_path / "out" / "traces").glob("*.json"))
+    printed = subprocess.run(["bash", script, str(tmp_path / "late"), "0"], env=env,
+                             capture_output=True, text=True, timeout=60).stdout
+    assert all(f"== {step}: skipped" in printed for step in steps)
