@@ -374,19 +374,19 @@ def test_the_units_the_forward_ends_with_are_gathered_once_a_pass(tmp_path):
         assert (seen["forward_gathers"], seen["backward_gathers"]) == (units, units - 3)
 
 
-def sharded_stage_2(world, mesh_shape=None, **wrapping):
-    """The tiny stage-2 model sharded as the trainer does (`wrapping`: more of `World.wrap`'s
-    arguments), and a row of text for it."""
+def sharded_stage_2(world, mesh_shape=None, strategy="fsdp", **wrapping):
+    """The tiny stage-2 model sharded as the trainer does (or wrapped by `strategy`; `wrapping`:
+    more of `World.wrap`'s arguments), and a row of text for it."""
     torch.manual_seed(0)
     config = tiny_config(2)
     tokenizer = TextTokenizer.default()
     model = build_model(config.model, 56, tokenizer)
     apply_freeze_plan(model, config.trainable)
-    world.wrap(model, InitialWeights(model, 0), torch.device("cpu"), "fsdp",
-               mesh_shape=mesh_shape, **wrapping)
-    model.encode_always = True  # as the trainer sets under FSDP: the ViT runs without images
+    model.encode_always = strategy == "fsdp"  # as the trainer sets it: the ViT runs anyway
+    trained = world.wrap(model, InitialWeights(model, 0), torch.device("cpu"), strategy,
+                         mesh_shape=mesh_shape, **wrapping)
     tokens = torch.tensor([tokenizer.encode("a row of text without images")])
-    return model, (tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
+    return trained, (tokens, torch.arange(tokens.shape[1]).view(1, -1), tokens)
 
 
 def ends_worker(out):
@@ -466,17 +466,21 @@ def accumulate_worker(out, mesh):
     world.finish()
 
 
-def test_with_bf16_gradients_can_be_reduced_in_bf16():
-    # half the bytes of each reduce-scatter, the gradients those of the fp32 reduction within
-    # bf16's precision; the config names the dtype
-    out = torchrun(__file__, "reduce")
+@pytest.mark.parametrize("strategy, collective", [("fsdp", "reduce_scatter_single"),
+                                                  ("ddp", "all_reduce")])
+def test_with_bf16_gradients_can_be_reduced_in_bf16(strategy, collective):
+    # half the bytes of each reduction (FSDP's reduce-scatters, DDP's all-reduces), the
+    # gradients those of the fp32 reduction within bf16's precision; the config names the dtype
+    out = torchrun(__file__, "reduce", strategy, collective)
     seen = json.loads(out.strip().splitlines()[-1])
-    assert seen["bytes_per_value"] == {"float32": [4], "bfloat16": [2]}
+    # DDP's own fp32 all-reduce runs in C++, unseen by the recorder: nothing or 4 bytes a value
+    assert seen["bytes_per_value"]["float32"] == ([4] if strategy == "fsdp" else [])
+    assert seen["bytes_per_value"]["bfloat16"] == [2]
     assert seen["bfloat16"] == pytest.approx(seen["float32"], rel=2e-2, abs=1e-4)
     assert seen["float32"] != pytest.approx(seen["bfloat16"], rel=1e-6, abs=0)
-    assert stage_config(2).fsdp_reduce_dtype == "float32"
+    assert stage_config(2).reduce_dtype == "float32"
     with pytest.raises(ValueError, match="float32 or bfloat16"):
-        stage_config(2, overrides={"fsdp_reduce_dtype": "float16"})
+        stage_config(2, overrides={"reduce_dtype": "float16"})
     with pytest.raises(ValueError, match="sharded or whole"):
         stage_config(2, overrides={"fsdp_accumulation": "unsharded"})
 
@@ -499,33 +503,38 @@ def test_a_run_hands_its_reductions_to_the_world(tmp_path, shards, monkeypatch):
     monkeypatch.setattr(World, "no_sync", noted_no_sync)
     train(stage_manifest(tmp_path, shards, 2), 2, str(tmp_path / "run"), device="cpu",
           overrides=dict(TINY, steps=1, micro_batch_size=1, fsdp_accumulation="whole",
-                         fsdp_reduce_dtype="bfloat16"))
+                         reduce_dtype="bfloat16"))
     assert wrapped == [torch.bfloat16]
     assert passes == [(False, "whole"), (True, "whole")]
 
 
-def reduce_worker():
+def reduce_worker(strategy, collective):
     """One rank of `test_with_bf16_gradients_can_be_reduced_in_bf16`: a forward and backward
-    pass in bf16 with each reduce dtype; rank 0 prints the bytes per value of the
-    reduce-scatters and its gradients (slices)."""
+    pass in bf16 with each reduce dtype; rank 0 prints the bytes per value of the collective
+    that reduces the gradients and its gradients (its slices under FSDP)."""
     world = join_world()
-    element_sizes = record_collective("reduce_scatter_single", "input",
-                                      lambda tensor: tensor.element_size())
+    element_sizes = record_collective(collective, "input" if "scatter" in collective
+                                      else "tensor", lambda tensor: tensor.element_size())
     seen = {"bytes_per_value": {}}
     for name in ("float32", "bfloat16"):
-        model, (tokens, positions, _) = sharded_stage_2(world, bf16=True,
-                                                        reduce_dtype=getattr(torch, name))
+        trained, (tokens, positions, _) = sharded_stage_2(
+            world, strategy=strategy, bf16=True, reduce_dtype=getattr(torch, name))
         tokens = tokens.roll(world.rank, dims=1)  # the ranks' gradients differ
         before = len(element_sizes)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(tokens, positions, tokens)
+            loss = trained(tokens, positions, tokens)
         loss.backward()
         seen["bytes_per_value"][name] = sorted(set(element_sizes[before:]))
-        seen[name] = [value for param in model.parameters() if param.requires_grad
-                      for value in param.grad.to_local().flatten().tolist()[:8]]
+        seen[name] = [value for param in trained.parameters() if param.grad is not None
+                      for value in local(param.grad).flatten().tolist()[:8]]
     if world.main:
         print(json.dumps(seen))
     world.finish()
+
+
+def local(tensor):
+    """This rank's part of a sharded tensor, or the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 if __name__ == "__main__":
@@ -536,6 +545,6 @@ if __name__ == "__main__":
     elif sys.argv[1] == "accumulate":
         accumulate_worker(*sys.argv[2:])
     elif sys.argv[1] == "reduce":
-        reduce_worker()
+        reduce_worker(*sys.argv[2:])
     else:
         startup_worker(sys.argv[1], sys.argv[2])

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -163,13 +164,6 @@ def hybrid_note(mesh_shape: tuple[int, ...]) -> str:
     return f" in {copies} copies, each sharded over {group} ranks"
 
 
-def reduction_note(accumulation: str, reduce_dtype: str, bf16: bool) -> str:
-    """How gradients are reduced where not as by default, for the start-up line."""
-    return ((", gradients accumulated whole" if accumulation == "whole" else "")
-            + (f", gradients reduced in {reduce_dtype}"
-               if bf16 and reduce_dtype != "float32" else ""))
-
-
 def state_copies(world: World, mesh_shape: tuple[int, ...] | None) -> tuple[int, int]:
     """How many ranks hold each slice of the trained state, and which of them this rank is:
     every rank under DDP (`mesh_shape` None), the copies of the model under hybrid sharding
@@ -210,7 +204,8 @@ class World:
              reduce_dtype: torch.dtype = torch.float32) -> nn.Module:
         """Fill `model`'s parameters (on the meta device) on `device` and return the module to
         call for training: `model` itself on one rank or under FSDP (sharded in place over
-        `mesh_shape`, see `shard`), else a DDP wrapper around it."""
+        `mesh_shape`, see `shard`), else a DDP wrapper around it. With `bf16`, gradients are
+        reduced across the ranks in `reduce_dtype`."""
         if self.grouped and strategy == "fsdp":
             return shard(model, weights, device, bf16, replicate_frozen, mesh_shape,
                          reduce_dtype)
@@ -219,9 +214,12 @@ class World:
         if self.size == 1:
             return model
         # a text-only micro-batch leaves the ViT and the adapter without gradients on one rank
-        return DistributedDataParallel(
+        replica = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
+        if bf16 and reduce_dtype == torch.bfloat16:  # all-reduced in bf16, kept in fp32
+            replica.register_comm_hook(None, bf16_compress_hook)
+        return replica
 
     def no_sync(self, model: nn.Module, last: bool, accumulation: str = "sharded"):
         """The gradient reduction that waits for the last micro-batch of a step: DDP's

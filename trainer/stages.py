@@ -118,9 +118,10 @@ class StageConfig:
     # "whole" (kept whole until the step's last micro-batch, then reduced once: fewer reductions
     # for the fp32 gradients of all a GPU trains held through the step)
     fsdp_accumulation: str = "sharded"
-    # under fsdp with bf16, the dtype gradients are reduced in: "float32", or "bfloat16" for half
-    # the bytes of each reduction at bf16's precision of the sums
-    fsdp_reduce_dtype: str = "float32"
+    # under torchrun with bf16, the dtype gradients are reduced in across the processes (DDP's
+    # all-reduce, FSDP's reduce-scatters and all-reduces): "float32", or "bfloat16" for half the
+    # bytes of each reduction at bf16's precision of the sums
+    reduce_dtype: str = "float32"
     num_workers: int = 2  # image-decoding processes; 0 decodes in the training process
     prefetch: int = 8  # packed sequences decoded ahead per worker
     pack_window: int = 256  # samples read per task before planning their packs
@@ -166,9 +167,9 @@ class StageConfig:
         if self.fsdp_accumulation not in ("sharded", "whole"):
             raise ConfigError(f"fsdp_accumulation must be sharded or whole, "
                               f"got {self.fsdp_accumulation!r}")
-        if self.fsdp_reduce_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"fsdp_reduce_dtype must be float32 or bfloat16, "
-                              f"got {self.fsdp_reduce_dtype!r}")
+        if self.reduce_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"reduce_dtype must be float32 or bfloat16, "
+                              f"got {self.reduce_dtype!r}")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step that make micro_batch_size x world_size x it exactly

@@ -30,8 +30,8 @@ from trainer.data import (Batch, build_loader, corpus_texts, data_lanes, merge_s
                           read_manifest, sample_shares, shared_shards_note, task_samples)
 from trainer.model import (QwenVL, apply_freeze_plan, checkpoint_activations, compile_blocks,
                            parameter_counts)
-from trainer.distributed import (World, hybrid_note, join_world, reduction_note,
-                                 replicated_note, state_copies)
+from trainer.distributed import (World, hybrid_note, join_world, replicated_note,
+                                 state_copies)
 from trainer.stages import COMPONENTS, ModelConfig, StageConfig, model_config, stage_config
 from trainer.weights import InitialWeights, parameters_on_meta
 
@@ -226,7 +226,7 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     # the weights are filled on `device`; under FSDP one unit at a time, each sharded in place
     trained = world.wrap(model, weights, device, config.distributed, bf16,
                          config.replicate_frozen, mesh_shape,
-                         getattr(torch, config.fsdp_reduce_dtype))
+                         getattr(torch, config.reduce_dtype))
     if load_later:
         load_model(model, resume_from, world)
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.peak_lr,
@@ -252,14 +252,16 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     counts = parameter_counts(model)
     host_memory = world.each(peak_host_memory_gib(), device)  # what start-up cost each rank
     if world.main:
-        fsdp_note = (" fsdp" + hybrid_note(mesh_shape) + reduction_note(
-            config.fsdp_accumulation, config.fsdp_reduce_dtype, bf16) + replicated_note(model)
-            if fsdp else "")
+        strategy_note = (" fsdp" + hybrid_note(mesh_shape) + (
+            ", gradients accumulated whole" if config.fsdp_accumulation == "whole" else "")
+            + replicated_note(model) if fsdp else "")
+        if bf16 and world.size > 1 and config.reduce_dtype != "float32":
+            strategy_note += f", gradients reduced in {config.reduce_dtype}"
         print(f"stage {stage}: {sum(counts[k] for k in COMPONENTS) / 1e6:.1f} M parameters (ViT "
               f"{counts['visual'] / 1e6:.1f} M, adapter {counts['adapter'] / 1e6:.1f} M, LLM "
               f"{counts['llm'] / 1e6:.1f} M); trains {'+'.join(config.trainable)}; image "
               f"{image_size}, seq_len {seq_len}; {world.size} x {device}{' bf16' if bf16 else ''}"
-              f"{fsdp_note}; "
+              f"{strategy_note}; "
               f"global batch {config.global_batch} row(s) = "
               f"{config.micro_batch_size} x {world.size} process(es) x {config.grad_accum} "
               f"pass(es); "
