@@ -133,7 +133,7 @@ def shard(model: nn.Module, weights: InitialWeights, device: torch.device, bf16:
             replicated.update(params)
             continue
         fully_shard(module, mesh=mesh, mp_policy=policy,
-                    reshard_after_forward=False if module in ends else None,
+                    reshard_after_forward=module not in ends,
                     ignored_params=replicated.intersection(module.parameters()) or None)
     return model
 
