@@ -316,6 +316,44 @@ def test_varlen_is_a_registered_attention_implementation(tokenizer):
     assert model.llm.config._attn_implementation == "varlen"
 
 
+def first_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
+                      return_aux=None):
+    """The signature of PyTorch's first varlen_attn."""
+
+
+def later_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None,
+                      scale=None, window_size=(-1, -1), enable_gqa=False):
+    """The signature of later ones."""
+
+
+def test_varlen_is_told_causal_masking_and_the_scale_as_each_pytorch_spells_them(monkeypatch):
+    from trainer import attention
+
+    assert attention.causal_options(first_varlen_attn) == {"is_causal": True}
+    assert attention.causal_options(later_varlen_attn) == {
+        "window_size": (-1, 0), "enable_gqa": True, "scale": None}
+    seen = {}
+
+    def kernel(query, key, value, *bounds, **options):
+        seen.update(options, key_heads=key.shape[1])
+        return query
+
+    query, key = torch.ones(1, 4, 3, 16), torch.ones(1, 2, 3, 16)
+    bounds = dict(cu_seq_lens_q=torch.tensor([0, 3], dtype=torch.int32), max_length_q=3)
+    monkeypatch.setattr(attention, "varlen_attn", kernel)
+    for signature, scale, expected in ((later_varlen_attn, 0.5, {"scale": 0.5, "key_heads": 2}),
+                                       (first_varlen_attn, 0.25, {"key_heads": 4})):
+        seen.clear()
+        monkeypatch.setattr(attention, "CAUSAL_OPTIONS", attention.causal_options(signature))
+        out, _ = attention.varlen_attention(None, query, key, key, None, scaling=scale, **bounds)
+        assert out.shape == (1, 3, 4, 16)
+        assert {name: seen[name] for name in expected} == expected
+        assert "scale" not in seen or signature is later_varlen_attn
+    # a kernel without a scale cannot take another than its own 1/sqrt(head dim)
+    with pytest.raises(RuntimeError, match="takes no scale"):
+        attention.varlen_attention(None, query, key, key, None, scaling=0.5, **bounds)
+
+
 def test_a_record_without_a_text_format_is_skipped(encoder):
     broken = make_sample("g", task="ref_grounding", text="the dog")  # no region, so no box
     assert encoder(broken) is None

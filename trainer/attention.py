@@ -41,21 +41,29 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     key = key.transpose(1, 2).reshape(batch * length, kv_heads, dim)
     value = value.transpose(1, 2).reshape(batch * length, kv_heads, dim)
     options = CAUSAL_OPTIONS
+    if "scale" in options:
+        options = {**options, "scale": scaling}
+    elif scaling is not None and abs(scaling - dim ** -0.5) > 1e-6 * scaling:
+        raise RuntimeError(f"this PyTorch's varlen_attn takes no scale; the model asks for "
+                           f"{scaling} (not 1/sqrt({dim}))")
     if kv_heads != heads and "enable_gqa" not in options:  # older kernels: repeat the kv heads
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)
     out = varlen_attn(query.transpose(1, 2).reshape(batch * length, heads, dim), key, value,
-                      cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
-                      **options)
+                      cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, **options)
     return out.view(batch, length, heads, dim), None
 
 
 def causal_options(function) -> dict:
-    """Causal masking (and grouped-query support) as this PyTorch's varlen_attn spells them."""
+    """Causal masking (and grouped-query support) as this PyTorch's varlen_attn spells them; a
+    `scale` entry (None: the kernel's 1/sqrt(head dim)) where it takes one (the first releases
+    did not)."""
     parameters = inspect.signature(function).parameters
     options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
     if "enable_gqa" in parameters:
         options["enable_gqa"] = True
+    if "scale" in parameters:
+        options["scale"] = None
     return options
 
 
