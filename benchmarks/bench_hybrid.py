@@ -14,8 +14,9 @@ takes one optimizer step of `--accumulation` micro-batches as the trainer does (
 reduce-scattered at each, all-reduced across the copies on the last; with `--whole`, as with
 `fsdp_accumulation: whole`, both on the last). FSDP2's all-gathers, reduce-scatters and
 all-reduces are counted by the bytes of the larger of their buffers and by whether their group
-spans nodes; the output prints rank 0's, per step. On a CPU the count is the measure (gloo over loopback has no slow link); on
-a cluster the bytes that cross nodes go over the network instead of NVLink.
+spans nodes; the output prints rank 0's, per step. On a CPU the count is the measure (gloo over
+loopback has no slow link); on a cluster the bytes that cross nodes go over the network instead
+of NVLink.
 """
 from __future__ import annotations
 

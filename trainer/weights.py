@@ -99,8 +99,8 @@ def tensor_readers(path: str) -> dict[str, Reader]:
         else:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, ValueError) as error:
-        raise ConfigError(f"{path}: not a torch, TorchScript or safetensors checkpoint the trainer reads "
-                          f"({str(error).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not a torch, TorchScript or safetensors checkpoint the "
+                          f"trainer reads ({str(error).splitlines()[0]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return {key.removeprefix("module."): (lambda tensor=tensor: tensor)
