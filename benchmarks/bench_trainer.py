@@ -346,17 +346,18 @@ def loader_stall(manifest: str, model: dict, image_size: int, seq_len: int, args
             pass
         time.sleep(max(0.0, args.step_seconds - args.launch) * share)
 
+    read_together = args.grad_accum if read_first else 1  # micro-batches read before training
     waited, started = 0.0, time.perf_counter()
     try:
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 waited, started = 0.0, time.perf_counter()
-            for _ in range(1 if read_first else args.grad_accum):
+            for _ in range(args.grad_accum // read_together):
                 asked = time.perf_counter()
-                for _ in range(args.grad_accum if read_first else 1):
+                for _ in range(read_together):
                     next(batches)
                 waited += time.perf_counter() - asked
-                train(args.grad_accum if read_first else 1)
+                train(read_together)
     finally:
         loader.close()
     return waited / (time.perf_counter() - started)

@@ -301,9 +301,10 @@ def join_world() -> World:
 
 @contextlib.contextmanager
 def _reduce_on_last(model: FSDPModule, accumulation: str):
-    """"sharded": reduce-scatter within each copy now, all-reduce across the copies later
-    (hybrid sharding adds the sums it held back; a mesh of one copy has no all-reduce to hold
-    back). "whole": no reduction now; the gradients accumulate unsharded."""
+    """With "sharded" accumulation: reduce-scatter within each copy now, all-reduce across the
+    copies later (hybrid sharding adds the sums it held back; a mesh of one copy has no
+    all-reduce to hold back). With "whole": no reduction now; the gradients accumulate
+    unsharded."""
     hold_back = (model.set_requires_gradient_sync if accumulation == "whole"
                  else model.set_requires_all_reduce)
     hold_back(False)

@@ -252,9 +252,12 @@ def train(manifest_path: str, stage: int, output_dir: str, config_path: str | No
     counts = parameter_counts(model)
     host_memory = world.each(peak_host_memory_gib(), device)  # what start-up cost each rank
     if world.main:
-        strategy_note = (" fsdp" + hybrid_note(mesh_shape) + (
-            ", gradients accumulated whole" if config.fsdp_accumulation == "whole" else "")
-            + replicated_note(model) if fsdp else "")
+        strategy_note = ""
+        if fsdp:
+            accumulation = (", gradients accumulated whole"
+                            if config.fsdp_accumulation == "whole" else "")
+            strategy_note = (" fsdp" + hybrid_note(mesh_shape) + accumulation
+                             + replicated_note(model))
         if bf16 and world.size > 1 and config.reduce_dtype != "float32":
             strategy_note += f", gradients reduced in {config.reduce_dtype}"
         print(f"stage {stage}: {sum(counts[k] for k in COMPONENTS) / 1e6:.1f} M parameters (ViT "
