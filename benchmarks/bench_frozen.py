@@ -49,8 +49,6 @@ def synthetic_rows(model, rows: int, text_tokens: int, image_size: int, device):
     return [t.to(device) for t in (ids, positions, targets, pixels)] + [layout.to(device)]
 
 
-COUNTED = {"all_gather_single": "output", "reduce_scatter_single": "input",
-           "all_reduce": "tensor"}
 
 
 def count_collectives(node_size: int) -> dict[str, int]:
@@ -59,23 +57,27 @@ def count_collectives(node_size: int) -> dict[str, int]:
     node_size is the world's)."""
     import torch.distributed as dist
 
+    from trainer.distributed import FSDP_COLLECTIVES
+
     counts: dict[str, int] = {}
 
-    def counted(name: str, buffer: str):
+    def counted(kind: str, buffer: str):
+        name = FSDP_COLLECTIVES.get(kind, kind)
         collective = getattr(dist, name)
 
         def run(*args, **kwargs):
             tensor = kwargs[buffer] if buffer in kwargs else args[0]
             ranks = dist.get_process_group_ranks(kwargs.get("group") or dist.group.WORLD)
             where = "across" if len({rank // node_size for rank in ranks}) > 1 else "within"
-            key = f"{name.split('_single')[0]} {where} nodes"
+            key = f"{kind} {where} nodes"
             counts[key] = counts.get(key, 0) + tensor.numel() * tensor.element_size()
             return collective(*args, **kwargs)
 
-        return run
+        setattr(dist, name, run)
 
-    for name, buffer in COUNTED.items():
-        setattr(dist, name, counted(name, buffer))
+    for kind, buffer in (("all_gather", "output"), ("reduce_scatter", "input"),
+                         ("all_reduce", "tensor")):
+        counted(kind, buffer)
     return counts
 
 

@@ -105,6 +105,7 @@ def test_on_cuda_the_copy_waits_for_the_steps_before_the_save_not_the_passes_aft
     torch.cuda._sleep(4_000_000_000)  # about 2 s of passes queued after the save
     writer.wait_for_copy()
     assert not torch.cuda.current_stream().query()  # copied while they run
+    assert all(buffer.is_pinned() for buffer in writer.stager.buffers.values())
     writer.close()
     assert torch.equal(read_weights(folder)["0.weight"], torch.full((8, 8), 3.0))
 
@@ -139,6 +140,30 @@ def test_saves_in_the_background_come_in_order_whole_and_the_oldest_go(tmp_path)
     assert (root / "latest").read_text() == "step-00000004"
     saved = read_weights(str(root / "step-00000004"))
     assert all(torch.equal(saved[name], value) for name, value in model.state_dict().items())
+
+
+def test_each_save_copies_into_the_host_buffers_of_the_save_before(tmp_path):
+    # buffers are made once (pinned on a GPU: seconds for the 7B state), and filled at each save
+    model, optimizer, scheduler = model_and_optimizer()
+    writer = CheckpointWriter(str(tmp_path), keep=3, world=World())
+    staged, real_stage = [], writer.stager.stage
+
+    def recorded(parts):
+        copies = real_stage(parts)
+        staged.append({name: value.data_ptr() for name, value in copies["model"].items()})
+        return copies
+
+    writer.stager.stage = recorded
+    folders = []
+    for step in range(1, 4):
+        train_step(model, optimizer, scheduler, writer)
+        folders.append(writer.save(step, model, optimizer, scheduler, TextTokenizer.default(), {}))
+        writer.wait()
+        weights = read_weights(folders[-1])
+        assert all(torch.equal(weights[name], value) for name, value in model.state_dict().items())
+    writer.close()
+    assert len(staged) == 3 and staged[0] == staged[1] == staged[2]
+    assert not torch.equal(read_weights(folders[0])["0.weight"], model[0].weight)
 
 
 def test_a_write_that_fails_in_the_background_fails_the_run(tmp_path):

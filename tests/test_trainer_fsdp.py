@@ -18,8 +18,8 @@ from corpus.tokens import IMAGE_PAD, TextTokenizer
 from test_trainer import (TINY, optimizer_state_names, shards,  # noqa: F401  (a fixture)
                           stage_manifest)
 from test_trainer_weights import write_checkpoint_weights
-from trainer.distributed import (World, check_uniform, forward_ends, join_world,
-                                 replicated_parameters, shard_plan, unit_parameters)
+from trainer.distributed import (FSDP_COLLECTIVES, World, check_uniform, forward_ends,
+                                 join_world, replicated_parameters, shard_plan, unit_parameters)
 from trainer.model import QwenVL, apply_freeze_plan
 from trainer.stages import TABLE_8, stage_config
 from trainer.train import build_model, train
@@ -317,12 +317,13 @@ def test_in_bf16_a_frozen_component_is_held_and_saved_in_bf16_and_resumes_anywhe
     assert resumed.steps == 2 and all(torch.isfinite(torch.tensor(resumed.losses)))
 
 
-def record_collective(name: str = "all_gather_single", buffer: str = "output",
+def record_collective(kind: str = "all_gather", buffer: str = "output",
                       measure=lambda tensor: tensor.numel() * tensor.element_size()) -> list:
     """`measure` (by default the bytes) of the buffer `buffer` (by name, else the first
-    argument) of each `torch.distributed.<name>` this process runs from now on, in order (by
+    argument) of each collective of the kind this process runs from now on, in order (by
     default FSDP's all-gathers: what each brings the rank)."""
     sizes = []
+    name = FSDP_COLLECTIVES.get(kind, kind)
     collective = getattr(torch.distributed, name)
 
     def recorded(*args, **kwargs):
@@ -442,7 +443,7 @@ def accumulate_worker(out, mesh):
     step's gradients (this rank's slices) noted."""
     world = join_world()
     model, row = sharded_stage_2(world, tuple(int(size) for size in mesh.split("x")))
-    reduce_scatters = record_collective("reduce_scatter_single", "input")
+    reduce_scatters = record_collective("reduce_scatter", "input")
     all_reduces = record_collective("all_reduce", "tensor")
     seen = {}
     for accumulation in ("sharded", "whole"):
@@ -466,7 +467,7 @@ def accumulate_worker(out, mesh):
     world.finish()
 
 
-@pytest.mark.parametrize("strategy, collective", [("fsdp", "reduce_scatter_single"),
+@pytest.mark.parametrize("strategy, collective", [("fsdp", "reduce_scatter"),
                                                   ("ddp", "all_reduce")])
 def test_with_bf16_gradients_can_be_reduced_in_bf16(strategy, collective):
     # half the bytes of each reduction (FSDP's reduce-scatters, DDP's all-reduces), the

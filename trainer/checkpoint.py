@@ -33,11 +33,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict,
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
 
 from corpus.shards import atomic_write
 from corpus.tokens import TextTokenizer
@@ -87,6 +87,47 @@ def read_state(checkpoint: str) -> dict[str, Any]:
         return json.load(f)
 
 
+class HostStager:
+    """Copies of a state dict in host memory, made into buffers kept from one save to the next
+    (pinned where the state is on a GPU: pinning gigabytes at every save would cost seconds).
+    Containers are copied (the scheduler changes the optimizer's groups in place), tensors into
+    their buffers, and a DTensor's local slice into its buffer, under the same layout, so that
+    `torch.distributed.checkpoint` writes it as the slice it is. Each copy waits for the current
+    stream only. (torch's `DefaultStager` does this too, but in some releases, 2.11 among them,
+    it can stage once only: it drops its copy table after each stage.)"""
+
+    def __init__(self, pinned: bool):
+        self.pinned = pinned
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return self._copy(state_dict, "")
+
+    def _copy(self, state: Any, key: str) -> Any:
+        if isinstance(state, DTensor):  # taken apart and put together by the subclass protocol
+            names, layout = state.__tensor_flatten__()
+            inner = {name: self._copy(getattr(state, name), f"{key}/{name}") for name in names}
+            return DTensor.__tensor_unflatten__(inner, layout, state.shape, state.stride())
+        if isinstance(state, torch.Tensor):
+            buffer = self.buffers.get(key)
+            if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
+                # an empty tensor cannot be pinned
+                pin = self.pinned and state.numel() > 0
+                buffer = self.buffers[key] = torch.empty_like(state, device="cpu",
+                                                              pin_memory=pin)
+            return buffer.copy_(state)
+        if isinstance(state, dict):
+            return {name: self._copy(value, f"{key}/{name}") for name, value in state.items()}
+        if isinstance(state, list | tuple):
+            return type(state)(self._copy(value, f"{key}/{index}")
+                               for index, value in enumerate(state))
+        return state  # numbers and strings: nothing changes them in place
+
+    def close(self) -> None:
+        self.buffers.clear()
+
+
 class CheckpointWriter:
     """A run's checkpoints, every rank writing its part; behind the training when `background`.
 
@@ -118,12 +159,7 @@ class CheckpointWriter:
             for name in os.listdir(self.root):
                 if name.startswith(".step-") and name.endswith(".tmp"):
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-        # each tensor's copy waits for its own stream only (a non-blocking one would end in a
-        # wait for the whole GPU, the passes queued meanwhile included)
-        self.stager = DefaultStager(StagingOptions(use_pinned_memory=on_cuda,
-                                                   use_shared_memory=False,
-                                                   use_async_staging=False,
-                                                   use_non_blocking_copy=False))
+        self.stager = HostStager(pinned=on_cuda)
         self.copy_stream = torch.cuda.Stream(device) if on_cuda else None
         self.writing: threading.Thread | None = None
         self.copied = threading.Event()

@@ -35,6 +35,13 @@ from corpus.config import ConfigError
 from trainer.weights import InitialWeights, move_buffers
 
 STRATEGIES = ("ddp", "fsdp")
+# The `torch.distributed` functions FSDP2 gathers and reduce-scatters with, which a count of
+# its traffic wraps. Releases that have the `_single` names gather with them, and keep the
+# older names as aliases that call them; older releases have only the older names.
+FSDP_COLLECTIVES = ({"all_gather": "all_gather_single", "reduce_scatter": "reduce_scatter_single"}
+                    if hasattr(dist, "all_gather_single") else
+                    {"all_gather": "all_gather_into_tensor",
+                     "reduce_scatter": "reduce_scatter_tensor"})
 
 
 def shard_plan(model: nn.Module) -> list[nn.Module]:
