@@ -295,13 +295,16 @@ def load_optimizer(model: nn.Module, optimizer, checkpoint: str, world: World) -
     if not in_parts(checkpoint):
         return load_full_optimizer(model, optimizer, os.path.join(checkpoint, "optimizer.pt"))
     # the layout to load into: every parameter gets a state (from a step with zero gradients)
-    state = get_optimizer_state_dict(model, optimizer)
+    fresh = get_optimizer_state_dict(model, optimizer)
     reader = IndexedOnce(os.path.join(checkpoint, "optimizer"))  # read here and by the load
     saved = set(reader.read_metadata().state_dict_metadata)
-    state["state"] = {name: fields for name, fields in state["state"].items()
-                      if all(f"state.{name}.{field}" in saved for field in fields)}
+    state = dict(fresh, state={name: fields for name, fields in fresh["state"].items()
+                               if all(f"state.{name}.{field}" in saved for field in fields)})
     dcp.load(state, storage_reader=reader, **between(world))
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(strict=False))
+    # torch before 2.11 wants a state for every trained parameter here: the unsaved ones go
+    # through with their fresh state, then lose it
+    set_optimizer_state_dict(model, optimizer, dict(state, state=fresh["state"]),
+                             options=StateDictOptions(strict=False))
     forget_unsaved(model, optimizer, state["state"])
 
 
