@@ -4,6 +4,7 @@ write fails the run at its next save or its end; the folders appear whole and th
 ranks holding the same state each copy and write a share of it.
 
 Run as a script (under torchrun), this file is one rank of the share test."""
+import gc
 import json
 import os
 import sys
@@ -16,8 +17,8 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_op
 import trainer.checkpoint
 from corpus.tokens import TextTokenizer
 from test_trainer_fsdp import torchrun
-from trainer.checkpoint import (CheckpointWriter, load_optimizer, read_state, resolve_checkpoint,
-                                this_copys_share)
+from trainer.checkpoint import (CheckpointWriter, load_optimizer, pinned_empty_like, read_state,
+                                resolve_checkpoint, this_copys_share)
 from trainer.distributed import World, join_world, state_copies
 from trainer.weights import read_weights
 
@@ -164,6 +165,31 @@ def test_each_save_copies_into_the_host_buffers_of_the_save_before(tmp_path):
     writer.close()
     assert len(staged) == 3 and staged[0] == staged[1] == staged[2]
     assert not torch.equal(read_weights(folders[0])["0.weight"], model[0].weight)
+
+
+def test_host_buffers_are_pinned_at_their_own_size_and_unpinned_with_them(monkeypatch):
+    # the CUDA runtime is stood in for (the CUDA test above pins for real): 60 bytes are pinned,
+    # not the 64 of a power-of-two allocator, and unpinned when the buffer goes
+    calls = []
+
+    class Runtime:
+        def cudaHostRegister(self, address, size, flags):
+            calls.append(("pin", address, size))
+            return 0 if size < 1000 else 2
+
+        def cudaHostUnregister(self, address):
+            calls.append(("unpin", address))
+
+    monkeypatch.setattr(torch.cuda, "cudart", Runtime)
+    buffer = pinned_empty_like(torch.ones(3, 5, dtype=torch.float32))
+    address = buffer.data_ptr()
+    assert calls == [("pin", address, 60)] and buffer.shape == (3, 5)
+    del buffer
+    gc.collect()
+    assert calls[-1] == ("unpin", address)
+    assert pinned_empty_like(torch.ones(0)).numel() == 0 and len(calls) == 2
+    with pytest.raises(RuntimeError, match="cudaHostRegister of 4000 bytes failed: 2"):
+        pinned_empty_like(torch.ones(1000))
 
 
 def test_a_write_that_fails_in_the_background_fails_the_run(tmp_path):

@@ -27,6 +27,7 @@ import os
 import shutil
 import threading
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,6 +88,20 @@ def read_state(checkpoint: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def pinned_empty_like(tensor: torch.Tensor) -> torch.Tensor:
+    """A host tensor like `tensor`, pinned where it lies, at its own size: torch's pinned
+    allocator rounds each request up to a power of two, up to twice the host memory held."""
+    buffer = torch.empty_like(tensor, device="cpu")
+    if buffer.numel():
+        cudart, address = torch.cuda.cudart(), buffer.data_ptr()
+        failed = int(cudart.cudaHostRegister(address, buffer.untyped_storage().nbytes(), 1))
+        if failed:
+            raise RuntimeError(f"cudaHostRegister of {buffer.nbytes} bytes failed: {failed}")
+        # unpinned with the buffer, not at exit: CUDA may be gone by then
+        weakref.finalize(buffer, cudart.cudaHostUnregister, address).atexit = False
+    return buffer
+
+
 class HostStager:
     """Copies of a state dict in host memory, made into buffers kept from one save to the next
     (pinned where the state is on a GPU: pinning gigabytes at every save would cost seconds).
@@ -112,10 +127,8 @@ class HostStager:
         if isinstance(state, torch.Tensor):
             buffer = self.buffers.get(key)
             if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
-                # an empty tensor cannot be pinned
-                pin = self.pinned and state.numel() > 0
-                buffer = self.buffers[key] = torch.empty_like(state, device="cpu",
-                                                              pin_memory=pin)
+                buffer = self.buffers[key] = (pinned_empty_like(state) if self.pinned
+                                              else torch.empty_like(state, device="cpu"))
             return buffer.copy_(state)
         if isinstance(state, dict):
             return {name: self._copy(value, f"{key}/{name}") for name, value in state.items()}
