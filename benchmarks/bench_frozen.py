@@ -49,8 +49,6 @@ def synthetic_rows(model, rows: int, text_tokens: int, image_size: int, device):
     return [t.to(device) for t in (ids, positions, targets, pixels)] + [layout.to(device)]
 
 
-
-
 def count_collectives(node_size: int) -> dict[str, int]:
     """Wraps FSDP2's collectives to add up their bytes: {kind across/within nodes: bytes}, ranks
     r and s on one node when r // node_size == s // node_size (every group within one node when
