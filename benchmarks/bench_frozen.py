@@ -59,7 +59,7 @@ def count_collectives(node_size: int) -> dict[str, int]:
 
     counts: dict[str, int] = {}
 
-    def counted(kind: str, buffer: str):
+    def count(kind: str, buffer: str):  # wraps the collective in torch.distributed
         name = FSDP_COLLECTIVES.get(kind, kind)
         collective = getattr(dist, name)
 
@@ -75,7 +75,7 @@ def count_collectives(node_size: int) -> dict[str, int]:
 
     for kind, buffer in (("all_gather", "output"), ("reduce_scatter", "input"),
                          ("all_reduce", "tensor")):
-        counted(kind, buffer)
+        count(kind, buffer)
     return counts
 
 

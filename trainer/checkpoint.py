@@ -93,10 +93,11 @@ def pinned_empty_like(tensor: torch.Tensor) -> torch.Tensor:
     allocator rounds each request up to a power of two, up to twice the host memory held."""
     buffer = torch.empty_like(tensor, device="cpu")
     if buffer.numel():
-        cudart, address = torch.cuda.cudart(), buffer.data_ptr()
-        failed = int(cudart.cudaHostRegister(address, buffer.untyped_storage().nbytes(), 1))
+        cudart = torch.cuda.cudart()
+        address, size = buffer.data_ptr(), buffer.untyped_storage().nbytes()
+        failed = int(cudart.cudaHostRegister(address, size, 1))
         if failed:
-            raise RuntimeError(f"cudaHostRegister of {buffer.nbytes} bytes failed: {failed}")
+            raise RuntimeError(f"cudaHostRegister of {size} bytes failed: {failed}")
         # unpinned with the buffer, not at exit: CUDA may be gone by then
         weakref.finalize(buffer, cudart.cudaHostUnregister, address).atexit = False
     return buffer
@@ -129,6 +130,7 @@ class HostStager:
             if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
                 buffer = self.buffers[key] = (pinned_empty_like(state) if self.pinned
                                               else torch.empty_like(state, device="cpu"))
+            # a blocking copy waits for the current stream alone (the copy stream, on CUDA)
             return buffer.copy_(state)
         if isinstance(state, dict):
             return {name: self._copy(value, f"{key}/{name}") for name, value in state.items()}
